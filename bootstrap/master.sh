@@ -1,0 +1,104 @@
+#!/bin/bash
+# Configures and starts a salt-master and salt-api (rest_cherrypy, TLS) for Pigeon.
+# Idempotent: keeps existing certificates and password, restarts nothing that runs.
+#
+#   bootstrap/master.sh ROOT_DIR
+#
+# Environment (defaults are the lab's):
+#   PIGEON_INTERFACE=127.0.0.1  PIGEON_PUBLISH_PORT=14505  PIGEON_RET_PORT=14506
+#   PIGEON_API_PORT=8000        PIGEON_API_HOST=127.0.0.1  PIGEON_USER=pigeon
+#   PIGEON_MASTER_ID=lab        PIGEON_VENV=ROOT_DIR/venv
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(mkdir -p "$1" && cd "$1" && pwd)
+VENV=${PIGEON_VENV:-$ROOT/venv}
+INTERFACE=${PIGEON_INTERFACE:-127.0.0.1}
+PUBLISH_PORT=${PIGEON_PUBLISH_PORT:-14505}
+RET_PORT=${PIGEON_RET_PORT:-14506}
+API_HOST=${PIGEON_API_HOST:-127.0.0.1}
+API_PORT=${PIGEON_API_PORT:-8000}
+API_USER=${PIGEON_USER:-pigeon}
+MASTER_ID=${PIGEON_MASTER_ID:-lab}
+CONF=$ROOT/etc/salt
+TLS=$ROOT/tls
+mkdir -p "$CONF/master.d" "$TLS" "$ROOT/pillar"
+
+# TLS: a CA of the lab's own, a certificate for salt-api and one for HAProxy (localhost)
+if [ ! -f "$TLS/ca.crt" ]; then
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=Pigeon lab CA" \
+    -keyout "$TLS/ca.key" -out "$TLS/ca.crt" 2>/dev/null
+fi
+for name in api haproxy; do
+  [ -f "$TLS/$name.crt" ] && continue
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+    -keyout "$TLS/$name.key" -out "$TLS/$name.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1,DNS:%s\n' "$(hostname)" > "$TLS/$name.ext"
+  openssl x509 -req -in "$TLS/$name.csr" -CA "$TLS/ca.crt" -CAkey "$TLS/ca.key" \
+    -CAcreateserial -days 825 -extfile "$TLS/$name.ext" -out "$TLS/$name.crt" 2>/dev/null
+  cat "$TLS/$name.crt" "$TLS/$name.key" > "$TLS/$name.pem"
+  rm -f "$TLS/$name.csr" "$TLS/$name.ext"
+done
+chmod 600 "$TLS"/*.key "$TLS"/*.pem
+
+# eauth: one user with a generated password, stored hashed (salt's `file` eauth)
+if [ ! -f "$ROOT/api-password" ]; then
+  (umask 077; openssl rand -hex 16 > "$ROOT/api-password")
+fi
+printf '%s:%s\n' "$API_USER" "$(tr -d '\n' < "$ROOT/api-password" | sha256sum | cut -d' ' -f1)" > "$CONF/eauth-users"
+chmod 600 "$CONF/eauth-users"
+
+cat > "$CONF/master" <<CFG
+# managed by bootstrap/master.sh; changes will be overwritten
+id: $MASTER_ID
+root_dir: $ROOT
+user: root
+interface: $INTERFACE
+publish_port: $PUBLISH_PORT
+ret_port: $RET_PORT
+log_level: warning
+log_level_logfile: info
+worker_threads: 4
+file_roots:
+  base:
+    - $REPO/srv/salt
+pillar_roots:
+  base:
+    - $REPO/srv/pillar
+    - $ROOT/pillar
+ext_pillar:
+  - pigeon_registry: True
+default_include: master.d/*.conf
+CFG
+
+cat > "$CONF/master.d/api.conf" <<CFG
+# managed by bootstrap/master.sh; changes will be overwritten
+# salt-api: only the runner client, only Pigeon's orchestrations and read-only runners.
+netapi_enable_clients:
+  - runner
+rest_cherrypy:
+  host: $API_HOST
+  port: $API_PORT
+  ssl_crt: $TLS/api.crt
+  ssl_key: $TLS/api.key
+external_auth:
+  file:
+    ^filename: $CONF/eauth-users
+    ^hashtype: sha256
+    $API_USER:
+      - '@runner':
+          - 'state.orchestrate':
+              args:
+                - 'orch\.(release|activate|deactivate|rollback)$'
+              kwargs:
+                pillar: "^\\\\{'pigeon': \\\\{[^{}]*\\\\}\\\\}$"
+          - 'stacks\.(status|history)$'
+CFG
+
+start() {  # start NAME unless its pidfile names a live process
+  local name=$1 pidfile=$ROOT/var/run/$1.pid
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then return 0; fi
+  "$VENV/bin/$name" -c "$CONF" -d
+}
+start salt-master
+start salt-api

@@ -1,0 +1,33 @@
+#!/bin/bash
+# Configures and starts a salt-minion for Pigeon. Idempotent.
+#
+#   bootstrap/minion.sh ROOT_DIR MINION_ID MASTER_ADDRESS
+#
+# Environment: PIGEON_PUBLISH_PORT=14505 PIGEON_RET_PORT=14506 PIGEON_VENV=ROOT_DIR/venv
+set -euo pipefail
+
+ROOT=$(mkdir -p "$1" && cd "$1" && pwd)
+MINION_ID=$2
+MASTER=$3
+VENV=${PIGEON_VENV:-$ROOT/venv}
+CONF=$ROOT/etc/salt
+mkdir -p "$CONF"
+
+cat > "$CONF/minion" <<CFG
+# managed by bootstrap/minion.sh; changes will be overwritten
+id: $MINION_ID
+root_dir: $ROOT
+user: root
+master: $MASTER
+publish_port: ${PIGEON_PUBLISH_PORT:-14505}
+master_port: ${PIGEON_RET_PORT:-14506}
+acceptance_wait_time: 1
+random_reauth_delay: 0
+log_level: warning
+log_level_logfile: info
+CFG
+
+pidfile=$ROOT/var/run/salt-minion.pid
+if ! { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
+  "$VENV/bin/salt-minion" -c "$CONF" -d
+fi

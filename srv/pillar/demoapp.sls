@@ -1,0 +1,4 @@
+demoapp:
+  image: pigeon/demoapp
+  build: true
+  base_image: pigeon/base:bookworm

@@ -1,0 +1,9 @@
+# The lab's pillar. On a real master, target the load-balancer and app minions instead.
+base:
+  '*':
+    - stacks
+  'lab-minion':
+    - haproxy
+    - demoapp
+    - lab
+    - ignore_missing: True   # lab.sls is written by bootstrap/lab.sh

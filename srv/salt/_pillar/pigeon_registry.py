@@ -1,0 +1,27 @@
+"""
+ext_pillar ``pigeon_registry``: the routes the registry holds, as pillar
+``pigeon:routes`` ({"<app>/production": "<backend>", ...}), so that any
+load-balancer minion renders the same routing by applying its states.
+
+Master config::
+
+    ext_pillar:
+      - pigeon_registry: True
+"""
+
+import salt.cache
+
+__virtualname__ = "pigeon_registry"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def ext_pillar(minion_id, pillar, *args, **kwargs):  # pylint: disable=unused-argument
+    cache = salt.cache.factory(__opts__)
+    routes = {}
+    for app in cache.list("pigeon/registry") or []:
+        entry = cache.fetch("pigeon/registry", app) or {}
+        routes.update({k: v for k, v in (entry.get("routes") or {}).items() if v})
+    return {"pigeon": {"routes": routes}}

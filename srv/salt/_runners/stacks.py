@@ -1,0 +1,410 @@
+"""
+Pigeon's registry of stacks, on the master: which version of each app is in
+which state, the per-app deploy lock, and the history of every action.
+
+The orchestrations (``orch/*.sls``) call these functions:
+
+- ``stacks.plan`` at render time: checks the action against the state machine
+  (``_utils/pigeon_statemachine.py``) and expands the stack definition into
+  what the steps need (containers, backends, routes). Read-only.
+- ``stacks.lock`` first: takes the app's deploy lock, refusing when another
+  action holds it or when the registry changed since the plan.
+- ``stacks.commit`` last: records the new states, appends to the history,
+  releases the lock.
+- ``stacks.abort`` on failure: records the failure, releases the lock.
+
+``stacks.status`` and ``stacks.history`` are read-only and are what salt-api
+users may call besides the orchestrations.
+
+Storage: the registry and the history are in Salt's cache (``salt.cache``,
+bank ``pigeon/registry`` and ``pigeon/history``); the lock is a file created
+with O_EXCL in the master's cachedir, so two runs on one master cannot both
+take it.
+"""
+
+import datetime
+import json
+import logging
+import os
+import socket
+import time
+
+import salt.cache
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "stacks"
+HISTORY_KEEP = 500
+
+
+def __virtual__():
+    return __virtualname__
+
+
+# ---------------------------------------------------------------------------
+# storage
+def _cache():
+    return salt.cache.factory(__opts__)
+
+
+def _sm(name):
+    return __utils__[f"pigeon_statemachine.{name}"]
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _load(app):
+    entry = _cache().fetch("pigeon/registry", app)
+    return entry if entry else _sm("empty")(app)
+
+
+def _store(entry):
+    _cache().store("pigeon/registry", entry["app"], entry)
+
+
+def _lock_path(app):
+    path = os.path.join(__opts__["cachedir"], "pigeon", "locks")
+    os.makedirs(path, exist_ok=True)
+    return os.path.join(path, f"{app}.lock")
+
+
+def _read_lock(app):
+    try:
+        with open(_lock_path(app), encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _lock_alive(lock):
+    """Whether the process that took the lock still runs (same master only)."""
+    if lock.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(lock["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return False
+    return True
+
+
+def _history_add(app, record):
+    cache = _cache()
+    items = cache.fetch("pigeon/history", app) or []
+    items.append(record)
+    cache.store("pigeon/history", app, items[-HISTORY_KEEP:])
+
+
+def _fail(message):
+    __context__["retcode"] = 1
+    return {"Error": message}
+
+
+def _user(orchestration_jid, user):
+    if user:
+        return user
+    try:
+        job = __salt__["jobs.list_job"](orchestration_jid) if orchestration_jid else {}
+        return job.get("User") or "unknown"
+    except Exception:  # pylint: disable=broad-except
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------
+# planning
+def _services(definition):
+    """(count, {service: definition}) from task_definitions (README form) or task_definition."""
+    if "task_definitions" in definition:
+        td = dict(definition["task_definitions"] or {})
+        count = td.pop("count", 1)
+        return int(count), td
+    td = definition.get("task_definition") or {}
+    return int(td.get("count", 1)), dict(td.get("services") or {})
+
+
+def _labels(raw):
+    if isinstance(raw, dict):
+        return {str(k): str(v) for k, v in raw.items()}
+    labels = {}
+    for item in raw or []:
+        if isinstance(item, dict):
+            labels.update({str(k): str(v) for k, v in item.items()})
+        else:
+            key, _, value = str(item).partition("=")
+            labels[key] = value
+    return labels
+
+
+def _image(image, version):
+    if "{version}" in image:
+        return image.replace("{version}", version)
+    last = image.rsplit("/", 1)[-1]
+    return image if ":" in last or "@" in last else f"{image}:{version}"
+
+
+def containers(app, version, slot, definition):
+    """The containers of one stack: name, labels, networks and docker_config each."""
+    count, services = _services(definition)
+    loadbal = definition["loadbal"]
+    stack_network = f"pigeon-{app}-{version}"
+    result = []
+    for replica in range(1, count + 1):
+        for service, sdef in sorted(services.items()):
+            config = dict((sdef or {}).get("docker_config") or {})
+            labels = _labels(config.pop("labels", None))
+            registered = labels.get("register_backend", "").lower() == "true"
+            labels.update({
+                "pigeon.managed": "true", "pigeon.app": app, "pigeon.version": version,
+                "pigeon.slot": slot, "pigeon.service": service, "pigeon.replica": str(replica),
+            })
+            networks = [{stack_network: [{"aliases": [service]}]}]
+            if registered:
+                networks.append({loadbal["default_network"]: [{"aliases": [f"pigeon-{app}-{slot}"]}]})
+            config["image"] = _image(config.get("image", app), version)
+            config.setdefault("stop_timeout", 10)
+            result.append({
+                "name": f"{app}-{version}-{service}-{replica}",
+                "service": service,
+                "registered": registered,
+                "labels": labels,
+                "networks": networks,
+                "docker_config": config,
+            })
+    return result
+
+
+def plan(app=None, action=None, version=None, force=False, definition=None, **kwargs):
+    """
+    What an action would do, checked against the registry and the state machine.
+    Called by the orchestrations at render time; changes nothing.
+
+    Returns the plan, or {"error": "one line"} when the action is refused.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run stacks.plan app=app action=release version=1.2 definition='{...}'
+    """
+    if not app or not isinstance(definition, dict):
+        return {"error": f"unknown app {app!r}: no stacks:{app} in pillar; "
+                         "check the app name or the pillar (salt-run pillar.show_pillar)"}
+    for key in ("loadbal", "config"):
+        if not isinstance(definition.get(key), dict):
+            return {"error": f"broken pillar: stacks:{app}:{key} is missing; see docs/pillar.md"}
+    for key in ("target", "frontend", "default_network"):
+        if not definition["loadbal"].get(key):
+            return {"error": f"broken pillar: stacks:{app}:loadbal:{key} is missing; see docs/pillar.md"}
+    if not definition["config"].get("target"):
+        return {"error": f"broken pillar: stacks:{app}:config:target is missing; see docs/pillar.md"}
+    try:
+        count, services = _services(definition)
+    except (TypeError, ValueError):
+        return {"error": f"broken pillar: stacks:{app}:task_definitions:count is not a number"}
+    if not services or count < 1:
+        return {"error": f"broken pillar: stacks:{app}:task_definitions has no service"}
+    if action == "release" and not version:
+        version = str(definition.get("version") or "") or None
+        if not version:
+            return {"error": f"no version given and no stacks:{app}:version in pillar; add --version"}
+    version = str(version) if version is not None else None
+    entry = _load(app)
+    try:
+        result = _sm("plan")(entry, action, version=version, force=bool(force))
+    except Exception as exc:  # pylint: disable=broad-except
+        # TransitionError is defined in the utils module, loaded by Salt's loader
+        if type(exc).__name__ == "TransitionError":
+            return {"error": str(exc)}
+        raise
+    loadbal = definition["loadbal"]
+    result["loadbal"] = {
+        "target": loadbal["target"],
+        "target_type": loadbal.get("target_type", "glob"),
+        "healthcheck_timeout": int((loadbal.get("healthcheck") or {}).get("timeout", 60)),
+        "drain_timeout": int(loadbal.get("drain_timeout", 30)),
+    }
+    result["config"] = {
+        "target": definition["config"]["target"],
+        "target_type": definition["config"].get("target_type", "glob"),
+        "formula": definition["config"].get("formula"),
+    }
+    if result["start"]:
+        slot = result["start"]["slot"]
+        cts = containers(app, result["version"], slot, definition)
+        if not any(c["registered"] for c in cts):
+            return {"error": f"broken pillar: no service of stacks:{app} is labelled register_backend=true"}
+        result["start"].update(
+            backend=_sm("backend")(app, slot),
+            network=f"pigeon-{app}-{result['version']}",
+            expected_up=sum(1 for c in cts if c["registered"]),
+            containers=cts,
+        )
+    if action in ("activate", "rollback") and not result["noop"]:
+        slot = entry["stacks"][result["version"]]["slot"]
+        result["gate"] = {
+            "backend": _sm("backend")(app, slot),
+            "expected_up": sum(
+                1 for c in containers(app, result["version"], slot, definition) if c["registered"]),
+        }
+    for stop in result["stop"]:
+        stop["backend"] = _sm("backend")(app, stop["slot"])
+        stop["network"] = f"pigeon-{app}-{stop['version']}"
+    return result
+
+
+# ---------------------------------------------------------------------------
+# the steps of an orchestration
+def lock(app, action, version=None, generation=None, user=None, wait=0, **kwargs):
+    """
+    Take the app's deploy lock for this orchestration (first step of every action).
+    Refused at once when another live action holds it (or after ``wait`` seconds);
+    a lock left by a run that died is released. Also refuses when the registry
+    changed since the action was planned.
+    """
+    jid = kwargs.get("__orchestration_jid__") or kwargs.get("jid")
+    me = {
+        "action": action, "version": version, "user": _user(jid, user),
+        "since": _now(), "pid": os.getpid(), "host": socket.gethostname(), "jid": jid,
+    }
+    path = _lock_path(app)
+    deadline = time.monotonic() + float(wait or 0)
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            held = _read_lock(app)
+            if held and held.get("jid") == jid and jid:
+                break  # ours already (a re-run step)
+            if held is None or not _lock_alive(held):
+                log.warning("stacks: releasing the stale lock of %s: %s", app, held)
+                _history_add(app, {"action": "unlock", "result": "stale lock released",
+                                   "lock": held, "when": _now(), "source": "pigeon"})
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                continue
+            if time.monotonic() < deadline:
+                time.sleep(0.2)
+                continue
+            return _fail(
+                f"{app} is locked by {held.get('action')} {held.get('version') or ''} "
+                f"of {held.get('user')} since {held.get('since')}; try again when it ends, "
+                "or add --wait SECONDS"
+            )
+        else:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(me, fh)
+            break
+    entry = _load(app)
+    if generation is not None and int(generation) != entry["generation"]:
+        _unlock(app, jid)
+        return _fail(f"{app} changed while this {action} was being planned; run it again")
+    return {"locked": app, "by": me["user"], "jid": jid}
+
+
+def _unlock(app, jid):
+    held = _read_lock(app)
+    if held and (held.get("jid") == jid or not _lock_alive(held)):
+        try:
+            os.unlink(_lock_path(app))
+        except FileNotFoundError:
+            pass
+
+
+def commit(app, planned, user=None, source="cli", started=None, **kwargs):
+    """
+    Record a finished action: the stacks' new states and routes, a history
+    entry; release the lock (last step of every action).
+    """
+    jid = kwargs.get("__orchestration_jid__")
+    held = _read_lock(app) or {}
+    entry = _load(app)
+    who = held.get("user") or _user(jid, user)
+    if not planned.get("noop"):
+        entry = _sm("apply")(entry, planned, _now(), who)
+        _store(entry)
+    _history_add(app, {
+        "action": planned["action"], "version": planned.get("version"), "result": "success",
+        "noop": planned.get("noop", False), "message": planned.get("message"),
+        "user": who, "source": source, "when": held.get("since") or _now(),
+        "finished": _now(), "duration": _duration(started), "jid": jid,
+        "states": planned.get("states"),
+    })
+    _unlock(app, jid)
+    return {"app": app, "message": planned.get("message"), "stacks": entry["stacks"],
+            "routes": entry["routes"]}
+
+
+def abort(app, planned, user=None, source="cli", started=None, cleaned=None, **kwargs):
+    """Record a failed action in the history and release the lock (onfail step)."""
+    jid = kwargs.get("__orchestration_jid__")
+    held = _read_lock(app) or {}
+    if held.get("jid") not in (None, jid):
+        return {"app": app, "lock": "held by another action, left alone"}
+    _history_add(app, {
+        "action": planned.get("action"), "version": planned.get("version"), "result": "failed",
+        "user": held.get("user") or _user(jid, user), "source": source,
+        "when": held.get("since") or _now(), "finished": _now(),
+        "duration": _duration(started), "jid": jid, "cleaned": cleaned,
+    })
+    _unlock(app, jid)
+    return {"app": app, "lock": "released"}
+
+
+def _duration(started):
+    try:
+        return round(time.time() - float(started), 3)
+    except (TypeError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------------
+# read-only views
+def status(app=None, **kwargs):
+    """
+    The registry: per app, each stack's version, state, slot, since when and by whom,
+    the routes, and the lock if one is held.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run stacks.status app=app
+    """
+    cache = _cache()
+    apps = [app] if app else sorted(cache.list("pigeon/registry") or [])
+    result = {}
+    for name in apps:
+        entry = _load(name)
+        lock_ = _read_lock(name)
+        result[name] = {
+            "stacks": entry["stacks"], "routes": entry["routes"],
+            "generation": entry["generation"],
+            "lock": lock_ if lock_ and _lock_alive(lock_) else None,
+        }
+    return result
+
+
+def history(app, limit=20, **kwargs):
+    """
+    The last ``limit`` actions on an app, newest last.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run stacks.history app=app limit=50
+    """
+    items = _cache().fetch("pigeon/history", app) or []
+    return items[-int(limit):] if limit else items
+
+
+def routes(**kwargs):
+    """Every app's routes, as the registry has them ({app/production: backend})."""
+    cache = _cache()
+    result = {}
+    for name in cache.list("pigeon/registry") or []:
+        result.update({k: v for k, v in _load(name)["routes"].items() if v})
+    return result

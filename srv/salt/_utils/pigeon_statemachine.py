@@ -1,0 +1,220 @@
+"""
+The stack state machine: which transitions are allowed and what each one does.
+
+A stack is one version of an app. It is in one of the states ``release``
+(internal traffic only), ``active`` (production), ``inactive`` (kept for an
+instant rollback) or deactivated (gone: absent from the registry). At most one
+stack per app is in each state, and each stack occupies one HAProxy *slot*
+(a backend) while it exists.
+
+Pure functions over plain dicts, no Salt: the ``stacks`` runner loads the
+registry, calls :func:`plan`, and after the orchestration has carried the plan
+out, records it with :func:`apply`. Exposed to the runner through the loader
+as ``__utils__["pigeon_statemachine.plan"]``.
+
+A registry entry (one per app)::
+
+    {"app": "app", "generation": 3,
+     "stacks": {"1.0": {"state": "active", "slot": "a", "since": "...", "by": "..."}},
+     "routes": {"app/production": "app_a", "app/internal": "app_a"}}
+"""
+
+import re
+
+ACTIONS = ("release", "activate", "deactivate", "rollback")
+STATES = ("release", "active", "inactive")
+DEFAULT_SLOTS = ("a", "b", "c")
+# docker's tag grammar: 1 to 128 of [A-Za-z0-9_.-], not starting with . or -
+VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+APP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
+
+
+class TransitionError(Exception):
+    """The action is not allowed from the current states; the message says why and what to do."""
+
+
+def empty(app):
+    """The registry entry of an app that has never been deployed."""
+    return {"app": app, "generation": 0, "stacks": {}, "routes": {}}
+
+
+def backend(app, slot):
+    """HAProxy backend name of an app's slot."""
+    return f"{app}_{slot}"
+
+
+def in_state(entry, state):
+    """The version of the app's stack in ``state``, or None."""
+    for version, stack in entry["stacks"].items():
+        if stack["state"] == state:
+            return version
+    return None
+
+
+def routes(app, stacks):
+    """Where production and internal traffic go, given {version: {state, slot}}.
+
+    Production reaches the active stack (none: HAProxy answers 503); internal
+    traffic reaches the release stack, or the active one when no release exists.
+    """
+    slot_of = {s["state"]: s["slot"] for s in stacks.values()}
+    production = slot_of.get("active")
+    internal = slot_of.get("release", production)
+    return {
+        f"{app}/production": backend(app, production) if production else None,
+        f"{app}/internal": backend(app, internal) if internal else None,
+    }
+
+
+def check_version(version):
+    if not isinstance(version, str) or not VERSION_RE.match(version):
+        raise TransitionError(
+            f"version {version!r} is not a valid image tag "
+            "(1-128 letters, digits, '_', '.', '-'; not starting with '.' or '-')"
+        )
+
+
+def plan(entry, action, version=None, force=False, slots=DEFAULT_SLOTS):
+    """What ``action`` does to an app, or TransitionError when the state model forbids it.
+
+    Returns a dict:
+      action, app, version, generation (of the registry it was planned on),
+      noop (True when the action already took effect; message says so),
+      message, start ({version, slot} whose containers start, or None),
+      stop ([{version, slot, state}] whose containers go, drained first when
+      they took traffic), states ({version: new state, None = deactivated}),
+      routes (after the action), routes_before.
+    """
+    if action not in ACTIONS:
+        raise TransitionError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
+    app = entry["app"]
+    stacks = entry["stacks"]
+    release = in_state(entry, "release")
+    active = in_state(entry, "active")
+    inactive = in_state(entry, "inactive")
+    if version is not None:
+        check_version(version)
+    result = {
+        "action": action,
+        "app": app,
+        "version": version,
+        "generation": entry["generation"],
+        "noop": False,
+        "message": "",
+        "start": None,
+        "stop": [],
+        "states": {},
+        "routes_before": routes(app, stacks),
+    }
+
+    def stop(v):
+        s = stacks[v]
+        return {"version": v, "slot": s["slot"], "state": s["state"]}
+
+    if action == "release":
+        state = stacks.get(version, {}).get("state")
+        if state == "release":
+            result.update(noop=True, message=f"{app} {version} is already released")
+        elif state:
+            raise TransitionError(
+                f"{app} {version} is already {state}; release a new version, "
+                + ("or roll back to it with 'stacks.py rollback'" if state == "inactive"
+                   else "or deactivate it first")
+            )
+        elif release:
+            raise TransitionError(
+                f"{app} {release} is in release already; activate or deactivate it "
+                f"before releasing {version}"
+            )
+        else:
+            used = {s["slot"] for s in stacks.values()}
+            free = [s for s in slots if s not in used]
+            if not free:
+                raise TransitionError(f"{app} has no free slot; deactivate the inactive stack first")
+            result["start"] = {"version": version, "slot": free[0]}
+            result["states"] = {version: "release"}
+            result["message"] = f"{app} {version} released in slot {free[0]}"
+
+    elif action == "activate":
+        version = version or release
+        result["version"] = version
+        state = stacks.get(version, {}).get("state") if version else None
+        if version and state == "active":
+            result.update(noop=True, message=f"{app} {version} is already active")
+        elif not version or state is None:
+            raise TransitionError(
+                f"{app} has no release to activate; run 'stacks.py release' first"
+                if not version else
+                f"{app} {version} is not released; run 'stacks.py release --app-name {app} --version {version}' first"
+            )
+        elif state == "inactive":
+            raise TransitionError(
+                f"{app} {version} is inactive; use 'stacks.py rollback --app-name {app}' to bring it back"
+            )
+        else:  # release -> active, active -> inactive, inactive -> deactivated
+            result["states"][version] = "active"
+            if active:
+                result["states"][active] = "inactive"
+            if inactive:
+                result["states"][inactive] = None
+                result["stop"].append(stop(inactive))
+            result["message"] = f"{app} {version} is active" + (
+                f"; {active} is inactive" if active else "")
+
+    elif action == "rollback":
+        if not inactive:
+            raise TransitionError(f"{app} has no inactive stack to roll back to")
+        if version and version != inactive:
+            raise TransitionError(f"{app} {version} is not the inactive stack ({inactive} is)")
+        result["version"] = inactive
+        result["states"][inactive] = "active"
+        if active:
+            result["states"][active] = "inactive"
+        result["message"] = f"{app} {inactive} is active again" + (
+            f"; {active} is inactive" if active else "")
+
+    elif action == "deactivate":
+        if version is None:
+            raise TransitionError("deactivate needs --version")
+        state = stacks.get(version, {}).get("state")
+        if state is None:
+            result.update(noop=True, message=f"{app} {version} is not deployed; nothing to deactivate")
+        elif state == "active" and not force:
+            raise TransitionError(
+                f"{app} {version} is active: deactivating it leaves production answering 503; "
+                "add --force to do it anyway, or activate another version first"
+            )
+        else:
+            result["states"][version] = None
+            result["stop"].append(stop(version))
+            result["message"] = f"{app} {version} deactivated"
+
+    after = {v: dict(s) for v, s in stacks.items()}
+    for v, state in result["states"].items():
+        if state is None:
+            after.pop(v, None)
+        elif v in after:
+            after[v]["state"] = state
+        else:
+            after[v] = {"state": state, "slot": result["start"]["slot"]}
+    result["routes"] = routes(app, after)
+    return result
+
+
+def apply(entry, planned, when, by):
+    """The registry entry after ``planned`` took effect (a new dict)."""
+    new = {
+        "app": entry["app"],
+        "generation": entry["generation"] + (0 if planned["noop"] else 1),
+        "stacks": {v: dict(s) for v, s in entry["stacks"].items()},
+        "routes": dict(planned["routes"]),
+    }
+    for version, state in planned["states"].items():
+        if state is None:
+            new["stacks"].pop(version, None)
+        elif version in new["stacks"]:
+            new["stacks"][version].update(state=state, since=when, by=by)
+        else:
+            new["stacks"][version] = {
+                "state": state, "slot": planned["start"]["slot"], "since": when, "by": by}
+    return new

@@ -1,0 +1,4 @@
+# The docker engine: the package, then the running daemon.
+include:
+  - .package
+  - .service

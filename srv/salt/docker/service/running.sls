@@ -1,0 +1,23 @@
+{#- The docker daemon: by the init system where there is one, else started in the background #}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ "/map.jinja" import docker with context %}
+include:
+  - {{ tplroot }}.package
+
+{%- if grains.get('init') == 'systemd' %}
+docker-service-running-service-running:
+  service.running:
+    - name: {{ docker.service }}
+    - enable: True
+    - require:
+      - sls: {{ tplroot }}.package
+{%- else %}
+docker-service-running-cmd-run:
+  cmd.run:
+    - name: >-
+        nohup dockerd >{{ docker.daemon_log }} 2>&1 &
+        for i in $(seq 1 60); do docker info >/dev/null 2>&1 && exit 0; sleep 0.5; done; exit 1
+    - unless: docker info
+    - require:
+      - sls: {{ tplroot }}.package
+{%- endif %}

@@ -1,0 +1,62 @@
+{#- HAProxy's files on the minion: configuration, certificate, internal networks, routes #}
+{%- from tpldir.split('/')[0] ~ "/map.jinja" import haproxy, haproxy_apps with context %}
+{%- set etc = haproxy.host_dir ~ '/etc' %}
+
+haproxy-config-file-directories-file-directory:
+  file.directory:
+    - names:
+      - {{ etc }}/maps
+      - {{ etc }}/certs
+      - {{ haproxy.host_dir }}/run
+    - makedirs: True
+    - mode: '0750'
+
+haproxy-config-file-file-managed:
+  file.managed:
+    - name: {{ etc }}/haproxy.cfg
+    - source: salt://{{ tpldir.split('/')[0] }}/templates/haproxy.cfg.jinja
+    - template: jinja
+    - context:
+        haproxy: {{ haproxy | json }}
+        apps: {{ haproxy_apps | json }}
+    - require:
+      - file: haproxy-config-file-directories-file-directory
+
+haproxy-config-file-internal-acl-file-managed:
+  file.managed:
+    - name: {{ etc }}/maps/internal.acl
+    - contents: |
+        # managed by Salt; changes will be overwritten
+        # source networks whose traffic goes to the release stack
+        {%- for network in haproxy.internal_networks %}
+        {{ network }}
+        {%- endfor %}
+    - require:
+      - file: haproxy-config-file-directories-file-directory
+
+{#- routes come from the registry on the master (ext_pillar pigeon_registry), so a new
+    load balancer converges to the routing the others have #}
+haproxy-config-file-routes-file-managed:
+  file.managed:
+    - name: {{ etc }}/maps/routes.map
+    - contents: |
+        # managed by Salt (haproxy_runtime); changes will be overwritten
+        {%- for key, backend in salt['pillar.get']('pigeon:routes', {}) | dictsort %}
+        {%- if key.split('/')[0] in haproxy_apps %}
+        {{ key }} {{ backend }}
+        {%- endif %}
+        {%- endfor %}
+    - require:
+      - file: haproxy-config-file-directories-file-directory
+
+{%- if haproxy.tls.certificate_source %}
+haproxy-config-file-certificate-file-managed:
+  file.managed:
+    - name: {{ etc }}/certs/pigeon.pem
+    - source: {{ haproxy.tls.certificate_source }}
+    - mode: '0600'
+    - require:
+      - file: haproxy-config-file-directories-file-directory
+    - require_in:
+      - file: haproxy-config-file-file-managed
+{%- endif %}

@@ -1,0 +1,4 @@
+# HAProxy in a docker container: configuration, then the running container.
+include:
+  - .config
+  - .service

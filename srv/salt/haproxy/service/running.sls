@@ -1,0 +1,75 @@
+{#- The HAProxy container: joined to every app's network, reloaded without loss on change #}
+{%- set tplroot = tpldir.split('/')[0] %}
+{%- from tplroot ~ "/map.jinja" import haproxy, haproxy_apps with context %}
+{%- set networks = haproxy_apps.values() | map(attribute='default_network') | unique | list %}
+include:
+  - {{ tplroot }}.config
+
+{%- for network in networks %}
+haproxy-service-running-{{ network }}-docker-network-present:
+  docker_network.present:
+    - name: {{ network }}
+    - labels:
+      - pigeon.managed=true
+    - require_in:
+      - docker_container: haproxy-service-running-docker-container-running
+{%- endfor %}
+
+haproxy-service-running-docker-container-running:
+  docker_container.running:
+    - name: {{ haproxy.container_name }}
+    - image: {{ haproxy.image }}
+    - command: {{ haproxy.command }}
+    - user: root
+    - stop_signal: SIGUSR1
+    - stop_timeout: 30
+    - restart_policy: unless-stopped
+    - binds:
+      - {{ haproxy.host_dir }}/etc:/usr/local/etc/haproxy:ro
+      - {{ haproxy.host_dir }}/run:/run/haproxy:rw
+    - port_bindings:
+{%- for name, frontend in haproxy.frontends | dictsort %}
+      - {{ frontend.port }}:{{ frontend.port }}
+      - {{ frontend.preview_port }}:{{ frontend.preview_port }}
+{%- endfor %}
+{%- if networks %}
+    - networks: {{ networks | json }}
+{%- endif %}
+    - labels:
+      - pigeon.managed=true
+      - pigeon.role=haproxy
+    - require:
+      - sls: {{ tplroot }}.config
+
+{#- A changed configuration: check it, keep the servers' addresses, reload (USR2 keeps the listeners) #}
+haproxy-service-running-config-check-cmd-run:
+  cmd.run:
+    - name: docker exec {{ haproxy.container_name }} haproxy -c -q -f /usr/local/etc/haproxy/haproxy.cfg
+    - onchanges:
+      - file: haproxy-config-file-file-managed
+      - file: haproxy-config-file-internal-acl-file-managed
+    - require:
+      - docker_container: haproxy-service-running-docker-container-running
+
+haproxy-service-running-server-state-module-run:
+  module.run:
+    - haproxy_runtime.dump_server_state:
+      - path: {{ haproxy.host_dir }}/run/server-state
+    - onchanges:
+      - cmd: haproxy-service-running-config-check-cmd-run
+
+haproxy-service-running-reload-cmd-run:
+  cmd.run:
+    - name: docker kill -s USR2 {{ haproxy.container_name }}
+    - onchanges:
+      - module: haproxy-service-running-server-state-module-run
+
+{#- Routes changed in the registry while HAProxy runs: apply them at runtime too #}
+haproxy-service-running-routes-module-run:
+  module.run:
+    - haproxy_runtime.sync_map:
+      - map_name: routes.map
+    - onchanges:
+      - file: haproxy-config-file-routes-file-managed
+    - require:
+      - docker_container: haproxy-service-running-docker-container-running

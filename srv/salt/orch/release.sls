@@ -1,0 +1,88 @@
+{#- release: deactivated -> release. Starts the stack's containers in a free slot, waits until
+    HAProxy has every one UP, then routes internal/preview traffic to it. Production is untouched.
+    Pillar read: pigeon:app, pigeon:version, pigeon:force, pigeon:wait,
+    pigeon:keep_failed, pigeon:source (stacks.py or the reactor), stacks:<app>. #}
+{%- set action = 'release' %}
+{%- set args = pillar.get('pigeon', {}) %}
+{%- set app = args.get('app') %}
+{#- the plan: checked against the registry and the state machine by the stacks runner #}
+{%- set plan = salt['saltutil.runner']('stacks.plan', app=app, action=action, version=args.get('version'),
+      force=args.get('force', False), definition=pillar.get('stacks', {}).get(app)) %}
+{%- set lb, cfg, source = plan.get('loadbal', {}), plan.get('config', {}), args.get('source', 'cli') %}
+{%- import 'orch/steps.jinja' as steps %}
+{%- if plan.error %}
+{{ steps.refused(action, plan) }}
+{%- else %}
+{{ steps.lock(action, app, plan, args) }}
+{%-   set done = ['salt: pigeon-release-lock-runner'] %}
+{%-   if not plan.noop %}
+{%-     set start = plan.start %}
+
+# HAProxy up to date on the load balancer: a new app gets its slots (reload without loss)
+pigeon-release-loadbal-state:
+  salt.state:
+    - tgt: {{ lb.target | json }}
+    - tgt_type: {{ lb.target_type }}
+    - sls: [docker, haproxy]
+    - require:
+      - salt: pigeon-release-lock-runner
+
+# the app's config formula: its files and image for this version
+pigeon-release-config-state:
+  salt.state:
+    - tgt: {{ cfg.target | json }}
+    - tgt_type: {{ cfg.target_type }}
+    - sls: {{ (['docker'] + ([cfg.formula] if cfg.formula else [])) | json }}
+    - pillar:
+        pigeon_stack: {{ {'app': app, 'version': plan.version} | json }}
+    - require:
+      - salt: pigeon-release-lock-runner
+
+pigeon-release-containers-state:
+  salt.state:
+    - tgt: {{ cfg.target | json }}
+    - tgt_type: {{ cfg.target_type }}
+    - sls: stacks.running
+    - pillar:
+        pigeon_stack: {{ {'app': app, 'version': plan.version, 'network': start.network, 'containers': start.containers} | json }}
+    - require:
+      - salt: pigeon-release-loadbal-state
+      - salt: pigeon-release-config-state
+
+# the health gate: every load-balanced container UP in HAProxy, its check passed
+pigeon-release-health-function:
+  salt.function:
+    - name: haproxy_runtime.wait_up
+    - tgt: {{ lb.target | json }}
+    - tgt_type: {{ lb.target_type }}
+    - arg:
+      - {{ start.backend }}
+      - {{ start.expected_up }}
+    - kwarg:
+        timeout: {{ lb.healthcheck_timeout }}
+    - require:
+      - salt: pigeon-release-containers-state
+
+{{ steps.routes(action, lb, plan, 'salt: pigeon-release-health-function') }}
+
+{%-     if not args.get('keep_failed') %}
+
+# a release that failed leaves nothing behind (unless --keep-failed)
+pigeon-release-cleanup-state:
+  salt.state:
+    - tgt: {{ cfg.target | json }}
+    - tgt_type: {{ cfg.target_type }}
+    - sls: stacks.absent
+    - pillar:
+        pigeon_stack: {{ {'app': app, 'version': plan.version, 'network': start.network} | json }}
+    - require:
+      - salt: pigeon-release-lock-runner
+    - onfail_any:
+      - salt: pigeon-release-containers-state
+      - salt: pigeon-release-health-function
+      - salt: pigeon-release-routes-function
+{%-     endif %}
+{%-     set done = ['salt: pigeon-release-loadbal-state', 'salt: pigeon-release-config-state', 'salt: pigeon-release-containers-state', 'salt: pigeon-release-health-function', 'salt: pigeon-release-routes-function'] %}
+{%-   endif %}
+{{ steps.commit(action, app, plan, source, done) }}
+{%- endif %}

@@ -1,0 +1,25 @@
+{#- One stack's containers removed from the app minion: stopped gracefully (their stop
+    signal and timeout), then removed, then the stack's network. Found by their labels, so
+    a partly started stack is cleaned as well. Pillar `pigeon_stack`: app, version, network. #}
+{%- set stack = pillar['pigeon_stack'] %}
+{%- set found = salt['docker.ps'](all=True, filters={'label': ['pigeon.app=' ~ stack.app, 'pigeon.version=' ~ stack.version]}) %}
+{%- set names = [] %}
+{%- for id, c in found.items() %}{% do names.append(c.Names[0].lstrip('/')) %}{% endfor %}
+
+{%- if names %}
+stacks-absent-docker-container-stopped:
+  docker_container.stopped:
+    - names: {{ names | sort | json }}
+
+stacks-absent-docker-container-absent:
+  docker_container.absent:
+    - names: {{ names | sort | json }}
+    - require:
+      - docker_container: stacks-absent-docker-container-stopped
+    - require_in:
+      - docker_network: stacks-absent-docker-network-absent
+{%- endif %}
+
+stacks-absent-docker-network-absent:
+  docker_network.absent:
+    - name: {{ stack.network }}

@@ -1,0 +1,33 @@
+{#- One stack's containers, started on the app minion. Everything comes from the plan
+    (pillar `pigeon_stack`, passed by orch/release.sls; see stacks.containers in _runners/stacks.py):
+    the stack's own network (services reach each other by service name, isolated from other
+    versions) and, for services labelled register_backend=true, the app's default network with
+    the slot's alias that HAProxy resolves. #}
+{%- set stack = pillar['pigeon_stack'] %}
+{%- set default_networks = [] %}
+{%- for c in stack.containers %}{% for n in c.networks %}{% for name in n %}
+{%-   if name != stack.network and name not in default_networks %}{% do default_networks.append(name) %}{% endif %}
+{%- endfor %}{% endfor %}{% endfor %}
+
+{%- for network in [stack.network] + default_networks %}
+stacks-running-{{ network }}-docker-network-present:
+  docker_network.present:
+    - name: {{ network }}
+    - labels:
+      - pigeon.managed=true
+{%- endfor %}
+
+{%- for c in stack.containers %}
+stacks-running-{{ c.name }}-docker-container-running:
+  docker_container.running:
+    - name: {{ c.name }}
+    - labels: {{ c.labels | json }}
+    - networks: {{ c.networks | json }}
+{%-   for key, value in c.docker_config | dictsort %}
+    - {{ key }}: {{ value | json }}
+{%-   endfor %}
+    - require:
+{%-   for network in [stack.network] + default_networks %}
+      - docker_network: stacks-running-{{ network }}-docker-network-present
+{%-   endfor %}
+{%- endfor %}
