@@ -316,11 +316,12 @@ def test_read_map_file_skips_comments_and_blank_lines(tmp_path):
 # --- socket errors ------------------------------------------------------------
 
 
-def test_missing_socket_says_which_socket_and_what_to_check(tmp_path):
+def test_missing_socket_says_which_socket_and_what_to_check(tmp_path, monkeypatch):
     path = tmp_path / "admin.sock"
+    monkeypatch.setattr(hr, "CONNECT_WAIT", 0.3)
 
     with pytest.raises(hr.HAProxySocketError) as raw:
-        hr.AdminSocket(str(path)).command("show info")
+        hr.AdminSocket(str(path), connect_wait=0).command("show info")
     with pytest.raises(hr.CommandExecutionError) as salt_error:
         hr.backends(socket=str(path))
 
@@ -336,7 +337,7 @@ def test_socket_without_listener_is_connection_refused(tmp_path):
     stale.close()
 
     with pytest.raises(hr.HAProxySocketError) as error:
-        hr.AdminSocket(str(path)).command("show info")
+        hr.AdminSocket(str(path), connect_wait=0).command("show info")
 
     assert str(error.value) == f"HAProxy admin socket {path}: connection refused; is the haproxy container running?"
 
@@ -457,7 +458,9 @@ def test_up_without_l7ok_is_not_counted(haproxy):
 
 
 def test_check_up_passes_when_count_servers_are_checked(haproxy):
-    haproxy.stats = [show_stat(backend_row("app_b"), server_row("app_b", "s1", "10.0.0.4:8080"), maint_slot("app_b", "s2", 2))]
+    haproxy.stats = [show_stat(
+        backend_row("app_b"), server_row("app_b", "s1", "10.0.0.4:8080"), maint_slot("app_b", "s2", 2),
+    )]
 
     assert hr.check_up("app_b", 1, socket=haproxy.path)["up"] == 1
     assert haproxy.commands == ["show stat"]

@@ -16,7 +16,7 @@ Minion config (all optional):
 
     haproxy_runtime:
       socket: /srv/pigeon/haproxy/run/admin.sock
-      maps_dir: /srv/pigeon/haproxy/maps
+      maps_dir: /srv/pigeon/haproxy/etc/maps
       maps_dir_in_container: /usr/local/etc/haproxy/maps
 
 The first part of this file (socket client, parsers, map file I/O) uses no
@@ -58,9 +58,10 @@ __load__ = [
 ]
 
 DEFAULT_SOCKET = "/srv/pigeon/haproxy/run/admin.sock"
-DEFAULT_MAPS_DIR = "/srv/pigeon/haproxy/maps"
+DEFAULT_MAPS_DIR = "/srv/pigeon/haproxy/etc/maps"
 DEFAULT_MAPS_DIR_IN_CONTAINER = "/usr/local/etc/haproxy/maps"
 DEFAULT_SERVER_STATE = "/srv/pigeon/haproxy/run/server-state"
+CONNECT_WAIT = 5.0  # seconds to wait for the socket of an HAProxy that is starting
 
 MAP_HEADER = "# managed by Salt (haproxy_runtime); changes will be overwritten"
 
@@ -86,9 +87,22 @@ class HAProxySocketError(Exception):
 class AdminSocket:
     """A client for HAProxy's admin socket, one connection per command."""
 
-    def __init__(self, path, timeout=5.0):
+    def __init__(self, path, timeout=5.0, connect_wait=5.0):
         self.path = path
         self.timeout = timeout
+        # HAProxy that is starting or reloading has no socket for a moment: retry that long
+        self.connect_wait = connect_wait
+
+    def _connect(self, sock):
+        deadline = time.monotonic() + self.connect_wait
+        while True:
+            try:
+                sock.connect(self.path)
+                return
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.1)
 
     def command(self, cmd, expect_empty=False):
         """
@@ -102,7 +116,7 @@ class AdminSocket:
         sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(self.path)
+            self._connect(sock)
             sock.sendall(cmd.encode() + b"\n")
             chunks = []
             while chunk := sock.recv(65536):
@@ -234,7 +248,7 @@ def _command(socket, cmd, expect_empty=False):
     """Run one admin socket command; socket failures become CommandExecutionError."""
     path = socket or _config("socket", DEFAULT_SOCKET)
     try:
-        return AdminSocket(path).command(cmd, expect_empty=expect_empty)
+        return AdminSocket(path, connect_wait=CONNECT_WAIT).command(cmd, expect_empty=expect_empty)
     except HAProxySocketError as exc:
         raise CommandExecutionError(str(exc)) from exc
 

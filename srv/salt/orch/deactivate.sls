@@ -10,7 +10,7 @@
       force=args.get('force', False), definition=pillar.get('stacks', {}).get(app)) %}
 {%- set lb, cfg, source = plan.get('loadbal', {}), plan.get('config', {}), args.get('source', 'cli') %}
 {%- import 'orch/steps.jinja' as steps %}
-{%- if plan.error %}
+{%- if plan.get('error') %}
 {{ steps.refused(action, plan) }}
 {%- else %}
 {{ steps.lock(action, app, plan, args) }}

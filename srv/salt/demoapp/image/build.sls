@@ -6,7 +6,8 @@ include:
 
 demoapp-image-build-docker-image-present:
   docker_image.present:
-    - name: {{ demoapp.image }}:{{ stack.version }}
+    - name: {{ demoapp.image }}
+    - tag: {{ stack.version | string | json }}
 {%- if demoapp.build %}
     - build: {{ demoapp.build_dir }}/{{ stack.version }}
     - require:
