@@ -1,0 +1,38 @@
+# Pigeon: two commands on a fresh machine.
+#   make demo   install what is missing, start the lab, run a blue/green deployment of the demo app
+#   make test   install what is missing, start the lab, run every test
+SHELL := /bin/bash
+VENV := .lab/venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo lab down status test unit integration bench install clean
+
+install:
+	bootstrap/install.sh
+
+lab:
+	bootstrap/lab.sh up
+
+down:
+	bootstrap/lab.sh down
+
+status:
+	bootstrap/lab.sh status
+
+demo: lab
+	bootstrap/demo.sh
+
+unit: install
+	$(PY) -m pytest -q tests/unit
+
+integration: lab
+	$(PY) -m pytest -q tests/integration
+
+test: lab
+	$(PY) -m pytest tests/unit tests/integration -p no:cacheprovider -rs
+
+bench: lab
+	$(PY) tests/bench/bench.py
+
+clean: down
+	rm -rf .lab

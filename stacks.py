@@ -1,0 +1,386 @@
+#!/usr/bin/env python3
+"""
+stacks.py: blue/green deployments of dockerized apps, through salt-api.
+
+    ./stacks.py release    --app-name APP --version V   # start V, internal/preview traffic only
+    ./stacks.py activate   --app-name APP [--version V] # V takes production; the old active stays as rollback target
+    ./stacks.py rollback   --app-name APP               # the inactive stack takes production back
+    ./stacks.py deactivate --app-name APP --version V [--force]
+    ./stacks.py status     [--app-name APP] [--json]
+    ./stacks.py history    --app-name APP [--json]
+    ./stacks.py --app-name APP --version V --action release   # the original form
+
+Settings come from SALTAPI_URL, SALTAPI_USER, SALTAPI_PASS, SALTAPI_EAUTH (as
+salt-pepper) and REQUESTS_CA_BUNDLE; flags override them. TLS is verified.
+
+Exit codes: 0 done (or already done); 1 the action failed or was refused;
+2 bad usage; 3 salt-api unreachable, TLS or authentication failed.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+
+import requests
+
+ACTIONS = ("release", "activate", "deactivate", "rollback")
+VIEWS = ("status", "history")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API = 0, 1, 2, 3
+
+
+class StacksError(Exception):
+    """A failure to show as one line; ``code`` is the exit code."""
+
+    def __init__(self, message, code=EXIT_FAILED, report=None):
+        super().__init__(message)
+        self.code = code
+        self.report = report  # what is known of the action so far, for --json
+
+
+# ---------------------------------------------------------------------------
+# salt-api client
+class SaltApi:
+    """A thin client of salt-api's rest_cherrypy: /login with eauth, then low-state runs."""
+
+    def __init__(self, url, user, password, eauth="auto", verify=True, timeout=600):
+        if not url:
+            raise StacksError("no salt-api URL: set SALTAPI_URL or pass --saltapi-url "
+                              "(in the lab: . .lab/env)", EXIT_USAGE)
+        self.url = url.rstrip("/")
+        self.user, self.password, self.eauth = user, password, eauth
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.verify = verify
+        self.session.headers["Accept"] = "application/json"
+        self.token = None
+
+    def _post(self, path, payload):
+        try:
+            response = self.session.post(self.url + path, json=payload, timeout=self.timeout)
+        except requests.exceptions.SSLError as exc:
+            raise StacksError(
+                f"TLS verification of {self.url} failed ({_reason(exc)}); set REQUESTS_CA_BUNDLE "
+                "or --ca-file to the CA that signed salt-api's certificate", EXIT_API) from exc
+        except requests.exceptions.Timeout as exc:
+            raise StacksError(f"salt-api at {self.url} did not answer within {self.timeout} s; "
+                              "check the master's log, or raise --timeout", EXIT_API) from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise StacksError(f"cannot reach salt-api at {self.url} ({_reason(exc)}); is salt-api "
+                              "running? (in the lab: make lab)", EXIT_API) from exc
+        if response.status_code == 401:
+            raise StacksError(f"salt-api refused the credentials of {self.user!r} (eauth "
+                              f"{self.eauth}); check SALTAPI_USER, SALTAPI_PASS and SALTAPI_EAUTH",
+                              EXIT_API)
+        if response.status_code == 403:
+            raise StacksError(f"salt-api: {self.user!r} may not run this; check the master's "
+                              "external_auth ACL", EXIT_API)
+        if response.status_code >= 400:
+            raise StacksError(f"salt-api answered HTTP {response.status_code} on {path}: "
+                              f"{response.text.strip()[:200]}", EXIT_API)
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise StacksError(f"salt-api answered something that is not JSON on {path}", EXIT_API) from exc
+
+    def login(self):
+        if not self.user or self.password is None:
+            raise StacksError("no salt-api credentials: set SALTAPI_USER and SALTAPI_PASS "
+                              "(in the lab: . .lab/env)", EXIT_USAGE)
+        data = self._post("/login", {"username": self.user, "password": self.password,
+                                     "eauth": self.eauth})
+        try:
+            self.token = data["return"][0]["token"]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise StacksError("salt-api login returned no token", EXIT_API) from exc
+        self.session.headers["X-Auth-Token"] = self.token
+
+    def runner(self, fun, arg=None, kwarg=None):
+        """Run a runner function synchronously; returns its return value."""
+        if self.token is None:
+            self.login()
+        low = {"client": "runner", "fun": fun, "arg": list(arg or []), "kwarg": dict(kwarg or {})}
+        data = self._post("/", [low])
+        try:
+            return data["return"][0]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise StacksError(f"salt-api returned no result for {fun}", EXIT_API) from exc
+
+
+def _reason(exc):
+    text = str(exc)
+    for hint in ("Connection refused", "Name or service not known", "certificate verify failed",
+                 "timed out", "No route to host"):
+        if hint in text:
+            return hint.lower()
+    return text.split(":")[-1].strip(" ')>\"")[:120] or type(exc).__name__
+
+
+# ---------------------------------------------------------------------------
+# orchestration results
+STEP_RE = re.compile(r"^pigeon-[a-z]+-(.+?)-(runner|function|state)$")
+
+
+def step_name(state_id):
+    """'pigeon-release-health-function' -> 'health'."""
+    match = STEP_RE.match(state_id or "")
+    return match.group(1) if match else (state_id or "?")
+
+
+def _minion_failure(step):
+    """The one useful line of a failed salt.function / salt.state step."""
+    ret = (step.get("changes") or {}).get("ret")
+    if isinstance(ret, dict):
+        for minion, value in ret.items():
+            if isinstance(value, dict):  # salt.state: the failed states of that minion
+                failed = [v for v in value.values() if isinstance(v, dict) and v.get("result") is False]
+                failed.sort(key=lambda v: v.get("__run_num__", 0))
+                real = [v for v in failed if not str(v.get("comment", "")).startswith("One or more requisite")]
+                if real or failed:
+                    comment = str((real or failed)[0].get("comment", "")).strip()
+                    return f"{minion}: {_first_line(comment)}"
+            elif value not in (None, True) and value != "":
+                return f"{minion}: {_first_line(str(value))}"
+    comment = str(step.get("comment", ""))
+    if "No minions matched" in comment or "No minions responded" in comment or "did not respond" in comment:
+        return f"{_first_line(comment)}; is the minion up? (salt-run manage.status)"
+    match = re.search(r"ERROR: (.+)", comment)
+    if match:
+        return match.group(1).strip()
+    return _first_line(comment)
+
+
+def _first_line(text):
+    text = text.strip()
+    for prefix in ("ERROR: ", "Passed invalid arguments: "):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0] if lines else "(no comment)"
+
+
+def orchestration_outcome(ret):
+    """
+    Read the runner client's return of state.orchestrate.
+
+    Returns {"ok": bool, "steps": [{"step", "result", "comment", "duration"}],
+    "error": one line or None, "result": the commit step's return or None}.
+    """
+    if not isinstance(ret, dict) or "data" not in ret:
+        text = ret if isinstance(ret, str) else json.dumps(ret)[:300]
+        return {"ok": False, "steps": [], "error": f"unexpected answer from the master: {_first_line(text)}",
+                "result": None}
+    data = ret["data"]
+    per_master = next(iter(data.values())) if isinstance(data, dict) and data else data
+    if isinstance(per_master, list):  # render errors come as a list of strings
+        message = _first_line(" ".join(str(x) for x in per_master))
+        message = re.sub(r"^Rendering SLS '[^']+' failed: ", "", message)
+        return {"ok": False, "steps": [], "result": None,
+                "error": f"the orchestration could not be rendered: {message}; check the pillar "
+                         "(salt-run pillar.show_pillar) and the master's log"}
+    steps = []
+    for key, step in sorted(per_master.items(), key=lambda kv: kv[1].get("__run_num__", 0)):
+        comment = str(step.get("comment", ""))
+        skipped = comment.startswith("State was not run because")
+        steps.append({
+            "step": step_name(step.get("__id__", key.split("_|-")[1] if "_|-" in key else key)),
+            "result": step.get("result"),
+            "skipped": skipped,
+            "comment": comment,
+            "duration_ms": step.get("duration"),
+            "raw": step,
+        })
+    failed = [s for s in steps if s["result"] is False]
+    error = None
+    if failed:
+        real = [s for s in failed if not s["comment"].startswith("One or more requisite failed")]
+        first = (real or failed)[0]
+        raw = first["raw"]
+        fun = raw.get("name", "")
+        if first["step"].endswith("refused"):
+            return {"ok": False, "steps": [], "error": first["comment"], "refused": True, "result": None}
+        elif isinstance((raw.get("changes") or {}).get("return"), dict) and "Error" in raw["changes"]["return"]:
+            error = str(raw["changes"]["return"]["Error"])
+        elif fun.startswith("stacks."):
+            error = _first_line(json.dumps((raw.get("changes") or {}).get("return")) or first["comment"])
+        else:
+            error = _minion_failure(raw)
+        error = f"step {first['step']} failed: {error}"
+    result = None
+    for s in steps:
+        if s["step"] == "commit" and s["result"]:
+            result = (s["raw"].get("changes") or {}).get("return")
+    ok = not failed and ret.get("retcode", 0) in (0, None)
+    if not ok and error is None:
+        error = f"the orchestration returned retcode {ret.get('retcode')}; see the master's log"
+    for s in steps:
+        del s["raw"]
+    return {"ok": ok, "steps": steps, "error": error, "result": result}
+
+
+# ---------------------------------------------------------------------------
+# command line
+def parse_args(argv):
+    env = os.environ
+    parser = argparse.ArgumentParser(
+        prog="stacks.py",
+        description="Blue/green deployments of dockerized apps through salt-api.",
+        epilog="Exit codes: 0 done, 1 failed or refused, 2 bad usage, 3 salt-api unreachable or "
+               "credentials refused.")
+    parser.add_argument("command", nargs="?", choices=ACTIONS + VIEWS, metavar="ACTION",
+                        help="release | activate | deactivate | rollback | status | history")
+    parser.add_argument("--action", choices=ACTIONS, help="the original form of ACTION")
+    parser.add_argument("--app-name", "-a", dest="app", help="the app (a key of the stacks: pillar)")
+    parser.add_argument("--version", "-V", dest="version", help="the version (an image tag)")
+    parser.add_argument("--force", action="store_true",
+                        help="deactivate the active stack (production answers 503)")
+    parser.add_argument("--keep-failed", action="store_true",
+                        help="leave the containers of a failed release for inspection")
+    parser.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                        help="wait up to SECONDS for the app's deploy lock instead of failing")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    parser.add_argument("--verbose", "-v", action="store_true", help="tracebacks and raw answers")
+    parser.add_argument("--limit", type=int, default=20, help="history: how many entries")
+    parser.add_argument("--saltapi-url", default=env.get("SALTAPI_URL"))
+    parser.add_argument("--saltapi-user", default=env.get("SALTAPI_USER"))
+    parser.add_argument("--saltapi-pass", default=env.get("SALTAPI_PASS"))
+    parser.add_argument("--saltapi-eauth", default=env.get("SALTAPI_EAUTH", "auto"))
+    parser.add_argument("--ca-file", default=env.get("REQUESTS_CA_BUNDLE"),
+                        help="CA bundle that signed salt-api's certificate")
+    parser.add_argument("--insecure", action="store_true",
+                        help="do not verify salt-api's TLS certificate (not for production)")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for salt-api")
+    args = parser.parse_args(argv)
+    if args.command and args.action and args.command != args.action:
+        parser.error(f"ACTION {args.command} and --action {args.action} disagree")
+    args.command = args.command or args.action
+    if not args.command:
+        parser.error("name an ACTION (release, activate, deactivate, rollback, status, history)")
+    if args.command in ACTIONS + ("history",) and not args.app:
+        parser.error(f"{args.command} needs --app-name")
+    if args.command == "deactivate" and not args.version:
+        parser.error("deactivate needs --version")
+    return args
+
+
+def make_client(args):
+    verify = False if args.insecure else (args.ca_file or True)
+    return SaltApi(args.saltapi_url, args.saltapi_user, args.saltapi_pass,
+                   args.saltapi_eauth, verify=verify, timeout=args.timeout)
+
+
+def run_action(client, args, out):
+    pillar = {"app": args.app, "source": "cli"}
+    if args.version:
+        pillar["version"] = args.version
+    if args.force:
+        pillar["force"] = True
+    if args.keep_failed:
+        pillar["keep_failed"] = True
+    if args.wait:
+        pillar["wait"] = int(args.wait)
+    started = time.monotonic()
+    target = f"{args.app} {args.version or ''}".strip()
+    out(f"{args.command} {target} through {client.url}")
+    ret = client.runner("state.orchestrate", arg=[f"orch.{args.command}"], kwarg={"pillar": {"pigeon": pillar}})
+    outcome = orchestration_outcome(ret)
+    elapsed = time.monotonic() - started
+    for step in outcome["steps"]:
+        if step["skipped"]:
+            continue
+        mark = "ok" if step["result"] else "FAILED"
+        duration = f"{(step['duration_ms'] or 0) / 1000:.1f} s"
+        out(f"  {step['step']:<24} {mark:<7} {duration}")
+    report = {"action": args.command, "app": args.app, "version": args.version,
+              "ok": outcome["ok"], "error": outcome["error"], "seconds": round(elapsed, 3),
+              "steps": [{k: s[k] for k in ("step", "result", "comment", "duration_ms")} for s in outcome["steps"]],
+              "result": outcome["result"]}
+    if outcome["result"]:
+        report["version"] = outcome["result"].get("version", args.version) or args.version
+    if outcome.get("refused"):
+        raise StacksError(f"{args.command} {target} refused: {outcome['error']}", EXIT_FAILED, report)
+    if not outcome["ok"]:
+        raise StacksError(f"{args.command} {target} failed: {outcome['error']}", EXIT_FAILED, report)
+    message = (outcome["result"] or {}).get("message") or ""
+    out(f"{message}" if message else "done")
+    out(f"Finished {args.command} {target} in {elapsed:.1f} s")
+    return report
+
+
+def show_status(client, args, out):
+    kwarg = {"app": args.app} if args.app else {}
+    status = client.runner("stacks.status", kwarg=kwarg)
+    if not isinstance(status, dict):
+        raise StacksError(f"stacks.status failed: {_first_line(str(status))}")
+    for app, entry in sorted(status.items()):
+        out(app)
+        if not entry["stacks"]:
+            out("  no stacks")
+        order = {"active": 0, "release": 1, "inactive": 2}
+        for version, stack in sorted(entry["stacks"].items(), key=lambda kv: order.get(kv[1]["state"], 9)):
+            traffic = {"active": "production", "release": "internal/preview", "inactive": "none"}[stack["state"]]
+            if stack["state"] == "active" and not any(s["state"] == "release" for s in entry["stacks"].values()):
+                traffic = "production, internal/preview"
+            out(f"  {version:<16} {stack['state']:<9} slot {stack['slot']}  traffic: {traffic:<29} "
+                f"since {stack.get('since', '?')} by {stack.get('by', '?')}")
+        if entry.get("lock"):
+            lock = entry["lock"]
+            out(f"  locked by {lock.get('action')} {lock.get('version') or ''} of {lock.get('user')} "
+                f"since {lock.get('since')}")
+    return status
+
+
+def show_history(client, args, out):
+    items = client.runner("stacks.history", kwarg={"app": args.app, "limit": args.limit})
+    if not isinstance(items, list):
+        raise StacksError(f"stacks.history failed: {_first_line(str(items))}")
+    for item in items:
+        out(f"{item.get('when', '?')}  {item.get('action', '?'):<10} {str(item.get('version') or ''):<12} "
+            f"{item.get('result', '?'):<8} {item.get('user', '?')} ({item.get('source', '?')})"
+            + (f" {item['duration']} s" if item.get("duration") is not None else ""))
+    return items
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    quiet = args.quiet or args.json
+
+    def out(line):
+        if not quiet:
+            print(line, flush=True)
+
+    report = None
+    try:
+        client = make_client(args)
+        if args.command in ACTIONS:
+            report = run_action(client, args, out)
+        elif args.command == "status":
+            report = show_status(client, args, out)
+        else:
+            report = show_history(client, args, out)
+    except StacksError as exc:
+        error, code, report = exc, exc.code, exc.report
+        if args.verbose:
+            import traceback  # pylint: disable=import-outside-toplevel
+            traceback.print_exc()
+        if args.json:
+            doc = report if isinstance(report, dict) else {"action": args.command, "app": args.app}
+            doc.update(ok=False, error=str(error))
+            print(json.dumps(doc, indent=2, sort_keys=True))
+        print(f"stacks.py: {error}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print("stacks.py: interrupted; the orchestration may still run on the master: "
+              "see ./stacks.py status", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        doc = report if args.command in ACTIONS else {"ok": True, args.command: report}
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
