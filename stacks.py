@@ -305,6 +305,8 @@ def run_action(client, args, out):
     if not outcome["ok"]:
         raise StacksError(f"{args.command} {target} failed: {outcome['error']}", EXIT_FAILED, report)
     message = (outcome["result"] or {}).get("message") or ""
+    if not args.version and report["version"]:
+        target = f"{args.app} {report['version']}"
     out(f"{message}" if message else "done")
     out(f"Finished {args.command} {target} in {elapsed:.1f} s")
     return report

@@ -3,8 +3,8 @@ stacks:
   app:
     version: '1.0'                  # the version an action uses when it names none
     loadbal:
-      target: lab-minion            # where HAProxy runs
-      target_type: glob
+      target: '^(lab|debian)-minion$'  # where HAProxy runs: the lab's minion or the Vagrant one
+      target_type: pcre             # (a list, L@, would fail on the one that does not exist)
       frontend: www                 # a frontend of the haproxy formula's pillar
       backend_port: 8080            # the load-balanced containers listen here
       default_network: pigeon       # docker network shared by HAProxy and load-balanced containers
@@ -15,8 +15,8 @@ stacks:
         timeout: 30                 # seconds a release may take to become healthy
       drain_timeout: 10             # seconds a slot may take to drain before its containers stop
     config:
-      target: lab-minion            # where the app runs
-      target_type: glob
+      target: '^(lab|debian)-minion$'  # where the app runs
+      target_type: pcre
       formula: demoapp              # applied before the containers start (builds the image)
     task_definitions:
       count: 2                      # replicas of the whole set of services

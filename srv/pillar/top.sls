@@ -7,3 +7,8 @@ base:
     - demoapp
     - lab
     - ignore_missing: True   # lab.sls is written by bootstrap/lab.sh
+  'debian-minion':           # the Vagrant minion (Vagrantfile): the same pillar
+    - haproxy
+    - demoapp
+    - lab
+    - ignore_missing: True   # lab.sls is written by the Vagrantfile's master provisioner

@@ -23,6 +23,7 @@ take it.
 """
 
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "stacks"
 HISTORY_KEEP = 500
+MAX_REPLICAS = 10  # the server-template size of a slot (haproxy:max_replicas)
+# docker_config keys Pigeon sets itself
+RESERVED = ("name", "networks", "network_mode")
 
 
 def __virtual__():
@@ -101,16 +105,6 @@ def _fail(message):
     return {"Error": message}
 
 
-def _user(orchestration_jid, user):
-    if user:
-        return user
-    try:
-        job = __salt__["jobs.list_job"](orchestration_jid) if orchestration_jid else {}
-        return job.get("User") or "unknown"
-    except Exception:  # pylint: disable=broad-except
-        return "unknown"
-
-
 # ---------------------------------------------------------------------------
 # planning
 def _services(definition):
@@ -163,6 +157,7 @@ def containers(app, version, slot, definition):
                 networks.append({loadbal["default_network"]: [{"aliases": [f"pigeon-{app}-{slot}"]}]})
             config["image"] = _image(config.get("image", app), version)
             config.setdefault("stop_timeout", 10)
+            config.setdefault("restart_policy", "unless-stopped")
             result.append({
                 "name": f"{app}-{version}-{service}-{replica}",
                 "service": service,
@@ -187,6 +182,8 @@ def plan(app=None, action=None, version=None, force=False, definition=None, **kw
 
         salt-run stacks.plan app=app action=release version=1.2 definition='{...}'
     """
+    if app and not __utils__["pigeon_statemachine.valid_app"](app):
+        return {"error": f"app name {app!r} is not valid: lower-case letters, digits, '-' and '_'"}
     if not app or not isinstance(definition, dict):
         return {"error": f"unknown app {app!r}: no stacks:{app} in pillar; "
                          "check the app name or the pillar (salt-run pillar.show_pillar)"}
@@ -229,11 +226,22 @@ def plan(app=None, action=None, version=None, force=False, definition=None, **kw
         "target_type": definition["config"].get("target_type", "glob"),
         "formula": definition["config"].get("formula"),
     }
+    result["loadbal_hash"] = hashlib.sha256(
+        json.dumps(loadbal, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    result["converge_loadbal"] = entry.get("loadbal_hash") != result["loadbal_hash"]
     if result["start"]:
         slot = result["start"]["slot"]
         cts = containers(app, result["version"], slot, definition)
         if not any(c["registered"] for c in cts):
             return {"error": f"broken pillar: no service of stacks:{app} is labelled register_backend=true"}
+        reserved = sorted({k for c in cts for k in c["docker_config"] if k in RESERVED})
+        if reserved:
+            return {"error": f"broken pillar: stacks:{app} docker_config sets {', '.join(reserved)}, "
+                             "which Pigeon sets itself; remove it"}
+        registered = sum(1 for c in cts if c["registered"])
+        if registered > MAX_REPLICAS:
+            return {"error": f"broken pillar: stacks:{app} would put {registered} containers in one "
+                             f"HAProxy slot, more than its {MAX_REPLICAS} servers; lower count"}
         result["start"].update(
             backend=_sm("backend")(app, slot),
             network=f"pigeon-{app}-{result['version']}",
@@ -262,10 +270,10 @@ def lock(app, action, version=None, generation=None, user=None, wait=0, **kwargs
     a lock left by a run that died is released. Also refuses when the registry
     changed since the action was planned.
     """
-    jid = kwargs.get("__orchestration_jid__") or kwargs.get("jid")
     me = {
-        "action": action, "version": version, "user": _user(jid, user),
-        "since": _now(), "pid": os.getpid(), "host": socket.gethostname(), "jid": jid,
+        "action": action, "version": version, "user": user or "unknown",
+        "since": _now(), "started": time.time(), "pid": os.getpid(),
+        "host": socket.gethostname(), "owner": _owner(),
     }
     path = _lock_path(app)
     deadline = time.monotonic() + float(wait or 0)
@@ -274,7 +282,7 @@ def lock(app, action, version=None, generation=None, user=None, wait=0, **kwargs
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except FileExistsError:
             held = _read_lock(app)
-            if held and held.get("jid") == jid and jid:
+            if held and held.get("owner") == me["owner"]:
                 break  # ours already (a re-run step)
             if held is None or not _lock_alive(held):
                 log.warning("stacks: releasing the stale lock of %s: %s", app, held)
@@ -299,14 +307,20 @@ def lock(app, action, version=None, generation=None, user=None, wait=0, **kwargs
             break
     entry = _load(app)
     if generation is not None and int(generation) != entry["generation"]:
-        _unlock(app, jid)
+        _unlock(app)
         return _fail(f"{app} changed while this {action} was being planned; run it again")
-    return {"locked": app, "by": me["user"], "jid": jid}
+    return {"locked": app, "by": me["user"], "owner": me["owner"]}
 
 
-def _unlock(app, jid):
+def _owner():
+    """Who holds a lock: the orchestration's process. The steps of one orchestration
+    (saltutil.runner) all run in that process; two orchestrations never share one."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _unlock(app):
     held = _read_lock(app)
-    if held and (held.get("jid") == jid or not _lock_alive(held)):
+    if held and (held.get("owner") == _owner() or not _lock_alive(held)):
         try:
             os.unlink(_lock_path(app))
         except FileNotFoundError:
@@ -318,42 +332,50 @@ def commit(app, planned, user=None, source="cli", started=None, **kwargs):
     Record a finished action: the stacks' new states and routes, a history
     entry; release the lock (last step of every action).
     """
-    jid = kwargs.get("__orchestration_jid__")
     held = _read_lock(app) or {}
+    if held.get("owner") != _owner():
+        return _fail(f"{app}: this orchestration does not hold the lock; nothing recorded")
     entry = _load(app)
-    who = held.get("user") or _user(jid, user)
+    who = held.get("user") or user or "unknown"
     if not planned.get("noop"):
-        entry = _sm("apply")(entry, planned, _now(), who)
+        converged = planned.get("converge_loadbal") and planned["action"] == "release"
+        entry = dict(_sm("apply")(entry, planned, _now(), who),
+                     loadbal_hash=planned["loadbal_hash"] if converged else entry.get("loadbal_hash"))
         _store(entry)
     _history_add(app, {
         "action": planned["action"], "version": planned.get("version"), "result": "success",
         "noop": planned.get("noop", False), "message": planned.get("message"),
         "user": who, "source": source, "when": held.get("since") or _now(),
-        "finished": _now(), "duration": _duration(started), "jid": jid,
+        "finished": _now(), "duration": _duration(held.get("started")),
         "states": planned.get("states"),
     })
-    _unlock(app, jid)
+    _unlock(app)
     return {"app": app, "message": planned.get("message"), "stacks": entry["stacks"],
             "routes": entry["routes"]}
 
 
 def abort(app, planned, user=None, source="cli", started=None, cleaned=None, **kwargs):
     """Record a failed action in the history and release the lock (onfail step)."""
-    jid = kwargs.get("__orchestration_jid__")
     held = _read_lock(app) or {}
-    if held.get("jid") not in (None, jid):
+    if held.get("owner") != _owner():
+        # refused at the lock: nothing ran, the lock is someone else's
+        _history_add(app, {
+            "action": planned.get("action"), "version": planned.get("version"),
+            "result": "refused", "message": "locked by another action", "user": user or "unknown",
+            "source": source, "when": _now(), "finished": _now(), "duration": 0})
         return {"app": app, "lock": "held by another action, left alone"}
     _history_add(app, {
         "action": planned.get("action"), "version": planned.get("version"), "result": "failed",
-        "user": held.get("user") or _user(jid, user), "source": source,
+        "user": held.get("user") or user or "unknown", "source": source,
         "when": held.get("since") or _now(), "finished": _now(),
-        "duration": _duration(started), "jid": jid, "cleaned": cleaned,
+        "duration": _duration(held.get("started")), "cleaned": cleaned,
     })
-    _unlock(app, jid)
+    _unlock(app)
     return {"app": app, "lock": "released"}
 
 
 def _duration(started):
+    """Seconds since ``started`` (epoch seconds), or None."""
     try:
         return round(time.time() - float(started), 3)
     except (TypeError, ValueError):

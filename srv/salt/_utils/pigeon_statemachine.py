@@ -66,6 +66,11 @@ def routes(app, stacks):
     }
 
 
+def valid_app(app):
+    """Whether ``app`` can name containers, networks and HAProxy backends."""
+    return isinstance(app, str) and bool(APP_RE.match(app))
+
+
 def check_version(version):
     if not isinstance(version, str) or not VERSION_RE.match(version):
         raise TransitionError(

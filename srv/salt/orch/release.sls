@@ -18,36 +18,32 @@
 {%-   if not plan.noop %}
 {%-     set start = plan.start %}
 
-# HAProxy up to date on the load balancer: a new app gets its slots (reload without loss)
+{%-     if plan.converge_loadbal %}
+
+# HAProxy up to date on the load balancer: a new app (or a changed loadbal: pillar) gets its
+# slots, with a reload that loses nothing. Skipped when the registry has seen this loadbal: already.
 pigeon-release-loadbal-state:
   salt.state:
     - tgt: {{ lb.target | json }}
     - tgt_type: {{ lb.target_type }}
     - sls: [docker, haproxy]
+    - parallel: True     # beside the containers
+    - concurrent: True   # the two may target the same minion; they touch different things
     - require:
       - salt: pigeon-release-lock-runner
+{%-     endif %}
 
-# the app's config formula: its files and image for this version
-pigeon-release-config-state:
-  salt.state:
-    - tgt: {{ cfg.target | json }}
-    - tgt_type: {{ cfg.target_type }}
-    - sls: {{ (['docker'] + ([cfg.formula] if cfg.formula else [])) | json }}
-    - pillar:
-        pigeon_stack: {{ {'app': app, 'version': plan.version} | json }}
-    - require:
-      - salt: pigeon-release-lock-runner
-
+# the app's config formula (its files and image for this version), then the stack's containers
 pigeon-release-containers-state:
   salt.state:
     - tgt: {{ cfg.target | json }}
     - tgt_type: {{ cfg.target_type }}
     - sls: stacks.running
+    - concurrent: True
     - pillar:
-        pigeon_stack: {{ {'app': app, 'version': plan.version, 'network': start.network, 'containers': start.containers} | json }}
+        pigeon_stack: {{ {'app': app, 'version': plan.version, 'formula': cfg.formula, 'network': start.network, 'containers': start.containers} | json }}
     - require:
-      - salt: pigeon-release-loadbal-state
-      - salt: pigeon-release-config-state
+      - salt: pigeon-release-lock-runner
 
 # the health gate: every load-balanced container UP in HAProxy, its check passed
 pigeon-release-health-function:
@@ -62,6 +58,9 @@ pigeon-release-health-function:
         timeout: {{ lb.healthcheck_timeout }}
     - require:
       - salt: pigeon-release-containers-state
+{%-     if plan.converge_loadbal %}
+      - salt: pigeon-release-loadbal-state
+{%-     endif %}
 
 {{ steps.routes(action, lb, plan, 'salt: pigeon-release-health-function') }}
 
@@ -82,7 +81,8 @@ pigeon-release-cleanup-state:
       - salt: pigeon-release-health-function
       - salt: pigeon-release-routes-function
 {%-     endif %}
-{%-     set done = ['salt: pigeon-release-loadbal-state', 'salt: pigeon-release-config-state', 'salt: pigeon-release-containers-state', 'salt: pigeon-release-health-function', 'salt: pigeon-release-routes-function'] %}
+{%-     set done = done + ['salt: pigeon-release-containers-state', 'salt: pigeon-release-health-function', 'salt: pigeon-release-routes-function'] %}
+{%-     if plan.converge_loadbal %}{% do done.append('salt: pigeon-release-loadbal-state') %}{% endif %}
 {%-   endif %}
 {{ steps.commit(action, app, plan, source, done) }}
 {%- endif %}

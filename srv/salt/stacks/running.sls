@@ -4,6 +4,10 @@
     versions) and, for services labelled register_backend=true, the app's default network with
     the slot's alias that HAProxy resolves. #}
 {%- set stack = pillar['pigeon_stack'] %}
+{%- if stack.get('formula') %}
+include:
+  - {{ stack.formula }}   {#- the app's config formula: files and image first #}
+{%- endif %}
 {%- set default_networks = [] %}
 {%- for c in stack.containers %}{% for n in c.networks %}{% for name in n %}
 {%-   if name != stack.network and name not in default_networks %}{% do default_networks.append(name) %}{% endif %}
@@ -23,10 +27,14 @@ stacks-running-{{ c.name }}-docker-container-running:
     - name: {{ c.name }}
     - labels: {{ c.labels | json }}
     - networks: {{ c.networks | json }}
+    - parallel: True   # every container starts at once
 {%-   for key, value in c.docker_config | dictsort %}
     - {{ key }}: {{ value | json }}
 {%-   endfor %}
     - require:
+{%-   if stack.get('formula') %}
+      - sls: {{ stack.formula }}
+{%-   endif %}
 {%-   for network in [stack.network] + default_networks %}
       - docker_network: stacks-running-{{ network }}-docker-network-present
 {%-   endfor %}
