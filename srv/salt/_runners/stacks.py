@@ -350,7 +350,8 @@ def commit(app, planned, user=None, source="cli", started=None, **kwargs):
         "states": planned.get("states"),
     })
     _unlock(app)
-    return {"app": app, "message": planned.get("message"), "stacks": entry["stacks"],
+    return {"app": app, "version": planned.get("version"), "message": planned.get("message"),
+            "noop": planned.get("noop", False), "stacks": entry["stacks"],
             "routes": entry["routes"]}
 
 

@@ -1,7 +1,8 @@
 {#- The HAProxy container: joined to every app's network, reloaded without loss on change #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import haproxy, haproxy_apps with context %}
-{%- set networks = haproxy_apps.values() | map(attribute='default_network') | unique | list %}
+{%- set networks = (haproxy_apps.values() | map(attribute='default_network') | list
+                    + haproxy.extra_networks.keys() | list) | unique | list %}
 include:
   - {{ tplroot }}.config
 
@@ -11,6 +12,9 @@ haproxy-service-running-{{ network }}-docker-network-present:
     - name: {{ network }}
     - labels:
       - pigeon.managed=true
+{%-   if haproxy.extra_networks.get(network, {}).get('subnet') %}
+    - subnet: {{ haproxy.extra_networks[network].subnet }}
+{%-   endif %}
     - require_in:
       - docker_container: haproxy-service-running-docker-container-running
 {%- endfor %}
