@@ -53,13 +53,14 @@ class SaltApi:
         self.user, self.password, self.eauth = user, password, eauth
         self.timeout = timeout
         self.session = requests.Session()
-        self.session.verify = verify
+        self.verify = verify  # passed on each request: requests lets REQUESTS_CA_BUNDLE override a session's
         self.session.headers["Accept"] = "application/json"
         self.token = None
 
     def _post(self, path, payload):
         try:
-            response = self.session.post(self.url + path, json=payload, timeout=self.timeout)
+            response = self.session.post(self.url + path, json=payload, timeout=self.timeout,
+                                         verify=self.verify)
         except requests.exceptions.SSLError as exc:
             raise StacksError(
                 f"TLS verification of {self.url} failed ({_reason(exc)}); set REQUESTS_CA_BUNDLE "
@@ -222,9 +223,16 @@ def orchestration_outcome(ret):
 
 # ---------------------------------------------------------------------------
 # command line
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, exit 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"stacks.py: {message} (see ./stacks.py --help)\n")
+
+
 def parse_args(argv):
     env = os.environ
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="stacks.py",
         description="Blue/green deployments of dockerized apps through salt-api.",
         epilog="Exit codes: 0 done, 1 failed or refused, 2 bad usage, 3 salt-api unreachable or "

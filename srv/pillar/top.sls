@@ -2,6 +2,8 @@
 base:
   '*':
     - stacks
+    - test_stacks            # written by tests/integration into .lab/pillar, only while they run
+    - ignore_missing: True
   'lab-minion':
     - haproxy
     - demoapp
