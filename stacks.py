@@ -202,6 +202,11 @@ def orchestration_outcome(ret):
         fun = raw.get("name", "")
         if first["step"].endswith("refused"):
             return {"ok": False, "steps": [], "error": first["comment"], "refused": True, "result": None}
+        lock_return = (raw.get("changes") or {}).get("return")
+        if first["step"] == "lock" and isinstance(lock_return, dict) and "Error" in lock_return:
+            # another action holds the app: nothing ran
+            return {"ok": False, "steps": [], "error": str(lock_return["Error"]), "refused": True,
+                    "result": None}
         elif isinstance((raw.get("changes") or {}).get("return"), dict) and "Error" in raw["changes"]["return"]:
             error = str(raw["changes"]["return"]["Error"])
         elif fun.startswith("stacks."):
@@ -320,6 +325,10 @@ def run_action(client, args, out):
     return report
 
 
+TRAFFIC = {"active": "production", "release": "internal/preview", "inactive": "none"}
+ORDER = {"active": 0, "release": 1, "inactive": 2}
+
+
 def show_status(client, args, out):
     kwarg = {"app": args.app} if args.app else {}
     status = client.runner("stacks.status", kwarg=kwarg)
@@ -327,19 +336,25 @@ def show_status(client, args, out):
         raise StacksError(f"stacks.status failed: {_first_line(str(status))}")
     for app, entry in sorted(status.items()):
         out(app)
+        observed = entry.get("observed") or {}
+        seen = observed.get("containers") or {}
         if not entry["stacks"]:
-            out("  no stacks")
-        order = {"active": 0, "release": 1, "inactive": 2}
-        for version, stack in sorted(entry["stacks"].items(), key=lambda kv: order.get(kv[1]["state"], 9)):
-            traffic = {"active": "production", "release": "internal/preview", "inactive": "none"}[stack["state"]]
-            if stack["state"] == "active" and not any(s["state"] == "release" for s in entry["stacks"].values()):
+            out("  no stack: production answers 503")
+        has_release = any(s["state"] == "release" for s in entry["stacks"].values())
+        for version, stack in sorted(entry["stacks"].items(), key=lambda kv: ORDER.get(kv[1]["state"], 9)):
+            traffic = TRAFFIC[stack["state"]]
+            if stack["state"] == "active" and not has_release:
                 traffic = "production, internal/preview"
-            out(f"  {version:<16} {stack['state']:<9} slot {stack['slot']}  traffic: {traffic:<29} "
-                f"since {stack.get('since', '?')} by {stack.get('by', '?')}")
+            c = seen.get(version, {"healthy": 0, "total": 0, "minions": []})
+            out(f"  {version:<16} {stack['state']:<9} slot {stack['slot']}  "
+                f"{c['healthy']}/{c['total']} healthy on {','.join(c['minions']) or '-'}  "
+                f"traffic: {traffic}  (since {stack.get('since', '?')} by {stack.get('by', '?')})")
         if entry.get("lock"):
             lock = entry["lock"]
             out(f"  locked by {lock.get('action')} {lock.get('version') or ''} of {lock.get('user')} "
                 f"since {lock.get('since')}")
+        for line in observed.get("drift") or []:
+            out(f"  DRIFT: {line}")
     return status
 
 

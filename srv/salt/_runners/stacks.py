@@ -243,6 +243,9 @@ def plan(app=None, action=None, version=None, force=False, definition=None, **kw
             return {"error": f"broken pillar: stacks:{app} would put {registered} containers in one "
                              f"HAProxy slot, more than its {MAX_REPLICAS} servers; lower count"}
         result["start"].update(
+            # containers of versions the registry does not know were left by an interrupted
+            # action: the release removes them
+            keep=sorted(set(entry["stacks"]) | {result["version"]}),
             backend=_sm("backend")(app, slot),
             network=f"pigeon-{app}-{result['version']}",
             expected_up=sum(1 for c in cts if c["registered"]),
@@ -255,20 +258,24 @@ def plan(app=None, action=None, version=None, force=False, definition=None, **kw
             "expected_up": sum(
                 1 for c in containers(app, result["version"], slot, definition) if c["registered"]),
         }
+    if action == "deactivate" and result["noop"]:
+        # not in the registry: remove whatever an interrupted action left of it
+        result["stop"] = [{"version": version, "slot": None, "state": None}]
     for stop in result["stop"]:
-        stop["backend"] = _sm("backend")(app, stop["slot"])
+        stop["backend"] = _sm("backend")(app, stop["slot"]) if stop["slot"] else None
         stop["network"] = f"pigeon-{app}-{stop['version']}"
     return result
 
 
 # ---------------------------------------------------------------------------
 # the steps of an orchestration
-def lock(app, action, version=None, generation=None, user=None, wait=0, **kwargs):
+def lock(app, action, version=None, planned=None, user=None, wait=0, **kwargs):
     """
     Take the app's deploy lock for this orchestration (first step of every action).
     Refused at once when another live action holds it (or after ``wait`` seconds);
-    a lock left by a run that died is released. Also refuses when the registry
-    changed since the action was planned.
+    a lock left by a run that died is released. When the registry changed since
+    the action was planned (another action ran meanwhile), the plan is checked
+    again: the action goes on only if it would still do the same.
     """
     me = {
         "action": action, "version": version, "user": user or "unknown",
@@ -306,9 +313,18 @@ def lock(app, action, version=None, generation=None, user=None, wait=0, **kwargs
                 json.dump(me, fh)
             break
     entry = _load(app)
-    if generation is not None and int(generation) != entry["generation"]:
-        _unlock(app)
-        return _fail(f"{app} changed while this {action} was being planned; run it again")
+    if planned and int(planned["generation"]) != entry["generation"]:
+        try:
+            again = _sm("plan")(entry, action, version=planned.get("version"),
+                                force=planned.get("force", False))
+        except Exception as exc:  # pylint: disable=broad-except
+            _unlock(app)
+            if type(exc).__name__ == "TransitionError":
+                return _fail(f"{exc} (changed by another action while this {action} waited)")
+            raise
+        if _sm("essence")(again) != _sm("essence")(planned):
+            _unlock(app)
+            return _fail(f"{app} changed while this {action} waited for the lock; run it again")
     return {"locked": app, "by": me["user"], "owner": me["owner"]}
 
 
@@ -385,10 +401,80 @@ def _duration(started):
 
 # ---------------------------------------------------------------------------
 # read-only views
-def status(app=None, **kwargs):
+def _definitions():
+    """The stacks: pillar as the master's orchestrations see it."""
+    import salt.pillar  # pylint: disable=import-outside-toplevel
+
+    pillar = salt.pillar.get_pillar(__opts__, {}, __opts__["id"] + "_master",
+                                    saltenv="base").compile_pillar()
+    return pillar.get("stacks") or {}
+
+
+def _ask(tgt, tgt_type, fun, timeout=10, **kwarg):
+    """Call an execution function on minions: {minion: return}. Missing minions are absent."""
+    import salt.client  # pylint: disable=import-outside-toplevel
+
+    with salt.client.get_local_client(mopts=__opts__) as client:
+        return client.cmd(tgt, fun, kwarg=kwarg, tgt_type=tgt_type, timeout=timeout) or {}
+
+
+def _observe(app, definition, entry):
+    """What really runs for one app, and where it differs from the registry (drift)."""
+    observed = {"containers": {}, "routes": None, "drift": []}
+    drift = observed["drift"]
+    config, loadbal = definition.get("config") or {}, definition.get("loadbal") or {}
+    found = _ask(config.get("target"), config.get("target_type", "glob"), "docker.ps",
+                 all=True, filters={"label": [f"pigeon.app={app}"]})
+    if not found:
+        drift.append(f"no answer from {config.get('target')}: containers unknown")
+    for minion, containers in found.items():
+        if not isinstance(containers, dict):
+            drift.append(f"{minion}: docker.ps failed: {str(containers)[:120]}")
+            continue
+        for info in containers.values():
+            labels = info.get("Labels") or {}
+            version = labels.get("pigeon.version", "?")
+            text = str(info.get("Status", ""))
+            seen = observed["containers"].setdefault(version, {"total": 0, "running": 0, "healthy": 0,
+                                                               "minions": []})
+            seen["total"] += 1
+            seen["running"] += text.startswith("Up")
+            seen["healthy"] += text.startswith("Up") and "unhealthy" not in text and "starting" not in text
+            if minion not in seen["minions"]:
+                seen["minions"].append(minion)
+    count, services = _services(definition) if definition else (0, {})
+    expected = count * len(services)
+    for version in entry["stacks"]:
+        seen = observed["containers"].get(version, {"total": 0, "healthy": 0})
+        if found and seen["total"] < expected:
+            drift.append(f"{app} {version}: {expected - seen['total']} of {expected} containers missing")
+        elif found and seen["healthy"] < seen["total"]:
+            drift.append(f"{app} {version}: {seen['total'] - seen['healthy']} containers not healthy")
+    for version in observed["containers"]:
+        if version not in entry["stacks"]:
+            drift.append(f"{app} {version}: containers that the registry does not know (left by an "
+                         f"interrupted action); the next release removes them, or run: stacks.py "
+                         f"deactivate --app-name {app} --version {version}")
+    maps = _ask(loadbal.get("target"), loadbal.get("target_type", "glob"), "haproxy_runtime.show_map")
+    for minion, routes_ in maps.items():
+        if not isinstance(routes_, dict):
+            drift.append(f"{minion}: cannot read HAProxy's routes: {str(routes_)[:120]}")
+            continue
+        mine = {k: v for k, v in routes_.items() if k.startswith(f"{app}/")}
+        observed["routes"] = mine
+        for key, want in entry["routes"].items():
+            if mine.get(key) != want:
+                drift.append(f"{minion}: route {key} goes to {mine.get(key) or 'no stack (503)'}, "
+                             f"the registry says {want or 'no stack (503)'}")
+    return observed
+
+
+def status(app=None, observe=True, **kwargs):
     """
     The registry: per app, each stack's version, state, slot, since when and by whom,
-    the routes, and the lock if one is held.
+    the routes, the lock if one is held; with ``observe`` (the default) also what
+    really runs (containers per version: total, running, healthy, minions; HAProxy's
+    routes) and the drift between the two.
 
     CLI Example:
 
@@ -397,7 +483,8 @@ def status(app=None, **kwargs):
         salt-run stacks.status app=app
     """
     cache = _cache()
-    apps = [app] if app else sorted(cache.list("pigeon/registry") or [])
+    definitions = _definitions() if observe else {}
+    apps = [app] if app else sorted(set(cache.list("pigeon/registry") or []) | set(definitions))
     result = {}
     for name in apps:
         entry = _load(name)
@@ -407,6 +494,11 @@ def status(app=None, **kwargs):
             "generation": entry["generation"],
             "lock": lock_ if lock_ and _lock_alive(lock_) else None,
         }
+        if observe and name in definitions:
+            result[name]["observed"] = _observe(name, definitions[name], entry)
+        elif observe:
+            result[name]["observed"] = {"containers": {}, "routes": None,
+                                        "drift": [f"no stacks:{name} in pillar"]}
     return result
 
 

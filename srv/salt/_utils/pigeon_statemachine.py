@@ -25,8 +25,8 @@ ACTIONS = ("release", "activate", "deactivate", "rollback")
 STATES = ("release", "active", "inactive")
 DEFAULT_SLOTS = ("a", "b", "c")
 # docker's tag grammar: 1 to 128 of [A-Za-z0-9_.-], not starting with . or -
-VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-APP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")  # \Z: "$" lets a trailing newline in
+APP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}\Z")
 
 
 class TransitionError(Exception):
@@ -104,6 +104,7 @@ def plan(entry, action, version=None, force=False, slots=DEFAULT_SLOTS):
         "app": app,
         "version": version,
         "generation": entry["generation"],
+        "force": bool(force),
         "noop": False,
         "message": "",
         "start": None,
@@ -117,6 +118,8 @@ def plan(entry, action, version=None, force=False, slots=DEFAULT_SLOTS):
         return {"version": v, "slot": s["slot"], "state": s["state"]}
 
     if action == "release":
+        if version is None:
+            raise TransitionError("release needs --version")
         state = stacks.get(version, {}).get("state")
         if state == "release":
             result.update(noop=True, message=f"{app} {version} is already released")
@@ -204,6 +207,19 @@ def plan(entry, action, version=None, force=False, slots=DEFAULT_SLOTS):
             after[v] = {"state": state, "slot": result["start"]["slot"]}
     result["routes"] = routes(app, after)
     return result
+
+
+def essence(planned):
+    """What a plan does, without how it was computed: two plans with the same essence
+    carry out the same change (used to re-check a plan after waiting for the lock)."""
+    start = planned.get("start") or {}
+    return {
+        "noop": planned["noop"],
+        "start": start.get("slot"),
+        "states": planned["states"],
+        "stop": sorted(s["version"] for s in planned["stop"]),
+        "routes": planned["routes"],
+    }
 
 
 def apply(entry, planned, when, by):

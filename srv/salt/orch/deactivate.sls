@@ -19,7 +19,10 @@
 {{ steps.routes(action, lb, plan, 'salt: pigeon-deactivate-lock-runner') }}
 {{ steps.remove(action, app, lb, cfg, plan.stop, 'salt: pigeon-deactivate-routes-function') }}
 {%-     set done = done + ['salt: pigeon-deactivate-routes-function'] %}
-{%-     for stop in plan.stop %}{% do done.append('salt: pigeon-deactivate-remove-' ~ stop.version ~ '-state') %}{% endfor %}
+{%-   else %}
+{#- not in the registry: remove whatever an interrupted action left of it #}
+{{ steps.remove(action, app, lb, cfg, plan.stop, 'salt: pigeon-deactivate-lock-runner') }}
 {%-   endif %}
+{%-   for stop in plan.stop %}{% do done.append('salt: pigeon-deactivate-remove-' ~ stop.version ~ '-state') %}{% endfor %}
 {{ steps.commit(action, app, plan, source, done) }}
 {%- endif %}

@@ -41,7 +41,7 @@ pigeon-release-containers-state:
     - sls: stacks.running
     - concurrent: True
     - pillar:
-        pigeon_stack: {{ {'app': app, 'version': plan.version, 'formula': cfg.formula, 'network': start.network, 'containers': start.containers} | json }}
+        pigeon_stack: {{ {'app': app, 'version': plan.version, 'formula': cfg.formula, 'network': start.network, 'containers': start.containers, 'keep': start.keep} | json }}
     - require:
       - salt: pigeon-release-lock-runner
 

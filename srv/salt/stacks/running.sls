@@ -13,6 +13,28 @@ include:
 {%-   if name != stack.network and name not in default_networks %}{% do default_networks.append(name) %}{% endif %}
 {%- endfor %}{% endfor %}{% endfor %}
 
+{#- containers of this app whose version the registry does not know: left by an interrupted action #}
+{%- set leftovers = {} %}
+{%- for id, c in salt['docker.ps'](all=True, filters={'label': ['pigeon.app=' ~ stack.app]}).items() %}
+{%-   set version = c.Labels.get('pigeon.version') %}
+{%-   if version not in stack.get('keep', [stack.version]) %}
+{%-     do leftovers.setdefault(version, []).append(c.Names[0].lstrip('/')) %}
+{%-   endif %}
+{%- endfor %}
+{%- for version, names in leftovers | dictsort %}
+stacks-running-leftover-{{ version }}-docker-container-absent:
+  docker_container.absent:
+    - names: {{ names | sort | json }}
+    - force: True   # they never took traffic
+    - parallel: True
+
+stacks-running-leftover-{{ version }}-docker-network-absent:
+  docker_network.absent:
+    - name: pigeon-{{ stack.app }}-{{ version }}
+    - require:
+      - docker_container: stacks-running-leftover-{{ version }}-docker-container-absent
+{%- endfor %}
+
 {%- for network in [stack.network] + default_networks %}
 stacks-running-{{ network }}-docker-network-present:
   docker_network.present:
