@@ -16,7 +16,8 @@ SALT="$PIGEON_VENV/bin/salt -c $LAB/etc/salt"
 SALT_RUN="$PIGEON_VENV/bin/salt-run -c $LAB/etc/salt"
 step() { printf '==> %s\n' "$*"; }
 
-running() { [ -f "$LAB/var/run/$1.pid" ] && kill -0 "$(cat "$LAB/var/run/$1.pid")" 2>/dev/null; }
+# a daemon runs when its pidfile names a live process of that name (pids get reused)
+running() { [ -f "$LAB/var/run/$1.pid" ] && grep -qa "$1" "/proc/$(cat "$LAB/var/run/$1.pid")/cmdline" 2>/dev/null; }
 
 up() {
   local t0=$SECONDS

@@ -97,7 +97,7 @@ CFG
 
 start() {  # start NAME unless its pidfile names a live process
   local name=$1 pidfile=$ROOT/var/run/$1.pid
-  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then return 0; fi
+  if [ -f "$pidfile" ] && grep -qa "$name" "/proc/$(cat "$pidfile")/cmdline" 2>/dev/null; then return 0; fi
   "$VENV/bin/$name" -c "$CONF" -d
 }
 start salt-master

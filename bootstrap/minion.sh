@@ -28,6 +28,6 @@ log_level_logfile: info
 CFG
 
 pidfile=$ROOT/var/run/salt-minion.pid
-if ! { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
+if ! { [ -f "$pidfile" ] && grep -qa salt-minion "/proc/$(cat "$pidfile")/cmdline" 2>/dev/null; }; then
   "$VENV/bin/salt-minion" -c "$CONF" -d
 fi

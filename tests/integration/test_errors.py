@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import APP, LAB, PRODUCTION, REPO, app_status, new_version
+from conftest import APP, LAB, PRODUCTION, REPO, app_status, new_version, wait_for
 
 TEST_PILLAR = LAB / "pillar" / "test_stacks.sls"
 
@@ -28,7 +28,7 @@ def serving(stacks, get):
 
 
 @pytest.fixture
-def unchanged(stacks, get, serving):
+def unchanged(stacks, get, serving, request):
     """Asserts after the test that production and the registry are as before."""
     before = app_status(stacks)
     yield
@@ -134,10 +134,19 @@ def test_broken_pillar(stacks, unchanged):
         TEST_PILLAR.unlink()
 
 
-def test_minion_not_answering(stacks, unchanged):
-    pidfile = LAB / "var/run/salt-minion.pid"
-    pid = int(pidfile.read_text())
-    subprocess.run(["kill", str(pid)], check=True)
+@pytest.fixture
+def room(stacks, serving):
+    """Room for a release (nothing but the active stack), so that one gets as far as a minion."""
+    for version, stack in app_status(stacks)["stacks"].items():
+        if stack["state"] != "active":
+            assert stacks("deactivate", "--app-name", APP, "--version", version).rc == 0
+
+
+def test_minion_not_answering(stacks, room, unchanged):
+    # the minion and all its processes stop
+    pattern = f"salt-minion -c {LAB}/etc/salt"
+    subprocess.run(["pkill", "-f", pattern], check=True)
+    assert wait_for(lambda: subprocess.run(["pgrep", "-f", pattern]).returncode == 1, timeout=30)
     try:
         result = stacks("activate", "--app-name", APP, "--version", "not-released-either")
         # refused before any minion is asked
@@ -148,5 +157,7 @@ def test_minion_not_answering(stacks, unchanged):
     finally:
         subprocess.run([str(REPO / "bootstrap/minion.sh"), str(LAB), "lab-minion", "127.0.0.1"],
                        check=True, env={"PATH": "/usr/local/bin:/usr/bin:/bin", "PIGEON_VENV": str(LAB / "venv")})
-        subprocess.run([str(LAB / "venv/bin/salt"), "-c", str(LAB / "etc/salt"), "lab-minion", "test.ping",
-                        "--timeout", "30"], check=True, capture_output=True)
+        ping = [str(LAB / "venv/bin/salt"), "-c", str(LAB / "etc/salt"), "lab-minion", "test.ping",
+                "--timeout", "5"]
+        assert wait_for(lambda: subprocess.run(ping, capture_output=True).returncode == 0,
+                        timeout=90, interval=1)
