@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .lab/venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo lab down status test unit integration bench install clean
+.PHONY: demo lab down status test unit integration bench install clean sync
 
 install:
 	bootstrap/install.sh
@@ -36,3 +36,8 @@ bench: lab
 
 clean: down
 	rm -rf .lab
+
+# after editing srv/: push Pigeon's modules to the lab's master and minion
+sync:
+	$(VENV)/bin/salt-run -c .lab/etc/salt saltutil.sync_all >/dev/null
+	$(VENV)/bin/salt -c .lab/etc/salt '*' saltutil.sync_all >/dev/null

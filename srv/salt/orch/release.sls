@@ -45,7 +45,23 @@ pigeon-release-containers-state:
     - require:
       - salt: pigeon-release-lock-runner
 
-# the health gate: every load-balanced container UP in HAProxy, its check passed
+# the health gates: every container healthy in docker (its HEALTHCHECK), and every
+# load-balanced one UP in HAProxy with its check passed
+pigeon-release-healthy-function:
+  salt.function:
+    - name: stack_containers.wait_healthy
+    - tgt: {{ cfg.target | json }}
+    - tgt_type: {{ cfg.target_type }}
+    - arg:
+      - {{ app }}
+      - {{ plan.version | json }}
+      - {{ start.containers | length }}
+    - kwarg:
+        timeout: {{ lb.healthcheck_timeout }}
+    - parallel: True
+    - require:
+      - salt: pigeon-release-containers-state
+
 pigeon-release-health-function:
   salt.function:
     - name: haproxy_runtime.wait_up
@@ -56,13 +72,14 @@ pigeon-release-health-function:
       - {{ start.expected_up }}
     - kwarg:
         timeout: {{ lb.healthcheck_timeout }}
+    - parallel: True
     - require:
       - salt: pigeon-release-containers-state
 {%-     if plan.converge_loadbal %}
       - salt: pigeon-release-loadbal-state
 {%-     endif %}
 
-{{ steps.routes(action, lb, plan, 'salt: pigeon-release-health-function') }}
+{{ steps.routes(action, lb, plan, 'salt: pigeon-release-health-function', 'salt: pigeon-release-healthy-function') }}
 
 {%-     if not args.get('keep_failed') %}
 
@@ -78,10 +95,11 @@ pigeon-release-cleanup-state:
       - salt: pigeon-release-lock-runner
     - onfail_any:
       - salt: pigeon-release-containers-state
+      - salt: pigeon-release-healthy-function
       - salt: pigeon-release-health-function
       - salt: pigeon-release-routes-function
 {%-     endif %}
-{%-     set done = done + ['salt: pigeon-release-containers-state', 'salt: pigeon-release-health-function', 'salt: pigeon-release-routes-function'] %}
+{%-     set done = done + ['salt: pigeon-release-containers-state', 'salt: pigeon-release-healthy-function', 'salt: pigeon-release-health-function', 'salt: pigeon-release-routes-function'] %}
 {%-     if plan.converge_loadbal %}{% do done.append('salt: pigeon-release-loadbal-state') %}{% endif %}
 {%-   endif %}
 {{ steps.commit(action, app, plan, source, done) }}
