@@ -142,6 +142,8 @@ def _minion_failure(step):
                 if real or failed:
                     comment = str((real or failed)[0].get("comment", "")).strip()
                     return f"{minion}: {_first_line(comment)}"
+            elif value is False:  # salt.state: the minion returned no state result
+                return f"{minion} did not return a result; is the minion up? (salt-run manage.status)"
             elif value not in (None, True) and value != "":
                 return f"{minion}: {_first_line(str(value))}"
     comment = str(step.get("comment", ""))

@@ -90,7 +90,7 @@ down() {
     if [ -n "$nets" ]; then docker network rm $nets >/dev/null || true; fi
   fi
   # the registry of stacks lives in the master's cache: with the containers gone, so is it
-  rm -rf "$LAB/var/cache/salt/master/pigeon" /srv/pigeon/haproxy/maps/routes.map
+  rm -rf "$LAB/var/cache/salt/master/pigeon" /srv/pigeon/haproxy/etc/maps/routes.map
   step "lab down"
 }
 
