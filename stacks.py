@@ -14,21 +14,25 @@ Settings come from SALTAPI_URL, SALTAPI_USER, SALTAPI_PASS, SALTAPI_EAUTH (as
 salt-pepper) and REQUESTS_CA_BUNDLE; flags override them. TLS is verified.
 
 Exit codes: 0 done (or already done); 1 the action failed or was refused;
-2 bad usage; 3 salt-api unreachable, TLS or authentication failed.
+2 bad usage; 3 salt-api unreachable, TLS or authentication failed; 4 the
+deadline passed (the orchestration may still be running: see status).
 """
 
 import argparse
 import json
 import os
+import queue
+import random
 import re
 import sys
+import threading
 import time
 
 import requests
 
 ACTIONS = ("release", "activate", "deactivate", "rollback")
 VIEWS = ("status", "history")
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API, EXIT_DEADLINE = 0, 1, 2, 3, 4
 
 
 class StacksError(Exception):
@@ -66,8 +70,9 @@ class SaltApi:
                 f"TLS verification of {self.url} failed ({_reason(exc)}); set REQUESTS_CA_BUNDLE "
                 "or --ca-file to the CA that signed salt-api's certificate", EXIT_API) from exc
         except requests.exceptions.Timeout as exc:
-            raise StacksError(f"salt-api at {self.url} did not answer within {self.timeout} s; "
-                              "check the master's log, or raise --timeout", EXIT_API) from exc
+            raise StacksError(f"no answer from salt-api at {self.url} within the deadline of "
+                              f"{self.timeout:g} s; the action may still run on the master: see "
+                              "./stacks.py status, or raise --deadline", EXIT_DEADLINE) from exc
         except requests.exceptions.ConnectionError as exc:
             raise StacksError(f"cannot reach salt-api at {self.url} ({_reason(exc)}); is salt-api "
                               "running? (in the lab: make lab)", EXIT_API) from exc
@@ -108,6 +113,95 @@ class SaltApi:
             return data["return"][0]
         except (KeyError, IndexError, TypeError) as exc:
             raise StacksError(f"salt-api returned no result for {fun}", EXIT_API) from exc
+
+
+    def orchestrate(self, mods, pillar, on_step=None):
+        """
+        Run state.orchestrate and return what the runner returned. With ``on_step``,
+        each step is passed to it as it finishes: the orchestration runs through the
+        runner_async client while salt-api's event stream (/events) is read for its
+        progress events (salt/job/<orchestration jid>/prog/...) and its return
+        (salt/run/<jid>/ret). Falls back to the synchronous runner client when the
+        master does not allow runner_async.
+        """
+        kwarg = {"pillar": pillar}
+        if on_step is None:
+            return self.runner("state.orchestrate", arg=[mods], kwarg=kwarg)
+        if self.token is None:
+            self.login()
+        # a jid of our own for the orchestration, so that its progress events are ours
+        ojid = time.strftime("%Y%m%d%H%M%S", time.gmtime()) + f"{random.randrange(10**6):06d}"
+        kwarg["orchestration_jid"] = ojid
+        stream = EventStream(self)
+        try:
+            low = {"client": "runner_async", "fun": "state.orchestrate", "arg": [mods], "kwarg": kwarg}
+            try:
+                data = self._post("/", [low])
+            except StacksError as exc:
+                if "HTTP 400" in str(exc) or "may not run" in str(exc):
+                    stream.close()
+                    kwarg.pop("orchestration_jid")
+                    return self.runner("state.orchestrate", arg=[mods], kwarg=kwarg)
+                raise
+            try:
+                jid = data["return"][0]["jid"]
+            except (KeyError, IndexError, TypeError) as exc:
+                raise StacksError("salt-api did not start the orchestration", EXIT_API) from exc
+            deadline = time.monotonic() + self.timeout
+            while True:
+                tag, event = stream.next(deadline)
+                if tag.startswith(f"salt/job/{ojid}/prog/"):
+                    on_step(event.get("data", {}).get("ret", {}))
+                elif tag == f"salt/run/{jid}/ret":
+                    return event.get("data", {}).get("return")
+        finally:
+            stream.close()
+
+
+class EventStream:
+    """salt-api's /events (server-sent events), read in a thread: (tag, data) pairs."""
+
+    def __init__(self, api):
+        self.queue = queue.Queue()
+        self.response = None
+        opened = threading.Event()
+
+        def read():
+            try:
+                self.response = api.session.get(api.url + "/events", stream=True, verify=api.verify,
+                                                timeout=(10, None))
+                opened.set()
+                for line in self.response.iter_lines(decode_unicode=True):
+                    if line and line.startswith("data:"):
+                        try:
+                            event = json.loads(line[5:].strip())
+                        except ValueError:
+                            continue
+                        self.queue.put((event.get("tag", ""), event))
+            except Exception as exc:  # pylint: disable=broad-except
+                self.queue.put(("pigeon/stream-error", {"error": str(exc)}))
+            finally:
+                opened.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        opened.wait(10)
+
+    def next(self, deadline):
+        remaining = deadline - time.monotonic()
+        try:
+            tag, event = self.queue.get(timeout=max(remaining, 0.001))
+        except queue.Empty as exc:
+            raise StacksError("no answer from salt-api within the deadline; the action may still "
+                              "run on the master: see ./stacks.py status, or raise --deadline",
+                              EXIT_DEADLINE) from exc
+        if tag == "pigeon/stream-error":
+            raise StacksError(f"salt-api's event stream broke ({event['error'][:120]}); the action "
+                              "may still run: see ./stacks.py status", EXIT_API)
+        return tag, event
+
+    def close(self):
+        if self.response is not None:
+            self.response.close()
 
 
 def _reason(exc):
@@ -243,7 +337,7 @@ def parse_args(argv):
         prog="stacks.py",
         description="Blue/green deployments of dockerized apps through salt-api.",
         epilog="Exit codes: 0 done, 1 failed or refused, 2 bad usage, 3 salt-api unreachable or "
-               "credentials refused.")
+               "credentials refused, 4 deadline passed.")
     parser.add_argument("command", nargs="?", choices=ACTIONS + VIEWS, metavar="ACTION",
                         help="release | activate | deactivate | rollback | status | history")
     parser.add_argument("--action", choices=ACTIONS, help="the original form of ACTION")
@@ -257,6 +351,8 @@ def parse_args(argv):
                         help="wait up to SECONDS for the app's deploy lock instead of failing")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="print the steps at the end instead of as they finish")
     parser.add_argument("--verbose", "-v", action="store_true", help="tracebacks and raw answers")
     parser.add_argument("--limit", type=int, default=20, help="history: how many entries")
     parser.add_argument("--saltapi-url", default=env.get("SALTAPI_URL"))
@@ -267,7 +363,8 @@ def parse_args(argv):
                         help="CA bundle that signed salt-api's certificate")
     parser.add_argument("--insecure", action="store_true",
                         help="do not verify salt-api's TLS certificate (not for production)")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for salt-api")
+    parser.add_argument("--deadline", "--timeout", dest="timeout", type=float, default=600,
+                        metavar="SECONDS", help="give up waiting for the action after SECONDS (exit 4)")
     args = parser.parse_args(argv)
     if args.command and args.action and args.command != args.action:
         parser.error(f"ACTION {args.command} and --action {args.action} disagree")
@@ -300,15 +397,28 @@ def run_action(client, args, out):
     started = time.monotonic()
     target = f"{args.app} {args.version or ''}".strip()
     out(f"{args.command} {target} through {client.url}")
-    ret = client.runner("state.orchestrate", arg=[f"orch.{args.command}"], kwarg={"pillar": {"pigeon": pillar}})
+    shown = []
+
+    def show(step):
+        """One line per step as it finishes (progress events), skipping steps that did not run."""
+        comment = str(step.get("comment", ""))
+        if comment.startswith("State was not run because") or step.get("__id__", "").endswith("refused"):
+            return
+        shown.append(step.get("__id__"))
+        mark = "ok" if step.get("result") else "FAILED"
+        out(f"  {step_name(step.get('__id__')):<24} {mark:<7} {(step.get('duration') or 0) / 1000:.1f} s")
+
+    progress = None if args.quiet or args.json or args.no_progress else show
+    ret = client.orchestrate(f"orch.{args.command}", {"pigeon": pillar}, on_step=progress)
     outcome = orchestration_outcome(ret)
     elapsed = time.monotonic() - started
-    for step in outcome["steps"]:
-        if step["skipped"]:
-            continue
-        mark = "ok" if step["result"] else "FAILED"
-        duration = f"{(step['duration_ms'] or 0) / 1000:.1f} s"
-        out(f"  {step['step']:<24} {mark:<7} {duration}")
+    if progress is None or not shown:  # no progress events came: the steps at the end
+        for step in outcome["steps"]:
+            if step["skipped"]:
+                continue
+            mark = "ok" if step["result"] else "FAILED"
+            duration = f"{(step['duration_ms'] or 0) / 1000:.1f} s"
+            out(f"  {step['step']:<24} {mark:<7} {duration}")
     report = {"action": args.command, "app": args.app, "version": args.version,
               "ok": outcome["ok"], "error": outcome["error"], "seconds": round(elapsed, 3),
               "steps": [{k: s[k] for k in ("step", "result", "comment", "duration_ms")} for s in outcome["steps"]],

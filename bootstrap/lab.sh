@@ -67,6 +67,7 @@ export SALTAPI_USER=pigeon
 export SALTAPI_PASS=$(cat "$LAB/api-password")
 export SALTAPI_EAUTH=file
 export REQUESTS_CA_BUNDLE=$LAB/tls/ca.crt
+export PIGEON_WEBHOOK_SECRET=$(cat "$LAB/webhook-secret")
 export PATH=$PIGEON_VENV/bin:\$PATH
 ENV
 }

@@ -45,9 +45,14 @@ chmod 600 "$TLS"/*.key "$TLS"/*.pem
 if [ ! -f "$ROOT/api-password" ]; then
   (umask 077; openssl rand -hex 16 > "$ROOT/api-password")
 fi
+# the shared secret that signs CI webhooks (reactor/deploy.sls)
+if [ ! -f "$ROOT/webhook-secret" ]; then
+  (umask 077; openssl rand -hex 24 > "$ROOT/webhook-secret")
+fi
 printf '%s:%s\n' "$API_USER" "$(tr -d '\n' < "$ROOT/api-password" | sha256sum | cut -d' ' -f1)" > "$CONF/eauth-users"
 chmod 600 "$CONF/eauth-users"
 
+config_before=$(cat "$CONF/master" "$CONF"/master.d/*.conf 2>/dev/null | sha256sum)
 cat > "$CONF/master" <<CFG
 # managed by bootstrap/master.sh; changes will be overwritten
 id: $MASTER_ID
@@ -76,11 +81,16 @@ cat > "$CONF/master.d/api.conf" <<CFG
 # salt-api: only the runner client, only Pigeon's orchestrations and read-only runners.
 netapi_enable_clients:
   - runner
+  - runner_async   # stacks.py: the orchestration's steps shown as they finish (/events)
 rest_cherrypy:
   host: $API_HOST
   port: $API_PORT
   ssl_crt: $TLS/api.crt
   ssl_key: $TLS/api.key
+  # /hook/pigeon/deploy takes no salt-api token: the reactor checks the request's HMAC
+  # signature (X-Pigeon-Signature) against pigeon_webhook_secret_file instead
+  webhook_disable_auth: True
+  webhook_url: /hook
 external_auth:
   file:
     ^filename: $CONF/eauth-users
@@ -95,10 +105,33 @@ external_auth:
           - 'stacks\.(status|history)$'
 CFG
 
+cat > "$CONF/master.d/reactor.conf" <<CFG
+# managed by bootstrap/master.sh; changes will be overwritten
+# Deployments from CI: a signed webhook, or an event from a CI minion listed below.
+reactor:
+  - 'salt/netapi/hook/pigeon/deploy':
+    - salt://reactor/deploy.sls
+  - 'pigeon/ci/deploy':
+    - salt://reactor/deploy.sls
+pigeon_webhook_secret_file: $ROOT/webhook-secret
+pigeon_ci_minions: []
+CFG
+
+stop() {  # stop NAME if it runs
+  local pidfile=$ROOT/var/run/$1.pid
+  [ -f "$pidfile" ] && grep -qa "$1" "/proc/$(cat "$pidfile")/cmdline" 2>/dev/null || return 0
+  kill "$(cat "$pidfile")"
+  for _ in $(seq 1 50); do grep -qa "$1" "/proc/$(cat "$pidfile")/cmdline" 2>/dev/null || return 0; sleep 0.2; done
+}
 start() {  # start NAME unless its pidfile names a live process
   local name=$1 pidfile=$ROOT/var/run/$1.pid
   if [ -f "$pidfile" ] && grep -qa "$name" "/proc/$(cat "$pidfile")/cmdline" 2>/dev/null; then return 0; fi
   "$VENV/bin/$name" -c "$CONF" -d
 }
+# a changed configuration takes effect: restart what runs
+if [ "$config_before" != "$(cat "$CONF/master" "$CONF"/master.d/*.conf | sha256sum)" ]; then
+  stop salt-api
+  stop salt-master
+fi
 start salt-master
 start salt-api

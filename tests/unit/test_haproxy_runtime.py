@@ -695,3 +695,36 @@ def test_defaults_come_from_minion_config(haproxy, maps_dir, monkeypatch):
     assert result["changes"] == {"shop.example.com": {"old": None, "new": "app_b"}}
     assert hr.read_map_file(str(maps_dir / "routes.map")) == {"shop.example.com": "app_b"}
     assert hr.backends() == ["www", "app_a", "app_b"]
+
+
+def test_set_routes_with_a_gate_that_fails_changes_nothing(haproxy, maps_dir):
+    _set_map(haproxy, maps_dir, {"app/production": "app_a"})
+    before = (maps_dir / "routes.map").read_text()
+    haproxy.stats = [show_stat(
+        backend_row("app_b"),
+        server_row("app_b", "s1", "10.0.0.4:8080"),
+        server_row("app_b", "s2", "10.0.0.5:8080", status="DOWN", check_status="L7STS", sid=2),
+    )]
+
+    with pytest.raises(hr.CommandExecutionError) as error:
+        hr.set_routes({"app/production": "app_b"}, require_up={"app_b": 2},
+                      socket=haproxy.path, maps_dir=str(maps_dir))
+
+    assert "backend app_b: 1 of 2 servers UP" in str(error.value)
+    assert (maps_dir / "routes.map").read_text() == before
+    assert haproxy.write_commands() == []
+
+
+def test_set_routes_with_a_gate_that_holds_switches(haproxy, maps_dir):
+    _set_map(haproxy, maps_dir, {"app/production": "app_a"})
+    haproxy.stats = [show_stat(
+        backend_row("app_b"),
+        server_row("app_b", "s1", "10.0.0.4:8080"),
+        server_row("app_b", "s2", "10.0.0.5:8080", sid=2),
+    )]
+
+    result = hr.set_routes({"app/production": "app_b"}, require_up={"app_b": 2},
+                           socket=haproxy.path, maps_dir=str(maps_dir))
+
+    assert result["changes"] == {"app/production": {"old": "app_a", "new": "app_b"}}
+    assert hr.read_map_file(str(maps_dir / "routes.map")) == {"app/production": "app_b"}

@@ -476,6 +476,10 @@ class FakeSaltApi:
                 elif self.path == "/":
                     if self.headers.get("X-Auth-Token") != fake.TOKEN:
                         self._send(401, b"<html><body>401 Unauthorized</body></html>", "text/html")
+                    elif isinstance(body, list) and body and body[0].get("client") == "runner_async":
+                        # a master without runner_async: stacks.py falls back to the runner client
+                        self._send(400, b"<html><body>400 Bad Request: Client disabled</body></html>",
+                                   "text/html")
                     elif fake.not_json:
                         self._send(200, b"<html><body>500 Internal Server Error</body></html>", "text/html")
                     else:

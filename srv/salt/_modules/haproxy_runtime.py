@@ -542,9 +542,14 @@ def _verify_runtime(map_ref, wanted, socket):
     return final
 
 
-def set_routes(routes, map_name="routes.map", socket=None, maps_dir=None, maps_dir_in_container=None):
+def set_routes(routes, map_name="routes.map", socket=None, maps_dir=None, maps_dir_in_container=None,
+               require_up=None):
     """
     Point map keys at backends, in the map file and in the running HAProxy.
+
+    ``require_up`` ({backend: count}) is a gate checked first, in the same call:
+    nothing changes unless each of those backends has exactly ``count`` servers
+    UP with their check passed (see check_up).
 
     ``routes`` is {key: backend name, or None to delete the key}. Every
     backend named must exist, since HAProxy silently falls back to its
@@ -566,6 +571,8 @@ def set_routes(routes, map_name="routes.map", socket=None, maps_dir=None, maps_d
         _check_token(key, "route key")
         if value is not None:
             _check_token(value, f"backend for {key}")
+    for backend, count in (require_up or {}).items():
+        check_up(backend, count, socket=socket)
     host_path, map_ref = _map_paths(map_name, maps_dir, maps_dir_in_container)
     _check_backends_exist([value for value in routes.values() if value is not None], socket)
     runtime = _runtime_map(map_ref, socket)

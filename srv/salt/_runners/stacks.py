@@ -4,11 +4,11 @@ which state, the per-app deploy lock, and the history of every action.
 
 The orchestrations (``orch/*.sls``) call these functions:
 
-- ``stacks.plan`` at render time: checks the action against the state machine
-  (``_utils/pigeon_statemachine.py``) and expands the stack definition into
-  what the steps need (containers, backends, routes). Read-only.
-- ``stacks.lock`` first: takes the app's deploy lock, refusing when another
-  action holds it or when the registry changed since the plan.
+- ``stacks.plan`` at render time: takes the app's deploy lock (refusing when
+  another live action holds it, or waiting ``wait`` seconds), checks the action
+  against the state machine (``_utils/pigeon_statemachine.py``) on the registry
+  it now holds, and expands the stack definition into what the steps need
+  (containers, backends, routes). A refused plan holds no lock.
 - ``stacks.commit`` last: records the new states, appends to the history,
   releases the lock.
 - ``stacks.abort`` on failure: records the failure, releases the lock.
@@ -83,14 +83,16 @@ def _read_lock(app):
 
 
 def _lock_alive(lock):
-    """Whether the process that took the lock still runs (same master only)."""
+    """Whether the process that took the lock still runs (a lock taken on another host
+    is taken as alive: this lock is for one master)."""
     if lock.get("host") != socket.gethostname():
         return True
     try:
         os.kill(int(lock["pid"]), 0)
     except (OSError, ValueError, KeyError):
         return False
-    return True
+    started = lock.get("pid_started")
+    return started is None or _process_started(lock["pid"]) == started
 
 
 def _history_add(app, record):
@@ -169,12 +171,18 @@ def containers(app, version, slot, definition):
     return result
 
 
-def plan(app=None, action=None, version=None, force=False, definition=None, **kwargs):
+def plan(app=None, action=None, version=None, force=False, definition=None, user=None, wait=0,
+         source="cli", lock=True, **kwargs):
     """
-    What an action would do, checked against the registry and the state machine.
-    Called by the orchestrations at render time; changes nothing.
+    What an action will do, checked against the registry and the state machine.
+    Called by the orchestrations at render time. With ``lock`` (the default) it
+    first takes the app's deploy lock for the orchestration (waiting up to
+    ``wait`` seconds for another action to end), so that the plan is made on a
+    registry nobody else changes; the orchestration's last step (stacks.commit
+    or stacks.abort) releases it.
 
-    Returns the plan, or {"error": "one line"} when the action is refused.
+    Returns the plan, or {"error": "one line"} when the action is refused (then
+    no lock is held).
 
     CLI Example:
 
@@ -206,14 +214,42 @@ def plan(app=None, action=None, version=None, force=False, definition=None, **kw
         if not version:
             return {"error": f"no version given and no stacks:{app}:version in pillar; add --version"}
     version = str(version) if version is not None else None
+    if version is not None:
+        try:
+            _sm("check_version")(version)
+        except Exception as exc:  # pylint: disable=broad-except
+            if type(exc).__name__ == "TransitionError":
+                return {"error": str(exc)}
+            raise
+    if lock:
+        held = _take_lock(app, action, version, user, wait)
+        if held:
+            _history_add(app, {"action": action, "version": version, "result": "refused",
+                               "message": held, "user": user or "unknown", "source": source,
+                               "when": _now(), "finished": _now(), "duration": 0})
+            return {"error": held}
     entry = _load(app)
     try:
         result = _sm("plan")(entry, action, version=version, force=bool(force))
     except Exception as exc:  # pylint: disable=broad-except
         # TransitionError is defined in the utils module, loaded by Salt's loader
-        if type(exc).__name__ == "TransitionError":
-            return {"error": str(exc)}
+        if type(exc).__name__ != "TransitionError":
+            _unlock(app)
+            raise
+        _history_add(app, {"action": action, "version": version, "result": "refused",
+                           "message": str(exc), "user": user or "unknown", "source": source,
+                           "when": _now(), "finished": _now(), "duration": 0})
+        _unlock(app)
+        return {"error": str(exc)}
+    try:
+        return _expand(app, action, version, definition, entry, result, count)
+    except Exception:
+        _unlock(app)
         raise
+
+
+def _expand(app, action, version, definition, entry, result, count):
+    """The plan with what the orchestration's steps need: targets, containers, backends."""
     loadbal = definition["loadbal"]
     result["loadbal"] = {
         "target": loadbal["target"],
@@ -233,13 +269,16 @@ def plan(app=None, action=None, version=None, force=False, definition=None, **kw
         slot = result["start"]["slot"]
         cts = containers(app, result["version"], slot, definition)
         if not any(c["registered"] for c in cts):
+            _unlock(app)
             return {"error": f"broken pillar: no service of stacks:{app} is labelled register_backend=true"}
         reserved = sorted({k for c in cts for k in c["docker_config"] if k in RESERVED})
         if reserved:
+            _unlock(app)
             return {"error": f"broken pillar: stacks:{app} docker_config sets {', '.join(reserved)}, "
                              "which Pigeon sets itself; remove it"}
         registered = sum(1 for c in cts if c["registered"])
         if registered > MAX_REPLICAS:
+            _unlock(app)
             return {"error": f"broken pillar: stacks:{app} would put {registered} containers in one "
                              f"HAProxy slot, more than its {MAX_REPLICAS} servers; lower count"}
         result["start"].update(
@@ -269,28 +308,28 @@ def plan(app=None, action=None, version=None, force=False, definition=None, **kw
 
 # ---------------------------------------------------------------------------
 # the steps of an orchestration
-def lock(app, action, version=None, planned=None, user=None, wait=0, **kwargs):
-    """
-    Take the app's deploy lock for this orchestration (first step of every action).
-    Refused at once when another live action holds it (or after ``wait`` seconds);
-    a lock left by a run that died is released. When the registry changed since
-    the action was planned (another action ran meanwhile), the plan is checked
-    again: the action goes on only if it would still do the same.
-    """
+def _take_lock(app, action, version, user, wait):
+    """Take the app's deploy lock for this process; None, or why not (one line)."""
     me = {
         "action": action, "version": version, "user": user or "unknown",
         "since": _now(), "started": time.time(), "pid": os.getpid(),
-        "host": socket.gethostname(), "owner": _owner(),
+        "pid_started": _process_started(os.getpid()), "host": socket.gethostname(),
+        "owner": _owner(),
     }
     path = _lock_path(app)
     deadline = time.monotonic() + float(wait or 0)
     while True:
+        # written to a file of our own first, then linked into place: the lock never exists
+        # without its content, and link() fails when another one exists
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(me, fh)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.link(tmp, path)
         except FileExistsError:
             held = _read_lock(app)
             if held and held.get("owner") == me["owner"]:
-                break  # ours already (a re-run step)
+                return None  # ours already
             if held is None or not _lock_alive(held):
                 log.warning("stacks: releasing the stale lock of %s: %s", app, held)
                 _history_add(app, {"action": "unlock", "result": "stale lock released",
@@ -303,29 +342,21 @@ def lock(app, action, version=None, planned=None, user=None, wait=0, **kwargs):
             if time.monotonic() < deadline:
                 time.sleep(0.2)
                 continue
-            return _fail(
-                f"{app} is locked by {held.get('action')} {held.get('version') or ''} "
-                f"of {held.get('user')} since {held.get('since')}; try again when it ends, "
-                "or add --wait SECONDS"
-            )
-        else:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(me, fh)
-            break
-    entry = _load(app)
-    if planned and int(planned["generation"]) != entry["generation"]:
-        try:
-            again = _sm("plan")(entry, action, version=planned.get("version"),
-                                force=planned.get("force", False))
-        except Exception as exc:  # pylint: disable=broad-except
-            _unlock(app)
-            if type(exc).__name__ == "TransitionError":
-                return _fail(f"{exc} (changed by another action while this {action} waited)")
-            raise
-        if _sm("essence")(again) != _sm("essence")(planned):
-            _unlock(app)
-            return _fail(f"{app} changed while this {action} waited for the lock; run it again")
-    return {"locked": app, "by": me["user"], "owner": me["owner"]}
+            return (f"{app} is locked by {held.get('action')} {held.get('version') or ''} "
+                    f"of {held.get('user')} since {held.get('since')}; try again when it ends, "
+                    "or add --wait SECONDS")
+        finally:
+            os.unlink(tmp)
+        return None
+
+
+def _process_started(pid):
+    """The start time of a process (clock ticks since boot), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def _owner():
@@ -523,3 +554,85 @@ def routes(**kwargs):
     for name in cache.list("pigeon/registry") or []:
         result.update({k: v for k, v in _load(name)["routes"].items() if v})
     return result
+
+
+# ---------------------------------------------------------------------------
+# deployments from CI (reactor/deploy.sls)
+OUTCOME_TAG = "pigeon/deploy"
+
+
+def _fire(data, tag):
+    import salt.utils.event  # pylint: disable=import-outside-toplevel
+
+    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
+        bus.fire_event(data, tag)
+
+
+def _webhook_secret():
+    path = __opts__.get("pigeon_webhook_secret_file")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def _orchestration_error(data):
+    """The first failed step of an orchestration's data, on one line."""
+    steps = next(iter(data.values())) if isinstance(data, dict) and data else data
+    if isinstance(steps, list):
+        return " ".join(str(s) for s in steps).splitlines()[0]
+    failed = [s for s in steps.values() if s.get("result") is False
+              and not str(s.get("comment", "")).startswith("One or more requisite failed")]
+    if not failed:
+        return None
+    first = min(failed, key=lambda s: s.get("__run_num__", 0))
+    ret = (first.get("changes") or {}).get("return")
+    if isinstance(ret, dict) and "Error" in ret:
+        return str(ret["Error"])
+    return " ".join(str(first.get("comment", "")).split())[:300]
+
+
+def ci_event(event=None, tag="", **kwargs):
+    """
+    Carry out a deployment asked by a CI event (reactor/deploy.sls calls this).
+
+    Checks the event (signature of a webhook, or a minion of pigeon_ci_minions),
+    then runs the orchestration with source "reactor", and publishes the
+    outcome as the event ``pigeon/deploy/<app>/<action>`` ({app, version,
+    action, ok, error, via}). An invalid or unauthenticated event is logged,
+    published as ``pigeon/deploy/rejected`` ({tag, reason}) and changes nothing.
+    """
+    import salt.runner  # pylint: disable=import-outside-toplevel
+
+    try:
+        request = __utils__["pigeon_ci.check"](
+            event or {}, tag, secret=_webhook_secret(),
+            ci_minions=__opts__.get("pigeon_ci_minions") or [])
+    except Exception as exc:  # pylint: disable=broad-except
+        if type(exc).__name__ != "Rejected":
+            raise
+        log.warning("pigeon: CI event %s ignored: %s", tag, exc)
+        _fire({"tag": tag, "reason": str(exc)}, f"{OUTCOME_TAG}/rejected")
+        __context__["retcode"] = 1
+        return {"rejected": str(exc)}
+    pillar = {"app": request["app"], "source": "reactor"}
+    if request["version"]:
+        pillar["version"] = request["version"]
+    started = time.monotonic()
+    runner = salt.runner.RunnerClient(__opts__)
+    ret = runner.low("state.orchestrate", {
+        "fun": "state.orchestrate", "arg": [f"orch.{request['action']}"],
+        "kwarg": {"pillar": {"pigeon": pillar}}, "__user__": f"ci ({request['via']})",
+    }, full_return=True)
+    value = ret.get("return") if isinstance(ret, dict) else None
+    data = value.get("data") if isinstance(value, dict) else value
+    ok = isinstance(value, dict) and value.get("retcode", 1) == 0
+    outcome = dict(request, ok=ok, error=None if ok else (_orchestration_error(data) or "failed"),
+                   seconds=round(time.monotonic() - started, 3), source="reactor")
+    _fire(outcome, f"{OUTCOME_TAG}/{request['app']}/{request['action']}")
+    if not ok:
+        __context__["retcode"] = 1
+    return outcome

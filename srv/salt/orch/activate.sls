@@ -5,21 +5,24 @@
 {%- set action = 'activate' %}
 {%- set args = pillar.get('pigeon', {}) %}
 {%- set app = args.get('app') %}
-{#- the plan: checked against the registry and the state machine by the stacks runner #}
+{#- the plan: checked against the registry and the state machine by the stacks runner,
+    which takes the app's deploy lock (see steps.jinja) #}
 {%- set plan = salt['saltutil.runner']('stacks.plan', app=app, action=action, version=args.get('version'),
-      force=args.get('force', False), definition=pillar.get('stacks', {}).get(app)) %}
+      force=args.get('force', False), wait=args.get('wait', 0), source=args.get('source', 'cli'),
+      user=opts.get('user', 'unknown'), definition=pillar.get('stacks', {}).get(app)) %}
 {%- set lb, cfg, source = plan.get('loadbal', {}), plan.get('config', {}), args.get('source', 'cli') %}
 {%- import 'orch/steps.jinja' as steps %}
 {%- if plan.get('error') %}
 {{ steps.refused(action, plan) }}
 {%- else %}
-{{ steps.lock(action, app, plan, args) }}
-{%-   set done = ['salt: pigeon-activate-lock-runner'] %}
+{%-   set done = [] %}
 {%-   if not plan.noop %}
-{{ steps.gate(action, lb, plan.gate.backend, plan.gate.expected_up, 'salt: pigeon-activate-lock-runner') }}
-{{ steps.routes(action, lb, plan, 'salt: pigeon-activate-gate-function') }}
+
+# the switch: production (and internal) to the release's slot, at runtime, only if every
+# server of that slot is UP; then the old inactive stack goes
+{{ steps.routes(action, lb, plan, gate=plan.gate) }}
 {{ steps.remove(action, app, lb, cfg, plan.stop, 'salt: pigeon-activate-routes-function') }}
-{%-     set done = done + ['salt: pigeon-activate-gate-function', 'salt: pigeon-activate-routes-function'] %}
+{%-     set done = ['salt: pigeon-activate-routes-function'] %}
 {%-     for stop in plan.stop %}{% do done.append('salt: pigeon-activate-remove-' ~ stop.version ~ '-state') %}{% endfor %}
 {%-   endif %}
 {{ steps.commit(action, app, plan, source, done) }}

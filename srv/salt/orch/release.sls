@@ -5,16 +5,17 @@
 {%- set action = 'release' %}
 {%- set args = pillar.get('pigeon', {}) %}
 {%- set app = args.get('app') %}
-{#- the plan: checked against the registry and the state machine by the stacks runner #}
+{#- the plan: checked against the registry and the state machine by the stacks runner,
+    which takes the app's deploy lock (see steps.jinja) #}
 {%- set plan = salt['saltutil.runner']('stacks.plan', app=app, action=action, version=args.get('version'),
-      force=args.get('force', False), definition=pillar.get('stacks', {}).get(app)) %}
+      force=args.get('force', False), wait=args.get('wait', 0), source=args.get('source', 'cli'),
+      user=opts.get('user', 'unknown'), definition=pillar.get('stacks', {}).get(app)) %}
 {%- set lb, cfg, source = plan.get('loadbal', {}), plan.get('config', {}), args.get('source', 'cli') %}
 {%- import 'orch/steps.jinja' as steps %}
 {%- if plan.get('error') %}
 {{ steps.refused(action, plan) }}
 {%- else %}
-{{ steps.lock(action, app, plan, args) }}
-{%-   set done = ['salt: pigeon-release-lock-runner'] %}
+{%-   set done = [] %}
 {%-   if not plan.noop %}
 {%-     set start = plan.start %}
 
@@ -29,8 +30,6 @@ pigeon-release-loadbal-state:
     - sls: [docker, haproxy]
     - parallel: True     # beside the containers
     - concurrent: True   # the two may target the same minion; they touch different things
-    - require:
-      - salt: pigeon-release-lock-runner
 {%-     endif %}
 
 # the app's config formula (its files and image for this version), then the stack's containers
@@ -42,8 +41,6 @@ pigeon-release-containers-state:
     - concurrent: True
     - pillar:
         pigeon_stack: {{ {'app': app, 'version': plan.version, 'formula': cfg.formula, 'network': start.network, 'containers': start.containers, 'keep': start.keep} | json }}
-    - require:
-      - salt: pigeon-release-lock-runner
 
 # the health gates: every container healthy in docker (its HEALTHCHECK), and every
 # load-balanced one UP in HAProxy with its check passed
@@ -79,7 +76,7 @@ pigeon-release-health-function:
       - salt: pigeon-release-loadbal-state
 {%-     endif %}
 
-{{ steps.routes(action, lb, plan, 'salt: pigeon-release-health-function', 'salt: pigeon-release-healthy-function') }}
+{{ steps.routes(action, lb, plan, ['salt: pigeon-release-health-function', 'salt: pigeon-release-healthy-function']) }}
 
 {%-     if not args.get('keep_failed') %}
 
@@ -89,10 +86,9 @@ pigeon-release-cleanup-state:
     - tgt: {{ cfg.target | json }}
     - tgt_type: {{ cfg.target_type }}
     - sls: stacks.absent
+    - concurrent: True
     - pillar:
         pigeon_stack: {{ {'app': app, 'version': plan.version, 'network': start.network} | json }}
-    - require:
-      - salt: pigeon-release-lock-runner
     - onfail_any:
       - salt: pigeon-release-containers-state
       - salt: pigeon-release-healthy-function

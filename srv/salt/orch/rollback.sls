@@ -4,16 +4,18 @@
 {%- set action = 'rollback' %}
 {%- set args = pillar.get('pigeon', {}) %}
 {%- set app = args.get('app') %}
-{#- the plan: checked against the registry and the state machine by the stacks runner #}
+{#- the plan: checked against the registry and the state machine by the stacks runner,
+    which takes the app's deploy lock (see steps.jinja) #}
 {%- set plan = salt['saltutil.runner']('stacks.plan', app=app, action=action, version=args.get('version'),
-      force=args.get('force', False), definition=pillar.get('stacks', {}).get(app)) %}
+      force=args.get('force', False), wait=args.get('wait', 0), source=args.get('source', 'cli'),
+      user=opts.get('user', 'unknown'), definition=pillar.get('stacks', {}).get(app)) %}
 {%- set lb, cfg, source = plan.get('loadbal', {}), plan.get('config', {}), args.get('source', 'cli') %}
 {%- import 'orch/steps.jinja' as steps %}
 {%- if plan.get('error') %}
 {{ steps.refused(action, plan) }}
 {%- else %}
-{{ steps.lock(action, app, plan, args) }}
-{{ steps.gate(action, lb, plan.gate.backend, plan.gate.expected_up, 'salt: pigeon-rollback-lock-runner') }}
-{{ steps.routes(action, lb, plan, 'salt: pigeon-rollback-gate-function') }}
-{{ steps.commit(action, app, plan, source, ['salt: pigeon-rollback-lock-runner', 'salt: pigeon-rollback-gate-function', 'salt: pigeon-rollback-routes-function']) }}
+
+# the switch back: production to the inactive stack's slot, only if all its servers are UP
+{{ steps.routes(action, lb, plan, gate=plan.gate) }}
+{{ steps.commit(action, app, plan, source, ['salt: pigeon-rollback-routes-function']) }}
 {%- endif %}
