@@ -24,6 +24,7 @@ import os
 import queue
 import random
 import re
+import socket
 import sys
 import threading
 import time
@@ -200,8 +201,15 @@ class EventStream:
         return tag, event
 
     def close(self):
-        if self.response is not None:
-            self.response.close()
+        """Stop reading. The reader thread is blocked in a read on the socket: shutting the
+        socket down ends that read (closing the response would wait for it)."""
+        connection = getattr(getattr(self.response, "raw", None), "connection", None)
+        sock = getattr(connection, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def _reason(exc):
@@ -505,6 +513,7 @@ def main(argv=None):
             traceback.print_exc()
         if args.json:
             doc = report if isinstance(report, dict) else {"action": args.command, "app": args.app}
+            doc.setdefault("version", args.version)
             doc.update(ok=False, error=str(error))
             print(json.dumps(doc, indent=2, sort_keys=True))
         print(f"stacks.py: {error}", file=sys.stderr)

@@ -40,7 +40,8 @@ class Events:
 
 def post(env, body, signature="good"):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json"}
+    # salt-api itself refuses a JSON content type whose body does not parse
+    headers = {"Content-Type": "text/plain" if isinstance(body, bytes) else "application/json"}
     secret = env["PIGEON_WEBHOOK_SECRET"].encode()
     if signature == "good":
         headers["X-Pigeon-Signature"] = "sha256=" + hmac.new(secret, raw, hashlib.sha256).hexdigest()
@@ -95,14 +96,14 @@ def test_failed_ci_deployment_is_published(env, room):
 ])
 def test_invalid_webhooks_change_nothing(env, stacks, get, body, signature, reason):
     before = app_status(stacks)
-    production = get(PRODUCTION)
+    production = get(PRODUCTION)[1].split()[1]
     events = Events("pigeon/deploy/rejected")
     post(env, body, signature)
     [(tag, rejected)] = events.wait(timeout=60)
     assert reason in rejected["reason"], rejected
     after = app_status(stacks)
     assert after["stacks"] == before["stacks"] and after["routes"] == before["routes"]
-    assert get(PRODUCTION) == production
+    assert get(PRODUCTION)[1].split()[1] == production
     log = (LAB / "var/log/salt/master").read_text()
     assert f"ignored: " in log and reason.split("'")[0] in log
 

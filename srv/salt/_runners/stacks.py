@@ -17,9 +17,9 @@ The orchestrations (``orch/*.sls``) call these functions:
 users may call besides the orchestrations.
 
 Storage: the registry and the history are in Salt's cache (``salt.cache``,
-bank ``pigeon/registry`` and ``pigeon/history``); the lock is a file created
-with O_EXCL in the master's cachedir, so two runs on one master cannot both
-take it.
+bank ``pigeon/registry`` and ``pigeon/history``); the lock is a file in the
+master's cachedir, written whole and then linked into place (link() fails when
+one exists), so two runs on one master cannot both take it.
 """
 
 import datetime
@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 
 import salt.cache
@@ -360,9 +361,10 @@ def _process_started(pid):
 
 
 def _owner():
-    """Who holds a lock: the orchestration's process. The steps of one orchestration
-    (saltutil.runner) all run in that process; two orchestrations never share one."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Who holds a lock: the orchestration, by its process and thread. The render and the
+    runner steps of one orchestration run in one thread of one process (saltutil.runner runs
+    in-process); the reactor runs several orchestrations in threads of one process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
 def _unlock(app):

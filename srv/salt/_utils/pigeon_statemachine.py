@@ -209,19 +209,6 @@ def plan(entry, action, version=None, force=False, slots=DEFAULT_SLOTS):
     return result
 
 
-def essence(planned):
-    """What a plan does, without how it was computed: two plans with the same essence
-    carry out the same change (used to re-check a plan after waiting for the lock)."""
-    start = planned.get("start") or {}
-    return {
-        "noop": planned["noop"],
-        "start": start.get("slot"),
-        "states": planned["states"],
-        "stop": sorted(s["version"] for s in planned["stop"]),
-        "routes": planned["routes"],
-    }
-
-
 def apply(entry, planned, when, by):
     """The registry entry after ``planned`` took effect (a new dict)."""
     new = {

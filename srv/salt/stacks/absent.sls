@@ -10,12 +10,10 @@
 stacks-absent-docker-container-stopped:
   docker_container.stopped:
     - names: {{ names | sort | json }}
-    - parallel: True   # each container stops (gracefully, its own timeout) at the same time
 
 stacks-absent-docker-container-absent:
   docker_container.absent:
     - names: {{ names | sort | json }}
-    - parallel: True
     - require:
       - docker_container: stacks-absent-docker-container-stopped
     - require_in:

@@ -26,7 +26,6 @@ stacks-running-leftover-{{ version }}-docker-container-absent:
   docker_container.absent:
     - names: {{ names | sort | json }}
     - force: True   # they never took traffic
-    - parallel: True
 
 stacks-running-leftover-{{ version }}-docker-network-absent:
   docker_network.absent:
@@ -43,13 +42,15 @@ stacks-running-{{ network }}-docker-network-present:
       - pigeon.managed=true
 {%- endfor %}
 
+{#- One after the other: `parallel: True` forks the state run, and the forks share the docker
+    client the render created; under load an image lookup then failed and the state tried to
+    pull the image from a registry (seen in the lab). #}
 {%- for c in stack.containers %}
 stacks-running-{{ c.name }}-docker-container-running:
   docker_container.running:
     - name: {{ c.name }}
     - labels: {{ c.labels | json }}
     - networks: {{ c.networks | json }}
-    - parallel: True   # every container starts at once
 {%-   for key, value in c.docker_config | dictsort %}
     - {{ key }}: {{ value | json }}
 {%-   endfor %}
