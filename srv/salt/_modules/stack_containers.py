@@ -87,3 +87,24 @@ def wait_healthy(app, version, count, timeout=60, interval=0.5):
             raise CommandExecutionError(
                 f"{app} {version} not healthy after {float(timeout):g}s: {message}")
         time.sleep(interval)
+
+
+def forget_docker_client():
+    """
+    Close and forget the docker client this state run holds, so that states run with
+    ``parallel: True`` after this one (forked processes) each open a client of their own
+    instead of sharing the parent's connection (stacks/running.sls, stacks/absent.sls).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' stack_containers.forget_docker_client
+    """
+    client = __context__.pop("docker.client", None)
+    if client is not None:
+        try:
+            client.close()
+        except Exception:  # pylint: disable=broad-except
+            pass
+    return True

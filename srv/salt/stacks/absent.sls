@@ -7,9 +7,17 @@
 {%- for id, c in found.items() %}{% do names.append(c.Names[0].lstrip('/')) %}{% endfor %}
 
 {%- if names %}
+{#- they stop at once (forked runs): each fork opens its own docker client (see running.sls) #}
+stacks-absent-docker-client-module-run:
+  module.run:
+    - stack_containers.forget_docker_client: []
+
 stacks-absent-docker-container-stopped:
   docker_container.stopped:
     - names: {{ names | sort | json }}
+    - parallel: True
+    - require:
+      - module: stacks-absent-docker-client-module-run
 
 stacks-absent-docker-container-absent:
   docker_container.absent:

@@ -42,23 +42,31 @@ stacks-running-{{ network }}-docker-network-present:
       - pigeon.managed=true
 {%- endfor %}
 
-{#- One after the other: `parallel: True` forks the state run, and the forks share the docker
-    client the render created; under load an image lookup then failed and the state tried to
-    pull the image from a registry (seen in the lab). #}
+{#- The containers start at once (`parallel: True` forks the state run). The forks must not
+    share the docker client this run already holds: sharing its connection once made an image
+    lookup fail under load, and the state then tried to pull the image from a registry. So the
+    client is forgotten first, and each fork opens its own. #}
+stacks-running-docker-client-module-run:
+  module.run:
+    - stack_containers.forget_docker_client: []
+    - require:
+{%- if stack.get('formula') %}
+      - sls: {{ stack.formula }}
+{%- endif %}
+{%- for network in [stack.network] + default_networks %}
+      - docker_network: stacks-running-{{ network }}-docker-network-present
+{%- endfor %}
+
 {%- for c in stack.containers %}
 stacks-running-{{ c.name }}-docker-container-running:
   docker_container.running:
     - name: {{ c.name }}
     - labels: {{ c.labels | json }}
     - networks: {{ c.networks | json }}
+    - parallel: True
 {%-   for key, value in c.docker_config | dictsort %}
     - {{ key }}: {{ value | json }}
 {%-   endfor %}
     - require:
-{%-   if stack.get('formula') %}
-      - sls: {{ stack.formula }}
-{%-   endif %}
-{%-   for network in [stack.network] + default_networks %}
-      - docker_network: stacks-running-{{ network }}-docker-network-present
-{%-   endfor %}
+      - module: stacks-running-docker-client-module-run
 {%- endfor %}
