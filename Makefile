@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV := .lab/venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo lab down status test unit integration bench install clean sync
+.PHONY: demo lab down status test unit integration bench install clean sync vagrant
 
 install:
 	bootstrap/install.sh
@@ -28,11 +28,16 @@ unit: install
 integration: lab
 	$(PY) -m pytest -q tests/integration
 
-test: lab
+test: lab vagrant
 	$(PY) -m pytest tests/unit tests/integration -p no:cacheprovider -rs
 
+# `vagrant validate` checks the Vagrantfile in the tests (no VirtualBox needed)
+vagrant:
+	@command -v vagrant >/dev/null || { echo "==> installing vagrant (Debian package)"; \
+	  apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends vagrant >/dev/null; }
+
 bench: lab
-	$(PY) tests/bench/bench.py
+	$(PY) tests/bench/bench.py --cycles 20 --clients 1 --rps 400 --json docs/benchmarks-400rps.json
 
 clean: down
 	rm -rf .lab

@@ -323,11 +323,28 @@ def orchestration_outcome(ret):
         if s["step"] == "commit" and s["result"]:
             result = (s["raw"].get("changes") or {}).get("return")
     ok = not failed and ret.get("retcode", 0) in (0, None)
+    cleaned = leftovers_removed(steps)
     if not ok and error is None:
         error = f"the orchestration returned retcode {ret.get('retcode')}; see the master's log"
     for s in steps:
         del s["raw"]
-    return {"ok": ok, "steps": steps, "error": error, "result": result}
+    return {"ok": ok, "steps": steps, "error": error, "result": result, "cleaned": cleaned}
+
+
+LEFTOVER_RE = re.compile(r"_\|-stacks-running-leftover-(.+?)-docker-container-absent_\|-")
+
+
+def leftovers_removed(steps):
+    """Versions whose leftover containers (of an interrupted action) a release removed."""
+    found = set()
+    for step in steps:
+        ret = ((step.get("raw") or {}).get("changes") or {}).get("ret")
+        for states in (ret or {}).values() if isinstance(ret, dict) else []:
+            for key, state in (states or {}).items() if isinstance(states, dict) else []:
+                match = LEFTOVER_RE.search(key)
+                if match and isinstance(state, dict) and state.get("changes"):
+                    found.add(match.group(1))
+    return sorted(found)
 
 
 # ---------------------------------------------------------------------------
@@ -437,6 +454,9 @@ def run_action(client, args, out):
         raise StacksError(f"{args.command} {target} refused: {outcome['error']}", EXIT_FAILED, report)
     if not outcome["ok"]:
         raise StacksError(f"{args.command} {target} failed: {outcome['error']}", EXIT_FAILED, report)
+    if outcome.get("cleaned"):
+        out(f"removed what interrupted actions left of {', '.join(outcome['cleaned'])}")
+        report["cleaned"] = outcome["cleaned"]
     message = (outcome["result"] or {}).get("message") or ""
     if not args.version and report["version"]:
         target = f"{args.app} {report['version']}"

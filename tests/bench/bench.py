@@ -50,9 +50,10 @@ def lab_env():
 class Client(threading.Thread):
     """Sends GET / in a loop; records (time, ok, version) of every answer."""
 
-    def __init__(self, address, keepalive, context, stop):
+    def __init__(self, address, keepalive, context, stop, interval=0.0):
         super().__init__(daemon=True)
         self.address, self.keepalive, self.context, self.stop = address, keepalive, context, stop
+        self.interval = interval  # seconds between requests (0: as fast as it goes)
         self.events = []  # (monotonic time, ok, version or error)
         self.conn = None
 
@@ -61,7 +62,13 @@ class Client(threading.Thread):
 
     def run(self):
         deadline = time.monotonic() + 3600
+        next_at = time.monotonic()
         while not self.stop.is_set() and time.monotonic() < deadline:
+            if self.interval:
+                next_at += self.interval
+                pause = next_at - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
             try:
                 if self.conn is None:
                     self.conn = self.connect()
@@ -114,6 +121,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--clients", type=int, default=2, help="clients of each kind per address")
+    parser.add_argument("--rps", type=float, default=0,
+                        help="requests per second in all (paced); 0: as fast as the clients go")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     env = lab_env()
@@ -131,8 +140,9 @@ def main():
     base = next(v for v, s in status(env).items() if s["state"] == "active")
 
     stop = threading.Event()
-    prod = [Client(PRODUCTION, ka, context, stop) for ka in (True, False) for _ in range(args.clients)]
-    prev = [Client(PREVIEW, ka, context, stop) for ka in (True, False) for _ in range(args.clients)]
+    interval = (4 * args.clients) / args.rps if args.rps else 0.0
+    prod = [Client(PRODUCTION, ka, context, stop, interval) for ka in (True, False) for _ in range(args.clients)]
+    prev = [Client(PREVIEW, ka, context, stop, interval) for ka in (True, False) for _ in range(args.clients)]
     everyone = prod + prev
     for c in everyone:
         c.start()
@@ -176,7 +186,8 @@ def main():
         "machine": f"{platform.node()}: {os.cpu_count()} cores, {platform.platform()}",
         "cycles": args.cycles,
         "clients": {"production": len(prod), "preview": len(prev),
-                    "kinds": "half keep-alive, half a new TLS connection per request"},
+                    "kinds": "half keep-alive, half a new TLS connection per request",
+                    "paced_rps": args.rps or None},
         "requests_served": total_served,
         "requests_per_second": round(total_served / seconds, 1),
         "failed_requests": len(total_failed),

@@ -178,6 +178,7 @@ def test_killed_release_is_shown_and_cleaned(stacks, get, env):
     nxt = new_version("after")
     result = stacks("release", "--app-name", APP, "--version", nxt)
     assert result.rc == 0, result
+    assert f"removed what interrupted actions left of {doomed}" in result.out  # says which
     left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=pigeon.version={doomed}"],
                           capture_output=True, text=True).stdout.split()
     assert left == []

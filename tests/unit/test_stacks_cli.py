@@ -708,3 +708,18 @@ def test_main_json_failure(api, capsys):
     assert doc["error"] == f"release app 1.0 failed: step health failed: {MINION}: {HEALTH_ERROR}"
     assert [(s["step"], s["result"]) for s in doc["steps"]][2] == ("health", False)
     assert len(captured.err.splitlines()) == 1
+
+
+def test_outcome_names_the_leftovers_a_release_removed():
+    ret = success_payload()
+    steps = next(iter(ret["data"].values()))
+    key = next(k for k in steps if "containers" in k)
+    steps[key]["changes"] = {"ret": {"lab-minion": {
+        "docker_container_|-stacks-running-leftover-doomed-1-docker-container-absent_|-app-doomed-1-web-1_|-absent":
+            {"result": True, "changes": {"removed": ["abc"]}, "comment": "", "__run_num__": 0},
+        "docker_container_|-stacks-running-leftover-quiet-docker-container-absent_|-x_|-absent":
+            {"result": True, "changes": {}, "comment": "", "__run_num__": 1},
+    }}}
+    outcome = stacks.orchestration_outcome(ret)
+    assert outcome["ok"] is True
+    assert outcome["cleaned"] == ["doomed-1"]
