@@ -52,7 +52,7 @@ fi
 printf '%s:%s\n' "$API_USER" "$(tr -d '\n' < "$ROOT/api-password" | sha256sum | cut -d' ' -f1)" > "$CONF/eauth-users"
 chmod 600 "$CONF/eauth-users"
 
-config_before=$(cat "$CONF/master" "$CONF"/master.d/*.conf 2>/dev/null | sha256sum)
+config_before=$(cat "$CONF/master" "$CONF"/master.d/*.conf 2>/dev/null | sha256sum || true)
 cat > "$CONF/master" <<CFG
 # managed by bootstrap/master.sh; changes will be overwritten
 id: $MASTER_ID
