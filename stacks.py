@@ -70,6 +70,9 @@ class SaltApi:
             raise StacksError(
                 f"TLS verification of {self.url} failed ({_reason(exc)}); set REQUESTS_CA_BUNDLE "
                 "or --ca-file to the CA that signed salt-api's certificate", EXIT_API) from exc
+        except requests.exceptions.ConnectTimeout as exc:
+            raise StacksError(f"cannot reach salt-api at {self.url} (connection timed out); is "
+                              "salt-api running and reachable? (in the lab: make lab)", EXIT_API) from exc
         except requests.exceptions.Timeout as exc:
             raise StacksError(f"no answer from salt-api at {self.url} within the deadline of "
                               f"{self.timeout:g} s; the action may still run on the master: see "

@@ -419,7 +419,7 @@ def test_wait_up_timeout_names_the_bad_server(haproxy):
 
     assert str(error.value) == (
         "backend app_b: 1 of 2 servers UP and checked after 0.2s"
-        " (s2 10.0.0.5:8080 DOWN L7STS); the release is not healthy"
+        " (s2 10.0.0.5:8080 DOWN L7STS); that stack is not healthy (see ./stacks.py status)"
     )
     assert 0.2 <= time.monotonic() - started < 1.5
     assert len(haproxy.commands) > 2
@@ -453,7 +453,7 @@ def test_up_without_l7ok_is_not_counted(haproxy):
         hr.wait_up("app_b", 2, timeout=0.1, interval=0.02, socket=haproxy.path)
 
     assert str(error.value) == (
-        "backend app_b: 1 of 2 servers UP and checked (s2 10.0.0.5:8080 UP INI); the release is not healthy"
+        "backend app_b: 1 of 2 servers UP and checked (s2 10.0.0.5:8080 UP INI); that stack is not healthy (see ./stacks.py status)"
     )
 
 
@@ -479,7 +479,7 @@ def test_wait_up_keeps_waiting_while_old_servers_are_still_up(haproxy):
         hr.wait_up("app_b", 2, timeout=0.1, interval=0.02, socket=haproxy.path)
     assert str(error.value) == (
         "backend app_b: 3 of 2 servers UP and checked after 0.1s (more than expected:"
-        " s1 10.0.0.3:8080, s2 10.0.0.4:8080, s3 10.0.0.5:8080); the release is not healthy"
+        " s1 10.0.0.3:8080, s2 10.0.0.4:8080, s3 10.0.0.5:8080); that stack is not healthy (see ./stacks.py status)"
     )
 
     haproxy.stats = [three_up, three_up, show_stat(

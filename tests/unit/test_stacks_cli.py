@@ -723,3 +723,16 @@ def test_outcome_names_the_leftovers_a_release_removed():
     outcome = stacks.orchestration_outcome(ret)
     assert outcome["ok"] is True
     assert outcome["cleaned"] == ["doomed-1"]
+
+
+def test_connect_timeout_is_unreachable_not_deadline(monkeypatch):
+    api = stacks.SaltApi("https://salt.invalid:8000", "u", "p", timeout=5)
+
+    def refuse(*args, **kwargs):
+        raise stacks.requests.exceptions.ConnectTimeout("connect timed out")
+
+    monkeypatch.setattr(api.session, "post", refuse)
+    with pytest.raises(stacks.StacksError) as error:
+        api.login()
+    assert error.value.code == stacks.EXIT_API
+    assert "cannot reach salt-api" in str(error.value)

@@ -344,7 +344,7 @@ def _health_error(backend, count, servers_, waited=None):
     after = f" after {waited:g}s" if waited is not None else ""
     return (
         f"backend {backend}: {len(checked)} of {count} servers UP and checked{after}"
-        f" ({details}); the release is not healthy"
+        f" ({details}); that stack is not healthy (see ./stacks.py status)"
     )
 
 
