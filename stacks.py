@@ -389,7 +389,7 @@ def parse_args(argv):
     parser.add_argument("--saltapi-eauth", default=env.get("SALTAPI_EAUTH", "auto"))
     parser.add_argument("--ca-file", default=env.get("REQUESTS_CA_BUNDLE"),
                         help="CA bundle that signed salt-api's certificate")
-    parser.add_argument("--insecure", action="store_true",
+    parser.add_argument("--insecure", action="store_true",  # insecure-ok: an explicit opt-out, off by default
                         help="do not verify salt-api's TLS certificate (not for production)")
     parser.add_argument("--deadline", "--timeout", dest="timeout", type=float, default=600,
                         metavar="SECONDS", help="give up waiting for the action after SECONDS (exit 4)")
@@ -407,7 +407,7 @@ def parse_args(argv):
 
 
 def make_client(args):
-    verify = False if args.insecure else (args.ca_file or True)
+    verify = False if args.insecure else (args.ca_file or True)  # insecure-ok: only with --insecure
     return SaltApi(args.saltapi_url, args.saltapi_user, args.saltapi_pass,
                    args.saltapi_eauth, verify=verify, timeout=args.timeout)
 
