@@ -2,6 +2,7 @@
 base:
   '*':
     - stacks
+    - docker                 # docker.update_mine: False (see the file)
     - test_stacks            # written by tests/integration into .lab/pillar, only while they run
     - ignore_missing: True
   'lab-minion':

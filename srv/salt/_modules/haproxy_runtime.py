@@ -357,7 +357,7 @@ def _healthy_result(backend, servers_):
     }
 
 
-def wait_up(backend, count, timeout=60, interval=0.5, socket=None):
+def wait_up(backend, count, timeout=60, interval=0.1, socket=None):
     """
     Wait until exactly ``count`` servers of a backend are UP with a passed check.
 
@@ -543,13 +543,16 @@ def _verify_runtime(map_ref, wanted, socket):
 
 
 def set_routes(routes, map_name="routes.map", socket=None, maps_dir=None, maps_dir_in_container=None,
-               require_up=None):
+               require_up=None, wait=0):
     """
     Point map keys at backends, in the map file and in the running HAProxy.
 
     ``require_up`` ({backend: count}) is a gate checked first, in the same call:
     nothing changes unless each of those backends has exactly ``count`` servers
-    UP with their check passed (see check_up).
+    UP with their check passed (see check_up). With ``wait`` (seconds) the gate
+    waits that long for them (see wait_up) instead of checking once: a release
+    routes preview traffic as soon as its servers are UP, an activate refuses
+    at once.
 
     ``routes`` is {key: backend name, or None to delete the key}. Every
     backend named must exist, since HAProxy silently falls back to its
@@ -572,7 +575,10 @@ def set_routes(routes, map_name="routes.map", socket=None, maps_dir=None, maps_d
         if value is not None:
             _check_token(value, f"backend for {key}")
     for backend, count in (require_up or {}).items():
-        check_up(backend, count, socket=socket)
+        if float(wait or 0) > 0:
+            wait_up(backend, count, timeout=wait, socket=socket)
+        else:
+            check_up(backend, count, socket=socket)
     host_path, map_ref = _map_paths(map_name, maps_dir, maps_dir_in_container)
     _check_backends_exist([value for value in routes.values() if value is not None], socket)
     runtime = _runtime_map(map_ref, socket)

@@ -1,13 +1,16 @@
 """
 Execution module ``stack_containers``: the containers of one stack on an app
 minion, found by the labels Pigeon gives them (``pigeon.app``,
-``pigeon.version``), and the health gate of a release.
+``pigeon.version``): starting them all at once, and the health gate of a
+release.
 
 A container with a docker HEALTHCHECK counts as healthy when docker says
 ``healthy``; one without counts as healthy while it runs.
 """
 
+import concurrent.futures
 import logging
+import os
 import time
 
 try:
@@ -56,6 +59,179 @@ def summarize(inspected, expected):
     return True, f"{len(inspected)} of {expected} containers healthy"
 
 
+# ---------------------------------------------------------------------------
+# starting a stack
+def endpoints(container, stack_network):
+    """[(network, aliases)] of one container of the plan (stacks.containers on the master):
+    the stack's own network first (docker attaches it at creation), then the others."""
+    pairs = []
+    for entry in container["networks"]:
+        for name, settings in entry.items():
+            aliases = []
+            for item in settings or []:
+                aliases.extend(item.get("aliases", []) if isinstance(item, dict) else [])
+            pairs.append((name, aliases))
+    pairs.sort(key=lambda pair: pair[0] != stack_network)
+    return pairs
+
+
+def split_config(docker_config, client_args):
+    """
+    (image, create_container kwargs, create_host_config kwargs) from a service's
+    docker_config, which takes docker_container.running's arguments: translated by
+    saltext-dockermod as docker.create does, then split by what docker-py accepts.
+    """
+    config = dict(docker_config)
+    image = config.pop("image")
+    create, host, unknown = {}, {}, []
+    for key, value in config.items():
+        if key in client_args["host_config"]:
+            host[key] = value
+        elif key in client_args["create_container"] and key not in ("image", "name", "host_config",
+                                                                    "networking_config"):
+            create[key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CommandExecutionError(
+            f"docker_config arguments docker does not know: {', '.join(sorted(unknown))}")
+    return image, create, host
+
+
+def _translate(docker_config):
+    # pylint: disable=import-outside-toplevel
+    import saltext.dockermod.utils.dockermod as dockerutils
+    import saltext.dockermod.utils.dockermod.translate.container as translator
+
+    return dockerutils.translate_input(translator, **docker_config)
+
+
+def _docker_url():
+    """docker.url from the minion's configuration or pillar, else DOCKER_HOST, else the default
+    socket (None). Read before the threads start: Salt's dunders are not set in them."""
+    return __salt__["config.option"]("docker.url", None) or os.environ.get("DOCKER_HOST")
+
+
+def _client(url):
+    """A docker client of our own (docker-py's APIClient is not shared between threads)."""
+    import docker  # pylint: disable=import-outside-toplevel
+
+    kwargs = {"version": "auto", "timeout": 60}
+    if url:
+        kwargs["base_url"] = url
+    return docker.APIClient(**kwargs)
+
+
+def _ensure_networks(client, names):
+    """Create the networks that do not exist yet; [names created]."""
+    existing = {n["Name"] for n in client.networks(names=list(names))}
+    created = []
+    for name in names:
+        if name not in existing:
+            client.create_network(name, driver="bridge", labels={"pigeon.managed": "true"})
+            created.append(name)
+    return created
+
+
+def _ensure_image(client, image):
+    import docker  # pylint: disable=import-outside-toplevel
+
+    try:
+        client.inspect_image(image)
+    except docker.errors.ImageNotFound:
+        repository, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
+        log.info("stack_containers: pulling %s", image)
+        try:
+            client.pull(repository, tag=tag or "latest")
+        except docker.errors.APIError as exc:
+            raise CommandExecutionError(
+                f"image {image} is not on this minion and could not be pulled: {exc.explanation or exc}"
+            ) from exc
+
+
+def _start_one(url, container, stack_network, image, create, host):
+    """Create (attached to the stack's network), connect the other networks, start. Runs in a
+    thread: it uses no Salt dunder."""
+    import docker  # pylint: disable=import-outside-toplevel
+
+    client = _client(url)
+    try:
+        try:
+            state = client.inspect_container(container["name"])["State"]
+        except docker.errors.NotFound:
+            state = None
+        if state is not None:
+            if state.get("Running"):
+                return None
+            client.start(container["name"])
+            return "started"
+        nets = endpoints(container, stack_network)
+        first, first_aliases = nets[0]
+        created = client.create_container(
+            image, name=container["name"], labels=container["labels"],
+            host_config=client.create_host_config(network_mode=first, **host),
+            networking_config=client.create_networking_config(
+                {first: client.create_endpoint_config(aliases=first_aliases)}),
+            **create)
+        for name, aliases in nets[1:]:
+            client.connect_container_to_network(created["Id"], name, aliases=aliases)
+        client.start(created["Id"])
+        return "created"
+    except docker.errors.APIError as exc:
+        raise CommandExecutionError(f"{container['name']}: {exc.explanation or exc}") from exc
+    finally:
+        client.close()
+
+
+def start(app, version, network, containers):
+    """
+    Start the containers of one stack at once, each in a thread with a docker client of
+    its own: the stack's network first (created when missing, each container's service
+    name as its alias there), then the other networks of the plan (the app's default
+    network, with the slot's alias HAProxy resolves). Containers of the stack that exist
+    already are started if stopped and left alone otherwise. ``containers`` comes from
+    the plan (stacks.containers on the master).
+
+    Returns {name: "created" | "started"} for what changed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' stack_containers.start app 1.2 pigeon-app-1.2 '[...]'
+    """
+    client_args = __salt__["docker.get_client_args"](["create_container", "host_config"])
+    prepared = []
+    for c in containers:
+        prepared.append((c, *split_config(_translate(c["docker_config"]), client_args)))
+    url = _docker_url()
+    client = _client(url)
+    try:
+        names = [network] + sorted({name for c in containers for name, _ in endpoints(c, network)} - {network})
+        _ensure_networks(client, names)
+        for image in sorted({image for _, image, _, _ in prepared}):
+            _ensure_image(client, image)
+    finally:
+        client.close()
+    changed, failed = {}, []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(len(prepared), 1)) as pool:
+        futures = {pool.submit(_start_one, url, c, network, image, create, host): c["name"]
+                   for c, image, create, host in prepared}
+        for future in concurrent.futures.as_completed(futures):
+            try:
+                result = future.result()
+            except Exception as exc:  # pylint: disable=broad-except
+                failed.append(str(exc) if isinstance(exc, CommandExecutionError)
+                              else f"{futures[future]}: {exc}")
+                continue
+            if result:
+                changed[futures[future]] = result
+    if failed:
+        raise CommandExecutionError(f"{app} {version}: {len(failed)} of {len(prepared)} containers "
+                                    "did not start: " + "; ".join(sorted(failed)))
+    return changed
+
+
 def _inspect(app, version):
     found = __salt__["docker.ps"](
         all=True, filters={"label": [f"pigeon.app={app}", f"pigeon.version={version}"]})
@@ -66,11 +242,12 @@ def _inspect(app, version):
     return result
 
 
-def wait_healthy(app, version, count, timeout=60, interval=0.5):
+def wait_healthy(app, version, count, timeout=60, interval=0.1):
     """
     Wait until the ``count`` containers of a stack are healthy (docker HEALTHCHECK
-    where the image has one). On timeout, fail naming the containers that are not,
-    with their last check output.
+    where the image has one). Fail naming the containers that are not, with their
+    last check output: at once when docker has marked one unhealthy (its check
+    failed ``retries`` times in a row), else on timeout.
 
     CLI Example:
 
@@ -79,10 +256,16 @@ def wait_healthy(app, version, count, timeout=60, interval=0.5):
         salt '*' stack_containers.wait_healthy app 1.2 4 timeout=30
     """
     deadline = time.monotonic() + float(timeout)
+    started = time.monotonic()
     while True:
-        ok, message = summarize(_inspect(app, version), int(count))
+        inspected = _inspect(app, version)
+        ok, message = summarize(inspected, int(count))
         if ok:
             return {"app": app, "version": version, "healthy": int(count), "message": message}
+        if any(health(state) == "unhealthy" for state in inspected.values()):
+            raise CommandExecutionError(
+                f"{app} {version} not healthy (docker marked it unhealthy after "
+                f"{time.monotonic() - started:.0f}s): {message}")
         if time.monotonic() >= deadline:
             raise CommandExecutionError(
                 f"{app} {version} not healthy after {float(timeout):g}s: {message}")

@@ -32,7 +32,8 @@ pigeon-release-loadbal-state:
     - concurrent: True   # the two may target the same minion; they touch different things
 {%-     endif %}
 
-# the app's config formula (its files and image for this version), then the stack's containers
+# the app's config formula (its files and image for this version), then the stack's containers,
+# all started at once; the step ends when docker says every one is healthy (its HEALTHCHECK)
 pigeon-release-containers-state:
   salt.state:
     - tgt: {{ cfg.target | json }}
@@ -40,43 +41,13 @@ pigeon-release-containers-state:
     - sls: stacks.running
     - concurrent: True
     - pillar:
-        pigeon_stack: {{ {'app': app, 'version': plan.version, 'formula': cfg.formula, 'network': start.network, 'containers': start.containers, 'keep': start.keep} | json }}
+        pigeon_stack: {{ {'app': app, 'version': plan.version, 'formula': cfg.formula, 'network': start.network, 'containers': start.containers, 'keep': start.keep, 'healthy_timeout': lb.healthcheck_timeout} | json }}
 
-# the health gates: every container healthy in docker (its HEALTHCHECK), and every
-# load-balanced one UP in HAProxy with its check passed
-pigeon-release-healthy-function:
-  salt.function:
-    - name: stack_containers.wait_healthy
-    - tgt: {{ cfg.target | json }}
-    - tgt_type: {{ cfg.target_type }}
-    - arg:
-      - {{ app }}
-      - {{ plan.version | json }}
-      - {{ start.containers | length }}
-    - kwarg:
-        timeout: {{ lb.healthcheck_timeout }}
-    - parallel: True
-    - require:
-      - salt: pigeon-release-containers-state
-
-pigeon-release-health-function:
-  salt.function:
-    - name: haproxy_runtime.wait_up
-    - tgt: {{ lb.target | json }}
-    - tgt_type: {{ lb.target_type }}
-    - arg:
-      - {{ start.backend }}
-      - {{ start.expected_up }}
-    - kwarg:
-        timeout: {{ lb.healthcheck_timeout }}
-    - parallel: True
-    - require:
-      - salt: pigeon-release-containers-state
-{%-     if plan.converge_loadbal %}
-      - salt: pigeon-release-loadbal-state
-{%-     endif %}
-
-{{ steps.routes(action, lb, plan, ['salt: pigeon-release-health-function', 'salt: pigeon-release-healthy-function']) }}
+# preview (internal) traffic to the new slot as soon as HAProxy has every one of its servers
+# UP with its check passed (the HAProxy health gate, waited for in the same call)
+{%-     set routes_requires = ['salt: pigeon-release-containers-state'] %}
+{%-     if plan.converge_loadbal %}{% do routes_requires.append('salt: pigeon-release-loadbal-state') %}{% endif %}
+{{ steps.routes(action, lb, plan, routes_requires, gate={'backend': start.backend, 'expected_up': start.expected_up}, wait=lb.healthcheck_timeout) }}
 
 {%-     if not args.get('keep_failed') %}
 
@@ -91,11 +62,9 @@ pigeon-release-cleanup-state:
         pigeon_stack: {{ {'app': app, 'version': plan.version, 'network': start.network} | json }}
     - onfail_any:
       - salt: pigeon-release-containers-state
-      - salt: pigeon-release-healthy-function
-      - salt: pigeon-release-health-function
       - salt: pigeon-release-routes-function
 {%-     endif %}
-{%-     set done = done + ['salt: pigeon-release-containers-state', 'salt: pigeon-release-healthy-function', 'salt: pigeon-release-health-function', 'salt: pigeon-release-routes-function'] %}
+{%-     set done = done + ['salt: pigeon-release-containers-state', 'salt: pigeon-release-routes-function'] %}
 {%-     if plan.converge_loadbal %}{% do done.append('salt: pigeon-release-loadbal-state') %}{% endif %}
 {%-   endif %}
 {{ steps.commit(action, app, plan, source, done) }}

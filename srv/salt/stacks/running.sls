@@ -8,11 +8,6 @@
 include:
   - {{ stack.formula }}   {#- the app's config formula: files and image first #}
 {%- endif %}
-{%- set default_networks = [] %}
-{%- for c in stack.containers %}{% for n in c.networks %}{% for name in n %}
-{%-   if name != stack.network and name not in default_networks %}{% do default_networks.append(name) %}{% endif %}
-{%- endfor %}{% endfor %}{% endfor %}
-
 {#- containers of this app whose version the registry does not know: left by an interrupted action #}
 {%- set leftovers = {} %}
 {%- for id, c in salt['docker.ps'](all=True, filters={'label': ['pigeon.app=' ~ stack.app]}).items() %}
@@ -34,39 +29,20 @@ stacks-running-leftover-{{ version }}-docker-network-absent:
       - docker_container: stacks-running-leftover-{{ version }}-docker-container-absent
 {%- endfor %}
 
-{%- for network in [stack.network] + default_networks %}
-stacks-running-{{ network }}-docker-network-present:
-  docker_network.present:
-    - name: {{ network }}
-    - labels:
-      - pigeon.managed=true
-{%- endfor %}
-
-{#- The containers start at once (`parallel: True` forks the state run). The forks must not
-    share the docker client this run already holds: sharing its connection once made an image
-    lookup fail under load, and the state then tried to pull the image from a registry. So the
-    client is forgotten first, and each fork opens its own. #}
-stacks-running-docker-client-module-run:
-  module.run:
-    - stack_containers.forget_docker_client: []
-    - require:
+{#- All the stack's containers start at once (one docker client per container): created on
+    the stack's network (created when missing), connected to the app's default network with
+    the slot's alias when HAProxy routes to them, started. #}
+stacks-running-stack-containers-running:
+  stack_containers.running:
+    - name: {{ stack.app }} {{ stack.version }}
+    - app: {{ stack.app }}
+    - version: {{ stack.version | json }}
+    - network: {{ stack.network }}
+    - containers: {{ stack.containers | json }}
+{%- if stack.get('healthy_timeout') %}
+    - healthy_timeout: {{ stack.healthy_timeout }}   {#- and healthy: every docker HEALTHCHECK passed #}
+{%- endif %}
 {%- if stack.get('formula') %}
+    - require:
       - sls: {{ stack.formula }}
 {%- endif %}
-{%- for network in [stack.network] + default_networks %}
-      - docker_network: stacks-running-{{ network }}-docker-network-present
-{%- endfor %}
-
-{%- for c in stack.containers %}
-stacks-running-{{ c.name }}-docker-container-running:
-  docker_container.running:
-    - name: {{ c.name }}
-    - labels: {{ c.labels | json }}
-    - networks: {{ c.networks | json }}
-    - parallel: True
-{%-   for key, value in c.docker_config | dictsort %}
-    - {{ key }}: {{ value | json }}
-{%-   endfor %}
-    - require:
-      - module: stacks-running-docker-client-module-run
-{%- endfor %}
