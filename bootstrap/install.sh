@@ -52,7 +52,9 @@ if ! docker info >/dev/null 2>&1; then
     systemctl enable --now docker >/dev/null
   else
     step "starting dockerd in the background (log: /var/log/pigeon-dockerd.log)"
-    nohup dockerd >/var/log/pigeon-dockerd.log 2>&1 &
+    # no userland proxy: published ports (HAProxy's) are forwarded by iptables alone, instead
+    # of a docker-proxy process copying every connection (the docker formula does the same)
+    nohup dockerd --userland-proxy=false >/var/log/pigeon-dockerd.log 2>&1 &
   fi
   for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   docker info >/dev/null 2>&1 || { echo "install.sh: dockerd did not start; see /var/log/pigeon-dockerd.log" >&2; exit 1; }

@@ -24,14 +24,17 @@ CONF=$ROOT/etc/salt
 TLS=$ROOT/tls
 mkdir -p "$CONF/master.d" "$TLS" "$ROOT/pillar"
 
-# TLS: a CA of the lab's own, a certificate for salt-api and one for HAProxy (localhost)
+# TLS: a CA of the lab's own, a certificate for salt-api and one for HAProxy (localhost).
+# ECDSA P-256 keys: a handshake costs the server a fraction of what an RSA-2048 one does,
+# which matters to HAProxy when clients open a connection per request.
+KEY="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1"
 if [ ! -f "$TLS/ca.crt" ]; then
-  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=Pigeon lab CA" \
+  openssl req -x509 $KEY -nodes -days 3650 -subj "/CN=Pigeon lab CA" \
     -keyout "$TLS/ca.key" -out "$TLS/ca.crt" 2>/dev/null
 fi
 for name in api haproxy; do
   [ -f "$TLS/$name.crt" ] && continue
-  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+  openssl req $KEY -nodes -subj "/CN=localhost" \
     -keyout "$TLS/$name.key" -out "$TLS/$name.csr" 2>/dev/null
   printf 'subjectAltName=DNS:localhost,IP:127.0.0.1,DNS:%s\n' "$(hostname)" > "$TLS/$name.ext"
   openssl x509 -req -in "$TLS/$name.csr" -CA "$TLS/ca.crt" -CAkey "$TLS/ca.key" \

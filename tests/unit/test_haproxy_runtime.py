@@ -728,3 +728,80 @@ def test_set_routes_with_a_gate_that_holds_switches(haproxy, maps_dir):
 
     assert result["changes"] == {"app/production": {"old": "app_a", "new": "app_b"}}
     assert hr.read_map_file(str(maps_dir / "routes.map")) == {"app/production": "app_b"}
+
+
+def _app_b_stats(second_status="DOWN", second_check="L4CON"):
+    return show_stat(
+        backend_row("app_b"),
+        server_row("app_b", "s1", "10.0.0.4:8080"),
+        server_row("app_b", "s2", "10.0.0.5:8080", status=second_status, check_status=second_check, sid=2),
+    )
+
+
+def test_set_routes_with_wait_routes_once_the_servers_come_up(haproxy, maps_dir):
+    _set_map(haproxy, maps_dir, {"app/preview": "app_a"})
+    haproxy.stats = [_app_b_stats()]
+    coming_up = threading.Timer(0.25, lambda: setattr(haproxy, "stats", [_app_b_stats("UP", "L7OK")]))
+    coming_up.start()
+
+    started = time.monotonic()
+    try:
+        result = hr.set_routes({"app/preview": "app_b"}, require_up={"app_b": 2}, wait=3,
+                               socket=haproxy.path, maps_dir=str(maps_dir))
+    finally:
+        coming_up.cancel()
+    waited = time.monotonic() - started
+
+    assert 0.25 <= waited < 2
+    assert haproxy.commands.count("show stat") >= 2  # polled until the gate held
+    assert result["changes"] == {"app/preview": {"old": "app_a", "new": "app_b"}}
+    assert result["map"] == {"app/preview": "app_b"}
+    assert hr.read_map_file(str(maps_dir / "routes.map")) == {"app/preview": "app_b"}
+    assert haproxy.write_commands() == [f"set map {MAP_REF} app/preview app_b"]
+
+
+def test_set_routes_without_wait_refuses_at_once(haproxy, maps_dir):
+    _set_map(haproxy, maps_dir, {"app/production": "app_a"})
+    before = (maps_dir / "routes.map").read_text()
+    haproxy.stats = [_app_b_stats()]
+    coming_up = threading.Timer(0.25, lambda: setattr(haproxy, "stats", [_app_b_stats("UP", "L7OK")]))
+    coming_up.start()
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(hr.CommandExecutionError) as error:
+            hr.set_routes({"app/production": "app_b"}, require_up={"app_b": 2}, wait=0,
+                          socket=haproxy.path, maps_dir=str(maps_dir))
+    finally:
+        coming_up.cancel()
+
+    assert time.monotonic() - started < 0.2
+    assert str(error.value) == (
+        "backend app_b: 1 of 2 servers UP and checked (s2 10.0.0.5:8080 DOWN L4CON);"
+        " that stack is not healthy (see ./stacks.py status)"
+    )
+    assert haproxy.commands == ["show stat"]
+    assert (maps_dir / "routes.map").read_text() == before
+    assert haproxy.maps[MAP_REF] == [["app/production", "app_a"]]
+
+
+def test_set_routes_with_wait_gives_up_when_the_servers_never_come_up(haproxy, maps_dir):
+    _set_map(haproxy, maps_dir, {"app/preview": "app_a"})
+    before = (maps_dir / "routes.map").read_text()
+    haproxy.stats = [_app_b_stats()]
+
+    started = time.monotonic()
+    with pytest.raises(hr.CommandExecutionError) as error:
+        hr.set_routes({"app/preview": "app_b"}, require_up={"app_b": 2}, wait=0.3,
+                      socket=haproxy.path, maps_dir=str(maps_dir))
+    waited = time.monotonic() - started
+
+    assert 0.3 <= waited < 1.5
+    assert str(error.value) == (
+        "backend app_b: 1 of 2 servers UP and checked after 0.3s (s2 10.0.0.5:8080 DOWN L4CON);"
+        " that stack is not healthy (see ./stacks.py status)"
+    )
+    assert haproxy.commands.count("show stat") >= 3
+    assert haproxy.write_commands() == []
+    assert (maps_dir / "routes.map").read_text() == before
+    assert haproxy.maps[MAP_REF] == [["app/preview", "app_a"]]

@@ -1,0 +1,553 @@
+"""
+Unit tests for srv/salt/_modules/stack_containers.py and srv/salt/_states/stack_containers.py.
+
+Both are loaded by path, as Salt's loader would find them, with their dunders
+(__salt__, __opts__) set by the tests. Nothing talks to docker: the functions
+that would (_client, _ensure_networks, _ensure_image, _start_one, _inspect)
+are replaced by fakes.
+"""
+
+import importlib.util
+import inspect
+import pathlib
+import threading
+import time
+
+import docker
+import pytest
+
+SALT_DIR = pathlib.Path(__file__).resolve().parents[2] / "srv" / "salt"
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+sc = _load("stack_containers_module", SALT_DIR / "_modules" / "stack_containers.py")
+sc_state = _load("stack_containers_state", SALT_DIR / "_states" / "stack_containers.py")
+
+Error = sc.CommandExecutionError
+
+# What saltext-dockermod's docker.get_client_args(["create_container", "host_config"]) returns:
+# the parameter names of docker-py's create_container and HostConfig.
+CLIENT_ARGS = {
+    "create_container": [p for p in inspect.signature(docker.APIClient.create_container).parameters if p != "self"],
+    "host_config": [p for p in inspect.signature(docker.types.HostConfig.__init__).parameters if p != "self"],
+}
+
+APP, VERSION, NET, DEFAULT_NET = "app", "1.2", "pigeon-app-1.2", "pigeon-lb"
+
+
+def plan_container(service, replica=1, registered=False, image="registry.example/app:1.2", **config):
+    """One container of the plan, shaped like stacks.containers on the master."""
+    networks = [{NET: [{"aliases": [service]}]}]
+    if registered:
+        networks.append({DEFAULT_NET: [{"aliases": ["pigeon-app-green"]}]})
+    docker_config = {"image": image, "stop_timeout": 10, "restart_policy": "unless-stopped", **config}
+    return {
+        "name": f"{APP}-{VERSION}-{service}-{replica}",
+        "service": service,
+        "registered": registered,
+        "labels": {"pigeon.app": APP, "pigeon.version": VERSION, "pigeon.service": service},
+        "networks": networks,
+        "docker_config": docker_config,
+    }
+
+
+# --- states as docker inspect reports them ------------------------------------------------
+
+
+def running(status=None, output=None):
+    """A State of a running container; with a HEALTHCHECK when status is given."""
+    state = {"Status": "running", "Running": True}
+    if status is not None:
+        state["Health"] = {"Status": status, "FailingStreak": 0,
+                           "Log": [] if output is None else [{"ExitCode": 0, "Output": "earlier check"},
+                                                             {"ExitCode": 1, "Output": output}]}
+    return state
+
+
+EXITED = {"Status": "exited", "Running": False, "ExitCode": 1}
+
+
+def test_sanity_salt_exception_is_bound():
+    """With salt importable the module raises Salt's CommandExecutionError (the state catches it)."""
+    from salt.exceptions import CommandExecutionError  # pylint: disable=import-outside-toplevel
+
+    assert sc.CommandExecutionError is CommandExecutionError
+    assert sc_state.CommandExecutionError is CommandExecutionError
+
+
+# --- endpoints ---------------------------------------------------------------------------
+
+
+def test_endpoints_puts_the_stack_network_first_and_gathers_aliases():
+    container = {"networks": [
+        {DEFAULT_NET: [{"aliases": ["pigeon-app-green"]}]},
+        {"pigeon-other": [{"ipv4_address": "10.1.0.5"}]},
+        {NET: [{"aliases": ["web"]}, {"aliases": ["web-1", "www"]}, "not-a-dict"]},
+    ]}
+
+    assert sc.endpoints(container, NET) == [
+        (NET, ["web", "web-1", "www"]),
+        (DEFAULT_NET, ["pigeon-app-green"]),
+        ("pigeon-other", []),
+    ]
+
+
+def test_endpoints_of_a_container_on_the_stack_network_only():
+    assert sc.endpoints(plan_container("worker"), NET) == [(NET, ["worker"])]
+
+
+def test_endpoints_with_settings_none():
+    container = {"networks": [{DEFAULT_NET: None}, {NET: None}]}
+
+    assert sc.endpoints(container, NET) == [(NET, []), (DEFAULT_NET, [])]
+
+
+# --- split_config --------------------------------------------------------------------------
+
+
+def test_split_config_pops_image_and_splits_create_from_host_kwargs():
+    config = {"image": "x:1", "command": ["serve"], "environment": {"A": "1"}, "stop_timeout": 10,
+              "restart_policy": {"Name": "always"}, "mem_limit": "256m", "healthcheck": {"Test": ["NONE"]}}
+
+    image, create, host = sc.split_config(config, CLIENT_ARGS)
+
+    assert image == "x:1"
+    assert create == {"command": ["serve"], "environment": {"A": "1"}, "stop_timeout": 10,
+                      "healthcheck": {"Test": ["NONE"]}}
+    assert host == {"restart_policy": {"Name": "always"}, "mem_limit": "256m"}
+    assert config["image"] == "x:1"  # the caller's dict is left alone
+
+
+@pytest.mark.parametrize("reserved", ["name", "host_config", "networking_config"])
+def test_split_config_never_passes_reserved_create_kwargs(reserved):
+    with pytest.raises(Error) as error:
+        sc.split_config({"image": "x:1", reserved: "whatever", "tty": True}, CLIENT_ARGS)
+
+    assert str(error.value) == f"docker_config arguments docker does not know: {reserved}"
+
+
+def test_split_config_image_is_not_a_create_kwarg():
+    _, create, host = sc.split_config({"image": "x:1"}, CLIENT_ARGS)
+
+    assert create == {} and host == {}
+
+
+def test_split_config_names_every_unknown_key_sorted():
+    with pytest.raises(Error) as error:
+        sc.split_config({"image": "x:1", "zzz": 1, "networks": ["a"], "tty": True}, CLIENT_ARGS)
+
+    assert str(error.value) == "docker_config arguments docker does not know: networks, zzz"
+
+
+def test_split_config_without_image_is_an_error():
+    with pytest.raises(KeyError):
+        sc.split_config({"tty": True}, CLIENT_ARGS)
+
+
+def test_translate_then_split_gives_docker_py_kwargs():
+    translated = sc._translate({"image": "x:1", "environment": ["ROLE=api"], "restart_policy": "unless-stopped",
+                                "stop_timeout": 10, "ports": ["8080"]})
+
+    image, create, host = sc.split_config(translated, CLIENT_ARGS)
+
+    assert image == "x:1"
+    assert create["environment"] == {"ROLE": "api"}
+    assert create["stop_timeout"] == 10
+    assert create["ports"] == [8080]
+    assert "restart_policy" not in create
+    assert host["restart_policy"] == {"Name": "unless-stopped", "MaximumRetryCount": 0}
+    assert set(create) == {"environment", "stop_timeout", "ports"}
+    assert set(host) == {"restart_policy"}
+
+
+# --- health, last_check_output, summarize ------------------------------------------------
+
+
+def test_health():
+    assert sc.health(EXITED) == "not running"
+    assert sc.health({}) == "not running"
+    assert sc.health(running()) == "healthy"  # no HEALTHCHECK: running is enough
+    assert sc.health(running("healthy")) == "healthy"
+    assert sc.health(running("starting")) == "starting"
+    assert sc.health(running("unhealthy")) == "unhealthy"
+    assert sc.health({"Running": True, "Health": {"FailingStreak": 0}}) == "starting"
+    assert sc.health({"Running": False, "Health": {"Status": "healthy"}}) == "not running"
+
+
+def test_last_check_output_is_the_last_entry_on_one_line():
+    state = running("unhealthy", output="curl: (7) Failed to connect\n  to localhost port 8080\n")
+
+    assert sc.last_check_output(state) == "curl: (7) Failed to connect to localhost port 8080"
+    assert len(sc.last_check_output(running("unhealthy", output="y" * 500))) == 160
+    assert sc.last_check_output(running("starting")) == ""
+    assert sc.last_check_output(running()) == ""
+    assert sc.last_check_output({"Running": True, "Health": None}) == ""
+
+
+def test_summarize_all_healthy():
+    assert sc.summarize({"a": running("healthy"), "b": running()}, 2) == (True, "2 of 2 containers healthy")
+
+
+def test_summarize_missing_containers():
+    assert sc.summarize({"a": running("healthy")}, 3) == (False, "1 of 3 containers exist")
+
+
+def test_summarize_names_the_bad_ones_sorted_with_their_output():
+    inspected = {
+        "web-2": running("unhealthy", output="HTTP 503"),
+        "web-1": running("healthy"),
+        "db-1": EXITED,
+        "api-1": running("starting"),
+    }
+
+    ok, message = sc.summarize(inspected, 4)
+
+    assert not ok
+    assert message == "1 of 4 containers healthy; api-1 starting, db-1 not running, web-2 unhealthy (HTTP 503)"
+
+
+# --- _inspect ---------------------------------------------------------------------------
+
+
+def test_inspect_filters_by_labels_and_returns_states(monkeypatch):
+    calls = []
+
+    def ps(**kwargs):
+        calls.append(kwargs)
+        return {"abc": {"Names": ["/app-1.2-web-1"]}, "def": {"Names": ["/app-1.2-db-1"]}}
+
+    states = {"app-1.2-web-1": running("healthy"), "app-1.2-db-1": EXITED}
+    monkeypatch.setattr(sc, "__salt__", {
+        "docker.ps": ps, "docker.inspect_container": lambda name: {"State": states[name]}}, raising=False)
+
+    assert sc._inspect(APP, VERSION) == states
+    assert calls == [{"all": True, "filters": {"label": ["pigeon.app=app", "pigeon.version=1.2"]}}]
+
+
+# --- wait_healthy --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def inspections(monkeypatch):
+    """Replace _inspect by a sequence of answers (the last one repeats); returns the calls list."""
+    answers, calls = [], []
+
+    def fake(app, version):
+        calls.append((app, version))
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    monkeypatch.setattr(sc, "_inspect", fake)
+    return answers, calls
+
+
+def test_wait_healthy_returns_once_every_container_is_healthy(inspections):
+    answers, calls = inspections
+    answers[:] = [
+        {"web-1": running("starting")},
+        {"web-1": running("starting"), "web-2": running("starting")},
+        {"web-1": running("healthy"), "web-2": running("starting")},
+        {"web-1": running("healthy"), "web-2": running()},
+    ]
+
+    result = sc.wait_healthy(APP, VERSION, 2, timeout=3, interval=0.01)
+
+    assert result == {"app": APP, "version": VERSION, "healthy": 2, "message": "2 of 2 containers healthy"}
+    assert calls == [(APP, VERSION)] * 4
+
+
+def test_wait_healthy_fails_at_once_on_an_unhealthy_container(inspections):
+    answers, calls = inspections
+    answers[:] = [
+        {"app-1.2-web-1": running("starting"), "app-1.2-web-2": running("starting")},
+        {"app-1.2-web-1": running("healthy"),
+         "app-1.2-web-2": running("unhealthy", output="curl: (22) The requested URL returned error: 500")},
+    ]
+
+    started = time.monotonic()
+    with pytest.raises(Error) as error:
+        sc.wait_healthy(APP, VERSION, 2, timeout=5, interval=0.01)
+
+    assert time.monotonic() - started < 1
+    assert len(calls) == 2
+    message = str(error.value)
+    assert message.startswith("app 1.2 not healthy (docker marked it unhealthy after 0s): ")
+    assert "app-1.2-web-2 unhealthy (curl: (22) The requested URL returned error: 500)" in message
+    assert "app-1.2-web-1" not in message
+
+
+def test_wait_healthy_times_out_while_starting(inspections):
+    answers, calls = inspections
+    answers[:] = [{"app-1.2-web-1": running("starting"), "app-1.2-web-2": running("healthy")}]
+
+    started = time.monotonic()
+    with pytest.raises(Error) as error:
+        sc.wait_healthy(APP, VERSION, 2, timeout=0.3, interval=0.05)
+    waited = time.monotonic() - started
+
+    assert 0.3 <= waited < 1.5
+    assert len(calls) >= 3
+    assert str(error.value) == "app 1.2 not healthy after 0.3s: 1 of 2 containers healthy; app-1.2-web-1 starting"
+
+
+def test_wait_healthy_times_out_when_containers_are_missing(inspections):
+    answers, _ = inspections
+    answers[:] = [{"app-1.2-web-1": running("healthy")}]
+
+    with pytest.raises(Error, match=r"^app 1.2 not healthy after 0.1s: 1 of 2 containers exist$"):
+        sc.wait_healthy(APP, VERSION, "2", timeout=0.1, interval=0.05)
+
+
+# --- start ---------------------------------------------------------------------------------
+
+
+class FakeClient:
+    def __init__(self, url):
+        self.url = url
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+
+class StartFakes:
+    """The docker side of start(), recorded."""
+
+    def __init__(self, monkeypatch, results=None):
+        self.results = results or {}  # container name -> result, or an exception to raise
+        self.clients, self.networks, self.images, self.started, self.translated = [], [], [], [], []
+        self.lock = threading.Lock()
+        monkeypatch.setattr(sc, "_client", self._client)
+        monkeypatch.setattr(sc, "_ensure_networks", self._ensure_networks)
+        monkeypatch.setattr(sc, "_ensure_image", self._ensure_image)
+        monkeypatch.setattr(sc, "_start_one", self._start_one)
+        monkeypatch.setattr(sc, "_translate", self._translate)
+        monkeypatch.delenv("DOCKER_HOST", raising=False)
+        monkeypatch.setattr(sc, "__salt__", {
+            "docker.get_client_args": self._get_client_args,
+            "config.option": lambda key, default=None: {"docker.url": "unix:///run/fake.sock"}.get(key, default),
+        }, raising=False)
+        self.client_args_asked = []
+
+    def _get_client_args(self, which):
+        self.client_args_asked.append(which)
+        return CLIENT_ARGS
+
+    def _translate(self, docker_config):
+        self.translated.append(docker_config)
+        return dict(docker_config)
+
+    def _client(self, url):
+        client = FakeClient(url)
+        self.clients.append(client)
+        return client
+
+    def _ensure_networks(self, client, names):
+        self.networks.append((client, list(names)))
+        return []
+
+    def _ensure_image(self, client, image):
+        self.images.append((client, image))
+
+    def _start_one(self, url, container, stack_network, image, create, host):
+        with self.lock:
+            self.started.append({"url": url, "name": container["name"], "network": stack_network,
+                                 "image": image, "create": create, "host": host})
+        result = self.results.get(container["name"], "created")
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+def three_containers():
+    return [
+        plan_container("web", 1, registered=True),
+        plan_container("web", 2, registered=True),
+        plan_container("db", 1, image="postgres:16", environment={"POSTGRES_DB": "app"}),
+    ]
+
+
+def test_start_returns_only_what_changed(monkeypatch):
+    fakes = StartFakes(monkeypatch, results={"app-1.2-web-2": None, "app-1.2-db-1": "started"})
+    containers = three_containers()
+
+    changed = sc.start(APP, VERSION, NET, containers)
+
+    assert changed == {"app-1.2-web-1": "created", "app-1.2-db-1": "started"}
+    assert fakes.client_args_asked == [["create_container", "host_config"]]
+    assert fakes.translated == [c["docker_config"] for c in containers]
+    assert sorted(s["name"] for s in fakes.started) == sorted(c["name"] for c in containers)
+    db = next(s for s in fakes.started if s["name"] == "app-1.2-db-1")
+    assert db == {"url": "unix:///run/fake.sock", "name": "app-1.2-db-1", "network": NET, "image": "postgres:16",
+                  "create": {"stop_timeout": 10, "environment": {"POSTGRES_DB": "app"}},
+                  "host": {"restart_policy": "unless-stopped"}}
+    # one client of its own for the networks and images, closed after
+    assert [c.url for c in fakes.clients] == ["unix:///run/fake.sock"]
+    assert fakes.clients[0].closed
+    assert [image for _, image in fakes.images] == ["postgres:16", "registry.example/app:1.2"]
+
+
+def test_start_requests_the_stack_network_first_then_the_others_once(monkeypatch):
+    fakes = StartFakes(monkeypatch)
+    containers = three_containers()
+    containers[2]["networks"].append({"pigeon-aaa-shared": [{"aliases": ["db"]}]})
+
+    sc.start(APP, VERSION, NET, containers)
+
+    assert [names for _, names in fakes.networks] == [[NET, "pigeon-aaa-shared", DEFAULT_NET]]
+
+
+def test_start_uses_docker_host_when_no_docker_url_is_configured(monkeypatch):
+    fakes = StartFakes(monkeypatch)
+    monkeypatch.setattr(sc, "__salt__", {**sc.__salt__, "config.option": lambda key, default=None: default})
+    monkeypatch.setenv("DOCKER_HOST", "tcp://docker.example:2375")
+
+    sc.start(APP, VERSION, NET, [plan_container("web")])
+
+    assert fakes.clients[0].url == "tcp://docker.example:2375"
+    assert [s["url"] for s in fakes.started] == ["tcp://docker.example:2375"]
+
+
+def test_start_raises_one_error_naming_the_container_that_did_not_start(monkeypatch):
+    fakes = StartFakes(monkeypatch, results={
+        "app-1.2-web-2": Error("app-1.2-web-2: Conflict. The container name is already in use")})
+
+    with pytest.raises(Error) as error:
+        sc.start(APP, VERSION, NET, three_containers())
+
+    assert str(error.value) == ("app 1.2: 1 of 3 containers did not start: "
+                                "app-1.2-web-2: Conflict. The container name is already in use")
+    assert len(fakes.started) == 3  # the others were still started
+
+
+def test_start_names_the_container_of_an_unexpected_exception(monkeypatch):
+    StartFakes(monkeypatch, results={"app-1.2-db-1": ValueError("boom"),
+                                     "app-1.2-web-1": Error("app-1.2-web-1: no such image")})
+
+    with pytest.raises(Error) as error:
+        sc.start(APP, VERSION, NET, three_containers())
+
+    assert str(error.value) == ("app 1.2: 2 of 3 containers did not start: "
+                                "app-1.2-db-1: boom; app-1.2-web-1: no such image")
+
+
+def test_start_refuses_an_unknown_docker_config_key_before_touching_docker(monkeypatch):
+    fakes = StartFakes(monkeypatch)
+    containers = [plan_container("web", bogus_option=True)]
+
+    with pytest.raises(Error, match="docker does not know: bogus_option"):
+        sc.start(APP, VERSION, NET, containers)
+
+    assert fakes.clients == [] and fakes.networks == [] and fakes.started == []
+
+
+# --- forget_docker_client ---------------------------------------------------------------
+
+
+def test_forget_docker_client_closes_and_forgets(monkeypatch):
+    client = FakeClient(None)
+    context = {"docker.client": client, "other": 1}
+    monkeypatch.setattr(sc, "__context__", context, raising=False)
+
+    assert sc.forget_docker_client() is True
+    assert client.closed and context == {"other": 1}
+    assert sc.forget_docker_client() is True
+
+
+# --- the state -----------------------------------------------------------------------------
+
+
+class StateSalt(dict):
+    """A __salt__ for the state: stack_containers.start and .wait_healthy, recorded."""
+
+    def __init__(self, start=None, healthy=None):
+        super().__init__()
+        self.calls = []
+        self._start, self._healthy = start, healthy
+        self["stack_containers.start"] = self.start
+        self["stack_containers.wait_healthy"] = self.wait_healthy
+
+    def start(self, app, version, network, containers):
+        self.calls.append(("start", app, version, network, len(containers)))
+        if isinstance(self._start, Exception):
+            raise self._start
+        return self._start if self._start is not None else {}
+
+    def wait_healthy(self, app, version, count, timeout=60):
+        self.calls.append(("wait_healthy", app, version, count, timeout))
+        if isinstance(self._healthy, Exception):
+            raise self._healthy
+        return {"app": app, "version": version, "healthy": count, "message": self._healthy}
+
+
+def run_state(monkeypatch, salt, test=False, **kwargs):
+    monkeypatch.setattr(sc_state, "__opts__", {"test": test}, raising=False)
+    monkeypatch.setattr(sc_state, "__salt__", salt, raising=False)
+    return sc_state.running("app 1.2 containers", APP, VERSION, NET, three_containers(), **kwargs)
+
+
+def test_state_running_with_changes(monkeypatch):
+    salt = StateSalt(start={"app-1.2-web-1": "created", "app-1.2-db-1": "started"})
+
+    ret = run_state(monkeypatch, salt)
+
+    assert ret == {"name": "app 1.2 containers", "result": True,
+                   "changes": {"app-1.2-web-1": "created", "app-1.2-db-1": "started"},
+                   "comment": "3 containers of app 1.2 running"}
+    assert salt.calls == [("start", APP, VERSION, NET, 3)]
+
+
+def test_state_running_without_changes(monkeypatch):
+    ret = run_state(monkeypatch, StateSalt(start={}))
+
+    assert ret["result"] is True and ret["changes"] == {}
+
+
+def test_state_healthy_timeout_waits_and_uses_its_message(monkeypatch):
+    salt = StateSalt(start={"app-1.2-web-1": "created"}, healthy="3 of 3 containers healthy")
+
+    ret = run_state(monkeypatch, salt, healthy_timeout=30)
+
+    assert ret["result"] is True
+    assert ret["comment"] == "3 of 3 containers healthy"
+    assert ret["changes"] == {"app-1.2-web-1": "created"}
+    assert salt.calls == [("start", APP, VERSION, NET, 3), ("wait_healthy", APP, VERSION, 3, 30)]
+
+
+def test_state_failing_start(monkeypatch):
+    salt = StateSalt(start=Error("app 1.2: 1 of 3 containers did not start: app-1.2-web-2: Conflict"),
+                     healthy="unused")
+
+    ret = run_state(monkeypatch, salt, healthy_timeout=30)
+
+    assert ret["result"] is False
+    assert ret["comment"] == "app 1.2: 1 of 3 containers did not start: app-1.2-web-2: Conflict"
+    assert ret["changes"] == {}
+    assert [call[0] for call in salt.calls] == ["start"]
+
+
+def test_state_failing_health(monkeypatch):
+    message = "app 1.2 not healthy after 30s: 2 of 3 containers healthy; app-1.2-db-1 starting"
+    salt = StateSalt(start={"app-1.2-db-1": "created"}, healthy=Error(message))
+
+    ret = run_state(monkeypatch, salt, healthy_timeout=30)
+
+    assert ret["result"] is False
+    assert ret["comment"] == message
+    assert ret["changes"] == {"app-1.2-db-1": "created"}
+    assert [call[0] for call in salt.calls] == ["start", "wait_healthy"]
+
+
+def test_state_test_mode_calls_nothing(monkeypatch):
+    salt = StateSalt(start=Error("must not be called"), healthy=Error("must not be called"))
+
+    ret = run_state(monkeypatch, salt, test=True, healthy_timeout=30)
+
+    assert ret == {"name": "app 1.2 containers", "result": None, "changes": {},
+                   "comment": "3 containers of app 1.2 would be running"}
+    assert salt.calls == []
