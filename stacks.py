@@ -12,6 +12,8 @@ stacks.py: blue/green deployments of dockerized apps, through salt-api.
 
 Settings come from SALTAPI_URL, SALTAPI_USER, SALTAPI_PASS, SALTAPI_EAUTH (as
 salt-pepper) and REQUESTS_CA_BUNDLE; flags override them. TLS is verified.
+The salt-api token is kept between runs in ~/.cache/pigeon/tokens.json (mode
+0600; PIGEON_TOKEN_CACHE names another file, or "off"; --no-token-cache).
 
 Exit codes: 0 done (or already done); 1 the action failed or was refused;
 2 bad usage; 3 salt-api unreachable, TLS or authentication failed; 4 the
@@ -19,6 +21,7 @@ deadline passed (the orchestration may still be running: see status).
 """
 
 import argparse
+import hashlib
 import json
 import os
 import queue
@@ -47,10 +50,78 @@ class StacksError(Exception):
 
 # ---------------------------------------------------------------------------
 # salt-api client
+class TokenCache:
+    """
+    salt-api tokens kept between runs (as salt's own ~/.salt_token and pepper's cache do),
+    in a file only its owner may read: one login per token lifetime instead of one per run.
+    An entry is found by the URL, the user, the eauth backend and a key derived from the
+    password, so that other credentials never reuse it; a token salt-api refuses is dropped
+    and the client logs in again.
+    """
+
+    MARGIN = 60  # seconds: a token about to expire is not used
+
+    def __init__(self, path):
+        self.path = path
+
+    @staticmethod
+    def key(url, user, eauth, password):
+        salt = f"{url}\0{user}\0{eauth}".encode()
+        return hashlib.pbkdf2_hmac("sha256", str(password).encode(), salt, 10000).hex()
+
+    def _read(self):
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                data = json.load(fh)
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _write(self, data):
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+            tmp = f"{self.path}.{os.getpid()}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a cache: without it, every run logs in
+
+    def get(self, key):
+        entry = self._read().get(key)
+        if isinstance(entry, dict) and float(entry.get("expire", 0)) - time.time() > self.MARGIN:
+            return entry.get("token")
+        return None
+
+    def put(self, key, token, expire):
+        now = time.time()
+        data = {k: v for k, v in self._read().items()
+                if isinstance(v, dict) and float(v.get("expire", 0)) > now}
+        data[key] = {"token": token, "expire": float(expire)}
+        self._write(data)
+
+    def drop(self, key):
+        data = self._read()
+        if data.pop(key, None) is not None:
+            self._write(data)
+
+
+def token_cache_path(env):
+    """Where tokens are kept, or None: PIGEON_TOKEN_CACHE, else $XDG_CACHE_HOME or ~/.cache."""
+    setting = env.get("PIGEON_TOKEN_CACHE", "")
+    if setting.lower() in ("off", "0", "no", "false"):
+        return None
+    if setting:
+        return setting
+    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "pigeon", "tokens.json")
+
+
 class SaltApi:
     """A thin client of salt-api's rest_cherrypy: /login with eauth, then low-state runs."""
 
-    def __init__(self, url, user, password, eauth="auto", verify=True, timeout=600):
+    def __init__(self, url, user, password, eauth="auto", verify=True, timeout=600, token_cache=None):
         if not url:
             raise StacksError("no salt-api URL: set SALTAPI_URL or pass --saltapi-url "
                               "(in the lab: . .lab/env)", EXIT_USAGE)
@@ -61,8 +132,18 @@ class SaltApi:
         self.verify = verify  # passed on each request: requests lets REQUESTS_CA_BUNDLE override a session's
         self.session.headers["Accept"] = "application/json"
         self.token = None
+        self.cache = token_cache  # a TokenCache, or None
+        self.cached = False  # whether the token in use came from the cache
 
     def _post(self, path, payload):
+        response = self._send(path, payload)
+        if response.status_code == 401 and self.cached and path != "/login":
+            # a cached token salt-api no longer knows (expired, or a new master): log in again
+            self.login(fresh=True)
+            response = self._send(path, payload)
+        return self._answer(path, response)
+
+    def _send(self, path, payload):
         try:
             response = self.session.post(self.url + path, json=payload, timeout=self.timeout,
                                          verify=self.verify)
@@ -80,6 +161,9 @@ class SaltApi:
         except requests.exceptions.ConnectionError as exc:
             raise StacksError(f"cannot reach salt-api at {self.url} ({_reason(exc)}); is salt-api "
                               "running? (in the lab: make lab)", EXIT_API) from exc
+        return response
+
+    def _answer(self, path, response):
         if response.status_code == 401:
             raise StacksError(f"salt-api refused the credentials of {self.user!r} (eauth "
                               f"{self.eauth}); check SALTAPI_USER, SALTAPI_PASS and SALTAPI_EAUTH",
@@ -95,16 +179,27 @@ class SaltApi:
         except ValueError as exc:
             raise StacksError(f"salt-api answered something that is not JSON on {path}", EXIT_API) from exc
 
-    def login(self):
+    def login(self, fresh=False):
+        """Get a token: from the cache unless ``fresh``, else from /login (then cached)."""
         if not self.user or self.password is None:
             raise StacksError("no salt-api credentials: set SALTAPI_USER and SALTAPI_PASS "
                               "(in the lab: . .lab/env)", EXIT_USAGE)
-        data = self._post("/login", {"username": self.user, "password": self.password,
-                                     "eauth": self.eauth})
-        try:
-            self.token = data["return"][0]["token"]
-        except (KeyError, IndexError, TypeError) as exc:
-            raise StacksError("salt-api login returned no token", EXIT_API) from exc
+        key = self.cache.key(self.url, self.user, self.eauth, self.password) if self.cache else None
+        if key and fresh:
+            self.cache.drop(key)
+        token = self.cache.get(key) if key and not fresh else None
+        self.cached = token is not None
+        if token is None:
+            data = self._post("/login", {"username": self.user, "password": self.password,
+                                         "eauth": self.eauth})
+            try:
+                token = data["return"][0]["token"]
+                expire = data["return"][0].get("expire", 0)
+            except (KeyError, IndexError, TypeError, AttributeError) as exc:
+                raise StacksError("salt-api login returned no token", EXIT_API) from exc
+            if key and expire:
+                self.cache.put(key, token, expire)
+        self.token = token
         self.session.headers["X-Auth-Token"] = self.token
 
     def runner(self, fun, arg=None, kwarg=None):
@@ -137,6 +232,14 @@ class SaltApi:
         ojid = time.strftime("%Y%m%d%H%M%S", time.gmtime()) + f"{random.randrange(10**6):06d}"
         kwarg["orchestration_jid"] = ojid
         stream = EventStream(self)
+        if stream.status == 401 and self.cached:
+            stream.close()
+            self.login(fresh=True)
+            stream = EventStream(self)
+        if stream.status == 401:
+            stream.close()
+            raise StacksError(f"salt-api refused the token of {self.user!r} on its event stream; "
+                              "check SALTAPI_USER, SALTAPI_PASS and SALTAPI_EAUTH", EXIT_API)
         try:
             low = {"client": "runner_async", "fun": "state.orchestrate", "arg": [mods], "kwarg": kwarg}
             try:
@@ -189,6 +292,11 @@ class EventStream:
 
         threading.Thread(target=read, daemon=True).start()
         opened.wait(10)
+
+    @property
+    def status(self):
+        """The HTTP status of /events (None until it answered)."""
+        return getattr(self.response, "status_code", None)
 
     def next(self, deadline):
         remaining = deadline - time.monotonic()
@@ -389,6 +497,8 @@ def parse_args(argv):
     parser.add_argument("--saltapi-eauth", default=env.get("SALTAPI_EAUTH", "auto"))
     parser.add_argument("--ca-file", default=env.get("REQUESTS_CA_BUNDLE"),
                         help="CA bundle that signed salt-api's certificate")
+    parser.add_argument("--no-token-cache", action="store_true",
+                        help="log in to salt-api for this run only (see PIGEON_TOKEN_CACHE)")
     parser.add_argument("--insecure", action="store_true",  # insecure-ok: an explicit opt-out, off by default
                         help="do not verify salt-api's TLS certificate (not for production)")
     parser.add_argument("--deadline", "--timeout", dest="timeout", type=float, default=600,
@@ -408,8 +518,10 @@ def parse_args(argv):
 
 def make_client(args):
     verify = False if args.insecure else (args.ca_file or True)  # insecure-ok: only with --insecure
+    path = None if args.no_token_cache else token_cache_path(os.environ)
     return SaltApi(args.saltapi_url, args.saltapi_user, args.saltapi_pass,
-                   args.saltapi_eauth, verify=verify, timeout=args.timeout)
+                   args.saltapi_eauth, verify=verify, timeout=args.timeout,
+                   token_cache=TokenCache(path) if path else None)
 
 
 def run_action(client, args, out):

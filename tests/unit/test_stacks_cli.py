@@ -14,6 +14,7 @@ import pathlib
 import socket
 import sys
 import threading
+import time
 
 import pytest
 
@@ -470,7 +471,8 @@ class FakeSaltApi:
                 if self.path == "/login":
                     if isinstance(body, dict) and body.get("password") == fake.PASSWORD:
                         self._send(200, {"return": [{"token": fake.TOKEN, "user": body.get("username"),
-                                                     "eauth": body.get("eauth"), "perms": ["@runner"]}]})
+                                                     "eauth": body.get("eauth"), "perms": ["@runner"],
+                                                     "start": time.time(), "expire": time.time() + 43200}]})
                     else:
                         self._send(401, b"<html><body>401 Unauthorized</body></html>", "text/html")
                 elif self.path == "/":
@@ -736,3 +738,72 @@ def test_connect_timeout_is_unreachable_not_deadline(monkeypatch):
         api.login()
     assert error.value.code == stacks.EXIT_API
     assert "cannot reach salt-api" in str(error.value)
+
+
+# ---------------------------------------------------------------------------
+# the token cache
+@pytest.fixture(autouse=True)
+def _no_token_cache(monkeypatch):
+    """main() would keep tokens in ~/.cache: unit tests keep none unless they ask for one."""
+    monkeypatch.setenv("PIGEON_TOKEN_CACHE", "off")
+
+
+def _cached_client(url, path, password=FakeSaltApi.PASSWORD):
+    return stacks.SaltApi(url, "deployer", password, "pam", timeout=5,
+                          token_cache=stacks.TokenCache(str(path)))
+
+
+def test_token_cache_logs_in_once_across_runs(api, tmp_path):
+    path = tmp_path / "pigeon" / "tokens.json"
+    _cached_client(api.url, path).runner("stacks.status")
+    _cached_client(api.url, path).runner("stacks.status")
+    assert [r["path"] for r in api.requests] == ["/login", "/", "/"]
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert "secret" not in path.read_text()  # the password is not stored, only a derived key
+
+
+def test_token_cache_other_credentials_log_in(api, tmp_path):
+    path = tmp_path / "tokens.json"
+    _cached_client(api.url, path).runner("stacks.status")
+    with pytest.raises(stacks.StacksError) as info:
+        _cached_client(api.url, path, password="wrong").runner("stacks.status")
+    assert info.value.code == 3 and "refused the credentials" in str(info.value)
+    assert [r["path"] for r in api.requests] == ["/login", "/", "/login"]
+
+
+def test_token_cache_refused_token_logs_in_again(api, tmp_path):
+    path = tmp_path / "tokens.json"
+    _cached_client(api.url, path).runner("stacks.status")
+    api.TOKEN = "t2"  # salt-api no longer knows the cached token (a new master)
+    try:
+        assert _cached_client(api.url, path).runner("stacks.status") == success_payload()
+        assert [r["path"] for r in api.requests] == ["/login", "/", "/", "/login", "/"]
+        assert json.loads(path.read_text()).popitem()[1]["token"] == "t2"
+    finally:
+        api.TOKEN = FakeSaltApi.TOKEN
+
+
+def test_token_cache_skips_expiring_tokens(tmp_path):
+    cache = stacks.TokenCache(str(tmp_path / "tokens.json"))
+    key = cache.key("https://m:8000", "u", "pam", "p")
+    assert key != cache.key("https://m:8000", "u", "pam", "q")
+    assert key != cache.key("https://other:8000", "u", "pam", "p")
+    cache.put(key, "soon", time.time() + 30)
+    assert cache.get(key) is None
+    cache.put(key, "later", time.time() + 3600)
+    assert cache.get(key) == "later"
+    cache.drop(key)
+    assert cache.get(key) is None
+
+
+def test_token_cache_unreadable_file_is_ignored(tmp_path):
+    path = tmp_path / "tokens.json"
+    path.write_text("not json")
+    cache = stacks.TokenCache(str(path))
+    assert cache.get(cache.key("u", "u", "pam", "p")) is None
+
+
+def test_token_cache_path(tmp_path):
+    assert stacks.token_cache_path({"PIGEON_TOKEN_CACHE": "off"}) is None
+    assert stacks.token_cache_path({"PIGEON_TOKEN_CACHE": "/x/t.json"}) == "/x/t.json"
+    assert stacks.token_cache_path({"XDG_CACHE_HOME": str(tmp_path)}) == str(tmp_path / "pigeon" / "tokens.json")
