@@ -338,7 +338,7 @@ STEP_RE = re.compile(r"^pigeon-[a-z]+-(.+?)-(runner|function|state)$")
 
 
 def step_name(state_id):
-    """'pigeon-release-health-function' -> 'health'."""
+    """'pigeon-release-routes-function' -> 'routes'."""
     match = STEP_RE.match(state_id or "")
     return match.group(1) if match else (state_id or "?")
 

@@ -436,6 +436,25 @@ def test_start_names_the_container_of_an_unexpected_exception(monkeypatch):
                                 "app-1.2-db-1: boom; app-1.2-web-1: no such image")
 
 
+def test_start_turns_a_docker_error_on_the_networks_into_one_line(monkeypatch):
+    import docker
+
+    fakes = StartFakes(monkeypatch)
+
+    def refuse(client, names):
+        raise docker.errors.APIError("500 Server Error", explanation="could not find an available, "
+                                     "non-overlapping IPv4 address pool")
+
+    monkeypatch.setattr(sc, "_ensure_networks", refuse)
+
+    with pytest.raises(Error) as error:
+        sc.start(APP, VERSION, NET, three_containers())
+
+    assert str(error.value) == ("app 1.2: docker refused the stack's networks or images: could not "
+                                "find an available, non-overlapping IPv4 address pool")
+    assert fakes.started == [] and fakes.clients[0].closed
+
+
 def test_start_refuses_an_unknown_docker_config_key_before_touching_docker(monkeypatch):
     fakes = StartFakes(monkeypatch)
     containers = [plan_container("web", bogus_option=True)]

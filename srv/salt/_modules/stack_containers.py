@@ -204,6 +204,8 @@ def start(app, version, network, containers):
     prepared = []
     for c in containers:
         prepared.append((c, *split_config(_translate(c["docker_config"]), client_args)))
+    import docker  # pylint: disable=import-outside-toplevel
+
     url = _docker_url()
     client = _client(url)
     try:
@@ -211,6 +213,10 @@ def start(app, version, network, containers):
         _ensure_networks(client, names)
         for image in sorted({image for _, image, _, _ in prepared}):
             _ensure_image(client, image)
+    except docker.errors.DockerException as exc:
+        raise CommandExecutionError(
+            f"{app} {version}: docker refused the stack's networks or images: "
+            f"{getattr(exc, 'explanation', None) or exc}") from exc
     finally:
         client.close()
     changed, failed = {}, []

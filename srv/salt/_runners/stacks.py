@@ -284,8 +284,9 @@ def _expand(app, action, version, definition, entry, result, count):
                              f"HAProxy slot, more than its {MAX_REPLICAS} servers; lower count"}
         result["start"].update(
             # containers of versions the registry does not know were left by an interrupted
-            # action: the release removes them
-            keep=sorted(set(entry["stacks"]) | {result["version"]}),
+            # action (or a release kept with --keep-failed, this version's own included): the
+            # release removes them first, so that it starts clean
+            keep=sorted(entry["stacks"]),
             backend=_sm("backend")(app, slot),
             network=f"pigeon-{app}-{result['version']}",
             expected_up=sum(1 for c in cts if c["registered"]),

@@ -7,7 +7,8 @@
 {%- for id, c in found.items() %}{% do names.append(c.Names[0].lstrip('/')) %}{% endfor %}
 
 {%- if names %}
-{#- they stop at once (forked runs): each fork opens its own docker client (see running.sls) #}
+{#- they stop at once (`parallel: True` forks the run): the run first forgets the docker client it
+    holds, so that each fork opens its own instead of sharing one connection #}
 stacks-absent-docker-client-module-run:
   module.run:
     - stack_containers.forget_docker_client: []
