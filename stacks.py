@@ -381,8 +381,10 @@ def orchestration_outcome(ret):
     """
     Read the runner client's return of state.orchestrate.
 
-    Returns {"ok": bool, "steps": [{"step", "result", "comment", "duration"}],
-    "error": one line or None, "result": the commit step's return or None}.
+    Returns {"ok": bool, "steps": [{"step", "result", "skipped", "comment", "duration_ms"}],
+    "error": one line or None, "result": the commit step's return or None,
+    "cleaned": versions whose leftovers were removed}; a refusal (the plan's
+    ``pigeon-<action>-refused`` state) gives "refused": True and no steps.
     """
     if not isinstance(ret, dict) or "data" not in ret:
         text = ret if isinstance(ret, str) else json.dumps(ret)[:300]
@@ -416,13 +418,10 @@ def orchestration_outcome(ret):
         raw = first["raw"]
         fun = raw.get("name", "")
         if first["step"].endswith("refused"):
+            # the plan refused the action (the lock held by another action, the state machine,
+            # the pillar): the orchestration is that one state, nothing ran
             return {"ok": False, "steps": [], "error": first["comment"], "refused": True, "result": None}
-        lock_return = (raw.get("changes") or {}).get("return")
-        if first["step"] == "lock" and isinstance(lock_return, dict) and "Error" in lock_return:
-            # another action holds the app: nothing ran
-            return {"ok": False, "steps": [], "error": str(lock_return["Error"]), "refused": True,
-                    "result": None}
-        elif isinstance((raw.get("changes") or {}).get("return"), dict) and "Error" in raw["changes"]["return"]:
+        if isinstance((raw.get("changes") or {}).get("return"), dict) and "Error" in raw["changes"]["return"]:
             error = str(raw["changes"]["return"]["Error"])
         elif fun.startswith("stacks."):
             error = _first_line(json.dumps((raw.get("changes") or {}).get("return")) or first["comment"])
@@ -442,6 +441,8 @@ def orchestration_outcome(ret):
     return {"ok": ok, "steps": steps, "error": error, "result": result, "cleaned": cleaned}
 
 
+# the leftover removal states of srv/salt/stacks/running.sls, keyed
+# docker_container_|-stacks-running-leftover-<version>-docker-container-absent_|-<container>_|-absent
 LEFTOVER_RE = re.compile(r"_\|-stacks-running-leftover-(.+?)-docker-container-absent_\|-")
 
 

@@ -39,7 +39,8 @@ def clean_env(monkeypatch):
 
 
 # ---------------------------------------------------------------------------
-# canned orchestration returns
+# canned orchestration returns, shaped like the master's (Salt 3008) for the orch.* SLS
+# files: a release is containers -> routes -> commit, with cleanup and abort on failure
 MASTER = "lab"
 MINION = "lab-minion"
 
@@ -53,12 +54,13 @@ def _step(sid, run_num, kind="runner", name=None, result=True, comment=None, cha
                    "function": f"Function ran successfully. Function {name} ran on {MINION}.",
                    "state": f"States ran successfully. Updating {MINION}."}.get(kind, "Success!")
     value = {"name": name, "result": result, "comment": comment, "changes": changes or {},
-             "__run_num__": run_num, "__id__": sid, "__sls__": "orch.release",
+             "__run_num__": run_num, "__id__": sid, "__sls__": "orch." + sid.split("-")[1],
              "start_time": "12:00:00.000000", "duration": duration}
     return f"{module}_|-{sid}_|-{name}_|-{kind}", value
 
 
 def _skipped(sid, run_num, name=None, kind="state"):
+    """An onfail step that did not run because nothing failed."""
     key, value = _step(sid, run_num, kind=kind, name=name,
                        comment="State was not run because none of the onfail reqs changed",
                        duration=0.01)
@@ -66,9 +68,12 @@ def _skipped(sid, run_num, name=None, kind="state"):
     return key, value
 
 
-def _requisite_failed(sid, run_num, name=None, kind="runner", failed="pigeon-release-health-function"):
-    key, value = _step(sid, run_num, kind=kind, name=name, result=False,
-                       comment=f"One or more requisite failed: orch.release.{failed}", duration=0.02)
+def _requisite_failed(sid, run_num, *failed, name=None, kind="runner"):
+    """A step that did not run because a step it requires failed."""
+    sls = "orch." + sid.split("-")[1]
+    failed = failed or ("pigeon-release-containers-state",)
+    key, value = _step(sid, run_num, kind=kind, name=name, result=False, duration=0.02,
+                       comment="One or more requisite failed: " + ", ".join(f"{sls}.{f}" for f in failed))
     value["__state_ran__"] = False
     return key, value
 
@@ -77,83 +82,187 @@ def _orch(*steps, retcode=0):
     return {"data": {MASTER: dict(steps)}, "outputter": "highstate", "retcode": retcode}
 
 
-COMMIT_RETURN = {"app": "app", "version": "1.0", "message": "app 1.0 released in slot b",
-                 "generation": 4}
+def _minion_state(sid, name, fun, run_num, result=True, comment="", changes=None):
+    """One state of a salt.state step on the minion: (key, return)."""
+    module, function = fun.split(".")
+    return (f"{module}_|-{sid}_|-{name}_|-{function}",
+            {"__id__": sid, "name": name, "result": result, "comment": comment, "changes": changes or {},
+             "__run_num__": run_num, "duration": 10.0})
 
 
-def success_payload(commit_return=None):
+STACK_KEY = "stack_containers_|-stacks-running-stack-containers-running_|-app 1.0_|-running"
+
+
+def _containers(result=True, comment="4 of 4 containers healthy", changes=None, extra=()):
+    """The changes of the containers step (stacks.running on the app minion)."""
+    states = dict(extra)
+    states.update([_minion_state(
+        "stacks-running-stack-containers-running", "app 1.0", "stack_containers.running", 9,
+        result=result, comment=comment,
+        changes={} if changes is None else changes)])
+    return {"out": "highstate", "ret": {MINION: states}}
+
+
+CREATED = {f"app-1.0-{service}-{replica}": "created" for service in ("web", "api") for replica in (1, 2)}
+COMMIT_RETURN = {
+    "app": "app", "version": "1.0", "message": "app 1.0 released in slot b", "noop": False,
+    "stacks": {"0.9": {"state": "active", "slot": "a", "since": "2024-05-01T11:00:00Z", "by": "deployer"},
+               "1.0": {"state": "release", "slot": "b", "since": "2024-05-01T12:00:03Z", "by": "deployer"}},
+    "routes": {"app/production": "app_a", "app/internal": "app_b"},
+}
+ROUTES_RETURN = {"changes": {"app/internal": {"old": "app_a", "new": "app_b"}},
+                 "map": {"app/production": "app_a", "app/internal": "app_b"}}
+
+
+def success_payload(commit_return=None, loadbal=False):
+    """A release that went through (with the loadbal step when the app is new)."""
+    first = []
+    if loadbal:
+        first = [_step("pigeon-release-loadbal-state", 0, kind="state", duration=1800.0,
+                       comment=f"States ran successfully. No changes made to {MINION}.")]
+    n = len(first)
     return _orch(
-        _step("pigeon-release-lock-runner", 0, name="stacks.lock", duration=300.0,
-              changes={"return": {"locked": "app", "by": "pigeon", "owner": "m:1:2"}}),
-        _step("pigeon-release-containers-state", 1, kind="state", duration=4200.0,
-              changes={"ret": {MINION: {"docker_container_|-app-1.0-web-1_|-app-1.0-web-1_|-running": {
-                  "result": True, "comment": "Created container", "__run_num__": 0, "changes": {"added": 1}}}},
-                  "out": "highstate"}),
-        _step("pigeon-release-health-function", 2, kind="function", name="haproxy_runtime.wait_up",
-              duration=2500.0, changes={"ret": {MINION: {"backend": "app_b", "up": 2}}}),
-        _step("pigeon-release-routes-function", 3, kind="function", name="haproxy_runtime.set_routes",
-              duration=50.0, changes={"ret": {MINION: {"app/internal": "app_b"}}}),
-        _skipped("pigeon-release-cleanup-state", 4),
-        _step("pigeon-release-commit-runner", 5, name="stacks.commit", duration=20.0,
+        *first,
+        _step("pigeon-release-containers-state", n, kind="state", duration=2603.5,
+              changes=_containers(changes=CREATED)),
+        _step("pigeon-release-routes-function", n + 1, kind="function", name="haproxy_runtime.set_routes",
+              duration=180.0, changes={"ret": {MINION: ROUTES_RETURN}}),
+        _skipped("pigeon-release-cleanup-state", n + 2),
+        _step("pigeon-release-commit-runner", n + 3, name="stacks.commit", duration=60.0,
               changes={"return": commit_return or COMMIT_RETURN}),
-        _skipped("pigeon-release-abort-runner", 6, name="stacks.abort", kind="runner"),
+        _skipped("pigeon-release-abort-runner", n + 4, name="stacks.abort", kind="runner"),
     )
 
 
-HEALTH_ERROR = "backend app_b: 1 of 2 servers UP after 60 s (app-1.0-web-2: L7STS/500)"
-
-
-def health_failure_payload():
+def activate_payload(commit_return):
+    """An activate: production to the release's slot, the old inactive stack (0.8) removed."""
     return _orch(
-        _step("pigeon-release-lock-runner", 0, name="stacks.lock", changes={"return": {"locked": "app"}}),
-        _step("pigeon-release-containers-state", 1, kind="state"),
-        _step("pigeon-release-health-function", 2, kind="function", name="haproxy_runtime.wait_up",
-              result=False, duration=60012.5,
-              comment=f"Run failed on minions: {MINION}\nFailures:\n    {MINION}:\n        ERROR: {HEALTH_ERROR}",
-              changes={"ret": {MINION: f"ERROR: {HEALTH_ERROR}"}}),
-        _requisite_failed("pigeon-release-routes-function", 3, name="haproxy_runtime.set_routes", kind="function"),
-        _step("pigeon-release-cleanup-state", 4, kind="state", changes={"ret": {MINION: {}}}),
-        _requisite_failed("pigeon-release-commit-runner", 5, name="stacks.commit"),
-        _step("pigeon-release-abort-runner", 6, name="stacks.abort", changes={"return": {"aborted": "app"}}),
+        _step("pigeon-activate-routes-function", 0, kind="function", name="haproxy_runtime.set_routes",
+              duration=40.0, changes={"ret": {MINION: {
+                  "changes": {"app/production": {"old": "app_a", "new": "app_b"}},
+                  "map": {"app/production": "app_b", "app/internal": "app_b"}}}}),
+        _step("pigeon-activate-remove-0.8-state", 1, kind="state", duration=1500.0),
+        _step("pigeon-activate-commit-runner", 2, name="stacks.commit", duration=60.0,
+              changes={"return": commit_return}),
+        _skipped("pigeon-activate-abort-runner", 3, name="stacks.abort", kind="runner"),
+    )
+
+
+def _cleanup_ran(run_num):
+    """The release's cleanup after a failure: stacks.absent removed what the release started."""
+    return _step("pigeon-release-cleanup-state", run_num, kind="state", duration=3100.0,
+                 changes={"out": "highstate", "ret": {MINION: dict([
+                     _minion_state("stacks-absent-docker-container-absent", "app-1.0-web-1",
+                                   "docker_container.absent", 2, comment="Removed container 'app-1.0-web-1'",
+                                   changes={"removed": {"comment": "Removed container 'app-1.0-web-1'"}}),
+                     _minion_state("stacks-absent-docker-network-absent", "pigeon-app-1.0",
+                                   "docker_network.absent", 6, comment="Removed network 'pigeon-app-1.0'",
+                                   changes={"removed": True}),
+                 ])}})
+
+
+def _aborted(run_num, action="release"):
+    return _step(f"pigeon-{action}-abort-runner", run_num, name="stacks.abort",
+                 changes={"return": {"app": "app", "lock": "released"}})
+
+
+# docker's health gate, in the containers step (stack_containers.wait_healthy)
+UNHEALTHY = ("app 1.0 not healthy (docker marked it unhealthy after 3s): 3 of 4 containers healthy; "
+             "app-1.0-web-1 unhealthy (curl: (22) The requested URL returned error: 500)")
+
+
+def containers_failure_payload():
+    """A release whose containers docker marked unhealthy: routes and commit never ran."""
+    return _orch(
+        _step("pigeon-release-containers-state", 0, kind="state", result=False, duration=3420.7,
+              comment=f"Run failed on minions: {MINION}",
+              changes=_containers(result=False, comment=UNHEALTHY, changes=CREATED)),
+        _requisite_failed("pigeon-release-routes-function", 1, name="haproxy_runtime.set_routes", kind="function"),
+        _cleanup_ran(2),
+        _requisite_failed("pigeon-release-commit-runner", 3, "pigeon-release-containers-state",
+                          "pigeon-release-routes-function", name="stacks.commit"),
+        _aborted(4),
         retcode=1,
     )
 
 
-REFUSAL = ("app 1.0 is already active; release a new version, or deactivate it first")
+# HAProxy's gate, in the routes step (haproxy_runtime.set_routes with require_up and wait)
+GATE_ERROR = ("backend app_b: 1 of 2 servers UP and checked after 30s (s2 172.18.0.7:8080 DOWN L7STS); "
+              "that stack is not healthy (see ./stacks.py status)")
 
 
-def refused_payload():
+def routes_failure_payload():
+    """A release whose containers docker found healthy, but not all of them UP in HAProxy."""
     return _orch(
-        _step("pigeon-release-refused", 0, kind="configurable_test_state", module="test",
-              name="release refused", result=False, comment=REFUSAL, duration=0.5),
+        _step("pigeon-release-containers-state", 0, kind="state", duration=2603.5,
+              changes=_containers(changes=CREATED)),
+        _step("pigeon-release-routes-function", 1, kind="function", name="haproxy_runtime.set_routes",
+              result=False, duration=30012.5,
+              comment=(f"Running function haproxy_runtime.set_routes failed on minions: {MINION} "
+                       f"Function haproxy_runtime.set_routes ran on {MINION}."),
+              changes={"ret": {MINION: f"ERROR: {GATE_ERROR}"}}),
+        _cleanup_ran(2),
+        _requisite_failed("pigeon-release-commit-runner", 3, "pigeon-release-routes-function", name="stacks.commit"),
+        _aborted(4),
+        retcode=1,
+    )
+
+
+REFUSAL = "app 1.0 is already active; release a new version, or deactivate it first"
+LOCK_HELD = ("app is locked by release 2.0 of alice since 2024-05-01T12:00:00Z; try again when it ends, "
+             "or add --wait SECONDS")
+
+
+def refused_payload(message=REFUSAL, action="release"):
+    """The plan refused (made at render time): the orchestration is one failed test state."""
+    return _orch(
+        _step(f"pigeon-{action}-refused", 0, kind="configurable_test_state", module="test",
+              name=f"{action} refused", result=False, comment=message, duration=0.5),
         retcode=1,
     )
 
 
 # ---------------------------------------------------------------------------
 # orchestration_outcome
+RELEASE_STEPS = ["containers", "routes", "cleanup", "commit", "abort"]
+
+
 def test_outcome_success():
     out = stacks.orchestration_outcome(success_payload())
     assert out["ok"] is True
     assert out["error"] is None
     assert out["result"] == COMMIT_RETURN
-    assert [s["step"] for s in out["steps"]] == [
-        "lock", "containers", "health", "routes", "cleanup", "commit", "abort"]
-    assert [s["skipped"] for s in out["steps"]] == [False, False, False, False, True, False, True]
+    assert [s["step"] for s in out["steps"]] == RELEASE_STEPS
+    assert [s["skipped"] for s in out["steps"]] == [False, False, True, False, True]
     assert all(s["result"] is True for s in out["steps"])
-    assert out["steps"][0] == {"step": "lock", "result": True, "skipped": False,
-                               "comment": "Runner function 'stacks.lock' executed.", "duration_ms": 300.0}
-    assert out["steps"][2]["duration_ms"] == 2500.0
+    assert out["steps"][0] == {"step": "containers", "result": True, "skipped": False,
+                               "comment": "States ran successfully. Updating lab-minion.", "duration_ms": 2603.5}
+    assert out["steps"][1]["duration_ms"] == 180.0
     assert "raw" not in out["steps"][0]
     assert not out.get("refused")
+    assert out["cleaned"] == []
+
+
+def test_outcome_success_with_loadbal_step():
+    out = stacks.orchestration_outcome(success_payload(loadbal=True))
+    assert out["ok"] is True
+    assert [s["step"] for s in out["steps"]] == ["loadbal"] + RELEASE_STEPS
+    assert out["steps"][0]["duration_ms"] == 1800.0
+
+
+def test_outcome_activate():
+    done = {"app": "app", "version": "1.0", "message": "app 1.0 is active; 0.9 is inactive"}
+    out = stacks.orchestration_outcome(activate_payload(done))
+    assert out["ok"] is True
+    assert [s["step"] for s in out["steps"]] == ["routes", "remove-0.8", "commit", "abort"]
+    assert out["result"] == done
 
 
 def test_outcome_steps_follow_run_num_not_dict_order():
     ret = success_payload()
     ret["data"][MASTER] = dict(reversed(list(ret["data"][MASTER].items())))
     out = stacks.orchestration_outcome(ret)
-    assert [s["step"] for s in out["steps"]] == [
-        "lock", "containers", "health", "routes", "cleanup", "commit", "abort"]
+    assert [s["step"] for s in out["steps"]] == RELEASE_STEPS
 
 
 def test_outcome_step_name_from_key_without_id():
@@ -161,14 +270,19 @@ def test_outcome_step_name_from_key_without_id():
     for value in ret["data"][MASTER].values():
         del value["__id__"]
     out = stacks.orchestration_outcome(ret)
-    assert [s["step"] for s in out["steps"]][:3] == ["lock", "containers", "health"]
+    assert [s["step"] for s in out["steps"]] == RELEASE_STEPS
 
 
 @pytest.mark.parametrize("sid, name", [
-    ("pigeon-release-health-function", "health"),
-    ("pigeon-activate-gate-function", "gate"),
-    ("pigeon-deactivate-drain-1.0-function", "drain-1.0"),
+    ("pigeon-release-loadbal-state", "loadbal"),
     ("pigeon-release-containers-state", "containers"),
+    ("pigeon-release-routes-function", "routes"),
+    ("pigeon-release-cleanup-state", "cleanup"),
+    ("pigeon-release-abort-runner", "abort"),
+    ("pigeon-activate-routes-function", "routes"),
+    ("pigeon-activate-remove-0.9-state", "remove-0.9"),
+    ("pigeon-deactivate-drain-1.0-function", "drain-1.0"),
+    ("pigeon-deactivate-remove-1.0-rc-2-state", "remove-1.0-rc-2"),
     ("pigeon-rollback-commit-runner", "commit"),
     ("pigeon-release-refused", "pigeon-release-refused"),
     ("something-else", "something-else"),
@@ -186,126 +300,151 @@ def test_outcome_nonzero_retcode_without_failed_step():
     assert out["error"] == "the orchestration returned retcode 2; see the master's log"
 
 
-def test_outcome_refused():
-    out = stacks.orchestration_outcome(refused_payload())
+@pytest.mark.parametrize("action, message", [
+    ("release", REFUSAL),
+    ("release", LOCK_HELD),  # the plan takes the lock: another action holding it is a refusal
+    ("deactivate", "app 1.0 is active: deactivating it leaves production answering 503; add --force to do it "
+                   "anyway, or activate another version first"),
+])
+def test_outcome_refused(action, message):
+    out = stacks.orchestration_outcome(refused_payload(message, action))
     assert out["ok"] is False
     assert out["refused"] is True
-    assert out["error"] == REFUSAL
+    assert out["error"] == message
     assert out["steps"] == []
     assert out["result"] is None
-
-
-def test_outcome_lock_held_by_another_action():
-    message = "app is locked by release 2.0 of alice since 2024-05-01T12:00:00Z; try again when it ends"
-    ret = _orch(
-        _step("pigeon-release-lock-runner", 0, name="stacks.lock", result=False,
-              comment="Runner function 'stacks.lock' failed.", changes={"return": {"Error": message}}),
-        _requisite_failed("pigeon-release-containers-state", 1, kind="state",
-                          failed="pigeon-release-lock-runner"),
-        _requisite_failed("pigeon-release-commit-runner", 2, name="stacks.commit",
-                          failed="pigeon-release-lock-runner"),
-        _step("pigeon-release-abort-runner", 3, name="stacks.abort"),
-        retcode=1,
-    )
-    out = stacks.orchestration_outcome(ret)
-    assert out["ok"] is False
-    assert message in out["error"]
-    # nothing ran: reported like a refusal, with the runner's own message
-    assert out.get("refused") is True
-    assert out["error"] == message
 
 
 def test_outcome_runner_step_error():
     message = "app: this orchestration does not hold the lock; nothing recorded"
     ret = _orch(
-        _step("pigeon-release-lock-runner", 0, name="stacks.lock"),
-        _step("pigeon-release-commit-runner", 1, name="stacks.commit", result=False,
+        _step("pigeon-release-containers-state", 0, kind="state", changes=_containers(changes=CREATED)),
+        _step("pigeon-release-routes-function", 1, kind="function", name="haproxy_runtime.set_routes",
+              changes={"ret": {MINION: ROUTES_RETURN}}),
+        _skipped("pigeon-release-cleanup-state", 2),
+        _step("pigeon-release-commit-runner", 3, name="stacks.commit", result=False,
               comment="Runner function 'stacks.commit' failed.", changes={"return": {"Error": message}}),
-        _step("pigeon-release-abort-runner", 2, name="stacks.abort"),
+        _aborted(4),
         retcode=1,
     )
     out = stacks.orchestration_outcome(ret)
     assert out["ok"] is False
     assert out["error"] == f"step commit failed: {message}"
     assert not out.get("refused")
-    assert [s["result"] for s in out["steps"]] == [True, False, True]
+    assert [s["result"] for s in out["steps"]] == [True, True, True, False, True]
 
 
-def test_outcome_function_failure():
-    out = stacks.orchestration_outcome(health_failure_payload())
+def test_outcome_containers_failure():
+    out = stacks.orchestration_outcome(containers_failure_payload())
     assert out["ok"] is False
-    assert out["error"] == f"step health failed: {MINION}: {HEALTH_ERROR}"
+    assert out["error"] == f"step containers failed: {MINION}: {UNHEALTHY}"
+    assert out["result"] is None
+    assert [(s["step"], s["result"], s["skipped"]) for s in out["steps"]] == [
+        ("containers", False, False), ("routes", False, False), ("cleanup", True, False),
+        ("commit", False, False), ("abort", True, False)]
+    assert out["steps"][0]["comment"] == f"Run failed on minions: {MINION}"
+    assert out["steps"][0]["duration_ms"] == 3420.7
+    assert out["steps"][1]["comment"].startswith("One or more requisite failed")
+
+
+def test_outcome_routes_failure():
+    out = stacks.orchestration_outcome(routes_failure_payload())
+    assert out["ok"] is False
+    assert out["error"] == f"step routes failed: {MINION}: {GATE_ERROR}"
     assert out["result"] is None
     assert [(s["step"], s["result"]) for s in out["steps"]] == [
-        ("lock", True), ("containers", True), ("health", False), ("routes", False),
-        ("cleanup", True), ("commit", False), ("abort", True)]
-    assert out["steps"][2]["comment"].startswith("Run failed on minions: lab-minion\nFailures:")
+        ("containers", True), ("routes", False), ("cleanup", True), ("commit", False), ("abort", True)]
+    assert out["steps"][1]["comment"].startswith(
+        "Running function haproxy_runtime.set_routes failed on minions: lab-minion")
+    assert out["steps"][1]["duration_ms"] == 30012.5
 
 
 def test_outcome_requisite_failure_is_never_the_reported_step():
-    ret = health_failure_payload()
+    ret = containers_failure_payload()
     # even when a requisite failure comes first in the run order
     for value in ret["data"][MASTER].values():
         if value["__id__"] == "pigeon-release-routes-function":
-            value["__run_num__"] = 1
+            value["__run_num__"] = 0
         elif value["__id__"] == "pigeon-release-containers-state":
-            value["__run_num__"] = 3
+            value["__run_num__"] = 1
     out = stacks.orchestration_outcome(ret)
-    assert out["steps"][1]["step"] == "routes" and out["steps"][1]["result"] is False
-    assert out["error"] == f"step health failed: {MINION}: {HEALTH_ERROR}"
+    assert out["steps"][0]["step"] == "routes" and out["steps"][0]["result"] is False
+    assert out["error"] == f"step containers failed: {MINION}: {UNHEALTHY}"
     assert "requisite" not in out["error"]
 
 
 def test_outcome_function_failure_from_comment_only():
+    # activate: its first step is the routes switch, on the load balancer
     ret = _orch(
-        _step("pigeon-release-lock-runner", 0, name="stacks.lock"),
-        _step("pigeon-release-health-function", 1, kind="function", name="haproxy_runtime.wait_up",
+        _step("pigeon-activate-routes-function", 0, kind="function", name="haproxy_runtime.set_routes",
               result=False, comment="No minions matched the target. No command was sent, no jid was assigned."),
+        _requisite_failed("pigeon-activate-commit-runner", 1, "pigeon-activate-routes-function",
+                          name="stacks.commit"),
+        _aborted(2, action="activate"),
         retcode=1,
     )
     out = stacks.orchestration_outcome(ret)
-    assert out["error"] == ("step health failed: No minions matched the target. No command was sent, "
+    assert out["error"] == ("step routes failed: No minions matched the target. No command was sent, "
                             "no jid was assigned.; is the minion up? (salt-run manage.status)")
 
 
 def test_outcome_function_failure_without_minion_return():
-    # no usable changes.ret (minion answered True/None): the ERROR line of the comment
+    # no usable changes.ret (minion answered True/None): the ERROR line of the comment, as
+    # a Salt that lists the failures in the comment gives it (rollback's gate, checked once)
+    error = ("backend app_a: 1 of 2 servers UP and checked (s1 172.18.0.5:8080 DOWN L4CON); "
+             "that stack is not healthy (see ./stacks.py status)")
     ret = _orch(
-        _step("pigeon-release-health-function", 0, kind="function", name="haproxy_runtime.wait_up",
+        _step("pigeon-rollback-routes-function", 0, kind="function", name="haproxy_runtime.set_routes",
               result=False, changes={"ret": {MINION: True, "other-minion": None}},
-              comment=f"Run failed on minions: {MINION}\nFailures:\n    {MINION}:\n        ERROR: {HEALTH_ERROR}\n"),
+              comment=(f"Running function haproxy_runtime.set_routes failed on minions: {MINION} "
+                       f"Function haproxy_runtime.set_routes ran on {MINION}, other-minion.\n"
+                       f"Failures:\n    {MINION}:\n        ERROR: {error}\n")),
         retcode=1,
     )
     out = stacks.orchestration_outcome(ret)
-    assert out["error"] == f"step health failed: {HEALTH_ERROR}"
+    assert out["error"] == f"step routes failed: {error}"
 
 
 def test_outcome_state_failure():
+    # the config formula's image failed to build: the minion's first real failure (by
+    # __run_num__, not dict order) is named, not the states that only required it
+    formula_failed = "One or more requisite failed: demoapp.image.build.demoapp-image-build-docker-image-present"
     ret = _orch(
-        _step("pigeon-release-lock-runner", 0, name="stacks.lock"),
-        _step("pigeon-release-containers-state", 1, kind="state", result=False,
-              comment=f"Run failed on minions: {MINION}\nFailures:\n----------\n          ID: x\n    Function: docker_container.running",
-              changes={"out": "highstate", "ret": {MINION: {
-                  "docker_network_|-net_|-pigeon-app-1.0_|-present": {
-                      "result": True, "comment": "Network created", "__run_num__": 0},
-                  "docker_container_|-w_|-app-1.0-worker-1_|-running": {
-                      "result": False, "comment": "One or more requisite failed: stacks.running.x",
-                      "__run_num__": 1},
+        _step("pigeon-release-containers-state", 0, kind="state", result=False,
+              comment=f"Run failed on minions: {MINION}",
+              changes=_containers(result=False, comment=formula_failed, extra=[
                   # the minion's states come in no particular order: __run_num__ tells
-                  "docker_container_|-z_|-z_|-running": {
-                      "result": False, "comment": "Failed to start container 'z'", "__run_num__": 4},
-                  "docker_container_|-x_|-y_|-running": {
-                      "result": False, "__run_num__": 3,
-                      "comment": "Failed to start container 'y': port 8080 is already allocated\nmore detail"},
-              }}}),
-        _requisite_failed("pigeon-release-health-function", 2, kind="function",
-                          failed="pigeon-release-containers-state"),
+                  _minion_state("stacks-running-leftover-0.8-docker-network-absent", "pigeon-app-0.8",
+                                "docker_network.absent", 8, result=False,
+                                comment="Failed to remove network 'pigeon-app-0.8': network has active endpoints"),
+                  _minion_state("demoapp-config-file-build-dir-file-directory", "/srv/demoapp/1.0",
+                                "file.directory", 0, comment="The directory /srv/demoapp/1.0 is in the correct state"),
+                  _minion_state("demoapp-image-build-docker-image-present", "pigeon/demoapp",
+                                "docker_image.present", 3, result=False,
+                                comment=("Encountered error building pigeon/demoapp:1.0 as pigeon/demoapp:1.0: "
+                                         "The command '/bin/sh -c apk add curl' returned a non-zero code: 1\n"
+                                         "fetch https://dl-cdn.alpinelinux.org/...: temporary error")),
+                  _minion_state("stacks-running-leftover-0.8-docker-container-absent", "app-0.8-web-1",
+                                "docker_container.absent", 7, comment="Removed container 'app-0.8-web-1'",
+                                changes={"removed": {"comment": "Removed container 'app-0.8-web-1'"}}),
+              ])),
+        _requisite_failed("pigeon-release-routes-function", 1, name="haproxy_runtime.set_routes", kind="function"),
+        _cleanup_ran(2),
+        _requisite_failed("pigeon-release-commit-runner", 3, "pigeon-release-containers-state",
+                          "pigeon-release-routes-function", name="stacks.commit"),
+        _aborted(4),
         retcode=1,
     )
     out = stacks.orchestration_outcome(ret)
     assert out["ok"] is False
-    assert out["error"] == (f"step containers failed: {MINION}: "
-                            "Failed to start container 'y': port 8080 is already allocated")
+    assert out["error"] == (f"step containers failed: {MINION}: Encountered error building pigeon/demoapp:1.0 "
+                            "as pigeon/demoapp:1.0: The command '/bin/sh -c apk add curl' returned a non-zero code: 1")
+    # the leftovers removed before the failure are still found (stacks.py names them only on success)
+    assert out["cleaned"] == ["0.8"]
+    # a state that only required the failed one is never named, even numbered first
+    states = ret["data"][MASTER]["salt_|-pigeon-release-containers-state_|-pigeon-release-containers-state_|-state"]
+    states["changes"]["ret"][MINION][STACK_KEY]["__run_num__"] = 1
+    assert stacks.orchestration_outcome(ret)["error"] == out["error"]
 
 
 def test_outcome_render_error():
@@ -612,9 +751,8 @@ def test_main_success(api, capsys):
     assert lines[-1].endswith(" s")
     step_lines = [ln.split() for ln in lines[1:-2]]
     # skipped steps (cleanup, abort) are not shown
-    assert step_lines == [["lock", "ok", "0.3", "s"], ["containers", "ok", "4.2", "s"],
-                          ["health", "ok", "2.5", "s"], ["routes", "ok", "0.1", "s"],
-                          ["commit", "ok", "0.0", "s"]]
+    assert step_lines == [["containers", "ok", "2.6", "s"], ["routes", "ok", "0.2", "s"],
+                          ["commit", "ok", "0.1", "s"]]
     run = api.requests[-1]
     assert run["body"] == [{"client": "runner", "fun": "state.orchestrate", "arg": ["orch.release"],
                             "kwarg": {"pillar": {"pigeon": {"app": "app", "version": "1.0", "source": "cli"}}}}]
@@ -624,7 +762,7 @@ def test_main_settings_from_env_and_pillar_flags(api, capsys, monkeypatch):
     monkeypatch.setenv("SALTAPI_URL", api.url)
     monkeypatch.setenv("SALTAPI_USER", "deployer")
     monkeypatch.setenv("SALTAPI_PASS", FakeSaltApi.PASSWORD)
-    api.payload = success_payload({"app": "app", "version": "2.0", "message": "app 2.0 is active; 1.0 is inactive"})
+    api.payload = activate_payload({"app": "app", "version": "2.0", "message": "app 2.0 is active; 1.0 is inactive"})
     assert stacks.main(["--app-name", "app", "--action", "activate", "--wait", "30", "--keep-failed", "-q"]) == 0
     assert capsys.readouterr().out == ""
     pillar = api.requests[-1]["body"][0]["kwarg"]["pillar"]["pigeon"]
@@ -634,30 +772,113 @@ def test_main_settings_from_env_and_pillar_flags(api, capsys, monkeypatch):
 
 
 def test_main_reports_the_version_the_orchestration_chose(api, capsys):
-    api.payload = success_payload({"app": "app", "version": "2.0", "message": "app 2.0 is active"})
+    api.payload = activate_payload({"app": "app", "version": "2.0", "message": "app 2.0 is active"})
     assert stacks.main(_argv(api, action=("activate", "--app-name", "app"))) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"activate app through {api.url}"
+    assert [ln.split()[:2] for ln in lines[1:-2]] == [["routes", "ok"], ["remove-0.8", "ok"], ["commit", "ok"]]
+    assert lines[-2] == "app 2.0 is active"
     assert lines[-1].startswith("Finished activate app 2.0 in ")
 
 
-def test_main_failed_orchestration(api, capsys):
-    api.payload = health_failure_payload()
+FAILURES = [
+    # docker's health gate: containers fails, routes and commit never run
+    (containers_failure_payload, f"step containers failed: {MINION}: {UNHEALTHY}",
+     [["containers", "FAILED", "3.4"], ["routes", "FAILED", "0.0"], ["cleanup", "ok", "3.1"],
+      ["commit", "FAILED", "0.0"], ["abort", "ok", "0.1"]]),
+    # HAProxy's gate: routes fails after its wait, commit never runs
+    (routes_failure_payload, f"step routes failed: {MINION}: {GATE_ERROR}",
+     [["containers", "ok", "2.6"], ["routes", "FAILED", "30.0"], ["cleanup", "ok", "3.1"],
+      ["commit", "FAILED", "0.0"], ["abort", "ok", "0.1"]]),
+]
+
+
+@pytest.mark.parametrize("payload, error, step_lines", FAILURES)
+def test_main_failed_orchestration(api, capsys, payload, error, step_lines):
+    api.payload = payload()
     assert stacks.main(_argv(api)) == 1
     captured = capsys.readouterr()
-    assert captured.err.splitlines() == [
-        f"stacks.py: release app 1.0 failed: step health failed: {MINION}: {HEALTH_ERROR}"]
+    assert captured.err.splitlines() == [f"stacks.py: release app 1.0 failed: {error}"]
     assert "Finished" not in captured.out
-    assert [ln.split()[:2] for ln in captured.out.splitlines()[1:]] == [
-        ["lock", "ok"], ["containers", "ok"], ["health", "FAILED"], ["routes", "FAILED"],
-        ["cleanup", "ok"], ["commit", "FAILED"], ["abort", "ok"]]
+    assert [ln.split()[:3] for ln in captured.out.splitlines()[1:]] == step_lines
 
 
-def test_main_refused(api, capsys):
-    api.payload = refused_payload()
+@pytest.mark.parametrize("message", [REFUSAL, LOCK_HELD])
+def test_main_refused(api, capsys, message):
+    api.payload = refused_payload(message)
     assert stacks.main(_argv(api)) == 1
     captured = capsys.readouterr()
-    assert captured.err.splitlines() == [f"stacks.py: release app 1.0 refused: {REFUSAL}"]
+    assert captured.err.splitlines() == [f"stacks.py: release app 1.0 refused: {message}"]
+    assert captured.out.splitlines() == [f"release app 1.0 through {api.url}"]  # no step lines
+
+
+class ProgressClient:
+    """Stands for SaltApi in run_action: passes each step to on_step as salt-api's progress
+    events would (in the order the steps end), then returns the orchestration's return."""
+
+    url = "https://salt.example:8000"
+
+    def __init__(self, ret, order=None):
+        self.ret, self.order, self.calls = ret, order, []
+
+    def orchestrate(self, mods, pillar, on_step=None):
+        self.calls.append({"mods": mods, "pillar": pillar, "progress": on_step is not None})
+        if on_step is not None:
+            values = sorted(self.ret["data"][MASTER].values(), key=lambda v: v["__run_num__"])
+            by_id = {v["__id__"]: v for v in values}
+            for sid in self.order or [v["__id__"] for v in values]:
+                on_step(copy.deepcopy(by_id[sid]))
+        return copy.deepcopy(self.ret)
+
+
+def _run(client, *extra, action=("release", "--app-name", "app", "--version", "1.0")):
+    lines = []
+    args = stacks.parse_args([*action, "--saltapi-url", client.url, *extra])
+    try:
+        report = stacks.run_action(client, args, lines.append)
+    except stacks.StacksError as exc:
+        return lines, exc
+    return lines, report
+
+
+def test_progress_lines_as_steps_end():
+    # loadbal runs in parallel with the containers and ends after them
+    client = ProgressClient(success_payload(loadbal=True), order=[
+        "pigeon-release-containers-state", "pigeon-release-loadbal-state", "pigeon-release-routes-function",
+        "pigeon-release-cleanup-state", "pigeon-release-commit-runner", "pigeon-release-abort-runner"])
+    lines, report = _run(client)
+    assert client.calls[0]["progress"] is True and client.calls[0]["mods"] == "orch.release"
+    assert lines[0] == "release app 1.0 through https://salt.example:8000"
+    # one line per step that ran, as it ended; skipped onfail steps (cleanup, abort) not shown,
+    # and no second list of the steps at the end
+    assert [ln.split() for ln in lines[1:-2]] == [
+        ["containers", "ok", "2.6", "s"], ["loadbal", "ok", "1.8", "s"], ["routes", "ok", "0.2", "s"],
+        ["commit", "ok", "0.1", "s"]]
+    assert lines[-2] == "app 1.0 released in slot b"
+    assert [s["step"] for s in report["steps"]] == ["loadbal"] + RELEASE_STEPS  # run order
+
+
+def test_progress_lines_of_a_failed_release():
+    lines, error = _run(ProgressClient(routes_failure_payload()))
+    assert [ln.split()[:3] for ln in lines[1:]] == FAILURES[1][2]
+    assert str(error) == f"release app 1.0 failed: {FAILURES[1][1]}"
+    assert error.code == stacks.EXIT_FAILED
+
+
+def test_progress_lines_of_a_refusal():
+    lines, error = _run(ProgressClient(refused_payload(LOCK_HELD)))
+    assert lines == ["release app 1.0 through https://salt.example:8000"]  # the refused state is no step
+    assert str(error) == f"release app 1.0 refused: {LOCK_HELD}"
+    assert error.report["steps"] == []
+
+
+@pytest.mark.parametrize("flag", ["--no-progress", "--json", "--quiet"])
+def test_no_progress_lines_asked(flag):
+    client = ProgressClient(success_payload())
+    lines, report = _run(client, flag)
+    assert client.calls[0]["progress"] is False
+    assert report["ok"] is True
+    assert [ln.split()[0] for ln in lines[1:-2]] == ["containers", "routes", "commit"]  # at the end
 
 
 def test_main_wrong_password(api, capsys):
@@ -694,37 +915,74 @@ def test_main_json_success(api, capsys):
         "release", "app", "1.0", True, None)
     assert isinstance(doc["seconds"], float) and 0 <= doc["seconds"] < 3
     assert doc["result"] == COMMIT_RETURN
-    assert [s["step"] for s in doc["steps"]] == ["lock", "containers", "health", "routes", "cleanup",
-                                                 "commit", "abort"]
+    assert [s["step"] for s in doc["steps"]] == RELEASE_STEPS
+    assert [s["duration_ms"] for s in doc["steps"]] == [2603.5, 180.0, 0.01, 60.0, 0.01]
     assert set(doc["steps"][0]) == {"step", "result", "comment", "duration_ms"}
 
 
-def test_main_json_failure(api, capsys):
-    api.payload = health_failure_payload()
+@pytest.mark.parametrize("payload, error, step_lines", FAILURES)
+def test_main_json_failure(api, capsys, payload, error, step_lines):
+    api.payload = payload()
     assert stacks.main(_argv(api, "--json")) == 1
     captured = capsys.readouterr()
     doc = json.loads(captured.out)
     assert JSON_KEYS <= set(doc)
     assert doc["ok"] is False
     assert (doc["action"], doc["app"], doc["version"]) == ("release", "app", "1.0")
-    assert doc["error"] == f"release app 1.0 failed: step health failed: {MINION}: {HEALTH_ERROR}"
-    assert [(s["step"], s["result"]) for s in doc["steps"]][2] == ("health", False)
-    assert len(captured.err.splitlines()) == 1
+    assert doc["error"] == f"release app 1.0 failed: {error}"
+    assert doc["result"] is None
+    # every step, skipped or not, with its result
+    assert [(s["step"], s["result"]) for s in doc["steps"]] == [
+        (line[0], line[1] == "ok") for line in step_lines]
+    assert captured.err.splitlines() == [f"stacks.py: {doc['error']}"]
+
+
+def test_main_json_refused(api, capsys):
+    api.payload = refused_payload(LOCK_HELD)
+    assert stacks.main(_argv(api, "--json")) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["ok"], doc["steps"], doc["result"]) == (False, [], None)
+    assert doc["error"] == f"release app 1.0 refused: {LOCK_HELD}"
+
+
+def _with_leftovers():
+    """A release whose containers step first removed what interrupted actions left: two
+    containers of 1.1-rc-1 (one state per name), and a 0.7 whose containers were gone already
+    (only its network was left)."""
+    ret = success_payload()
+    steps = ret["data"][MASTER]
+    key = next(k for k in steps if "-containers-" in k)
+    removed = {"removed": {"comment": "Forcibly removed container"}}
+    steps[key]["changes"] = _containers(changes=CREATED, extra=[
+        _minion_state("stacks-running-leftover-1.1-rc-1-docker-container-absent", "app-1.1-rc-1-api-1",
+                      "docker_container.absent", 0, changes=removed),
+        _minion_state("stacks-running-leftover-1.1-rc-1-docker-container-absent", "app-1.1-rc-1-web-1",
+                      "docker_container.absent", 1, changes=removed),
+        _minion_state("stacks-running-leftover-1.1-rc-1-docker-network-absent", "pigeon-app-1.1-rc-1",
+                      "docker_network.absent", 2, changes={"removed": True}),
+        _minion_state("stacks-running-leftover-0.7-docker-container-absent", "app-0.7-web-1",
+                      "docker_container.absent", 3, comment="Container 'app-0.7-web-1' does not exist"),
+        # a network alone is not named: what counts is containers removed
+        _minion_state("stacks-running-leftover-0.7-docker-network-absent", "pigeon-app-0.7",
+                      "docker_network.absent", 4, changes={"removed": True}),
+    ])
+    return ret
 
 
 def test_outcome_names_the_leftovers_a_release_removed():
-    ret = success_payload()
-    steps = next(iter(ret["data"].values()))
-    key = next(k for k in steps if "containers" in k)
-    steps[key]["changes"] = {"ret": {"lab-minion": {
-        "docker_container_|-stacks-running-leftover-doomed-1-docker-container-absent_|-app-doomed-1-web-1_|-absent":
-            {"result": True, "changes": {"removed": ["abc"]}, "comment": "", "__run_num__": 0},
-        "docker_container_|-stacks-running-leftover-quiet-docker-container-absent_|-x_|-absent":
-            {"result": True, "changes": {}, "comment": "", "__run_num__": 1},
-    }}}
-    outcome = stacks.orchestration_outcome(ret)
+    outcome = stacks.orchestration_outcome(_with_leftovers())
     assert outcome["ok"] is True
-    assert outcome["cleaned"] == ["doomed-1"]
+    assert outcome["cleaned"] == ["1.1-rc-1"]
+    assert stacks.orchestration_outcome(success_payload())["cleaned"] == []
+
+
+def test_main_names_the_leftovers_a_release_removed(api, capsys):
+    api.payload = _with_leftovers()
+    assert stacks.main(_argv(api)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-3] == "removed what interrupted actions left of 1.1-rc-1"
+    assert stacks.main(_argv(api, "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["cleaned"] == ["1.1-rc-1"]
 
 
 def test_connect_timeout_is_unreachable_not_deadline(monkeypatch):
