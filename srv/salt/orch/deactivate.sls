@@ -7,7 +7,7 @@
 {%- set app = args.get('app') %}
 {#- the plan: checked against the registry and the state machine by the stacks runner,
     which takes the app's deploy lock (see steps.jinja) #}
-{%- set plan = salt['saltutil.runner']('stacks.plan', app=app, action=action, version=args.get('version'),
+{%- set plan = salt['pigeon_runner.call']('stacks.plan', app=app, action=action, version=args.get('version'),
       force=args.get('force', False), wait=args.get('wait', 0), source=args.get('source', 'cli'),
       user=opts.get('user', 'unknown'), definition=pillar.get('stacks', {}).get(app)) %}
 {%- set lb, cfg, source = plan.get('loadbal', {}), plan.get('config', {}), args.get('source', 'cli') %}
