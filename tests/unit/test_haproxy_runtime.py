@@ -8,27 +8,16 @@ thread, answering like HAProxy 2.6's admin socket in non-interactive mode
 `del map` on a missing key answer with an error line.
 """
 
-import importlib.util
 import logging
-import pathlib
 import socket
 import threading
 import time
 
 import pytest
 
-MODULE_PATH = pathlib.Path(__file__).resolve().parents[2] / "srv" / "salt" / "_modules" / "haproxy_runtime.py"
+from srv_modules import load
 
-
-def _load_module():
-    """Import the execution module by path, as Salt's loader would find it."""
-    spec = importlib.util.spec_from_file_location("haproxy_runtime", MODULE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-hr = _load_module()
+hr = load("_modules/haproxy_runtime.py", "haproxy_runtime")
 
 MAP_REF = "/usr/local/etc/haproxy/maps/routes.map"
 

@@ -1,23 +1,13 @@
 """Unit tests for srv/salt/_modules/pigeon_runner.py (the plan called in-process)."""
 
-import importlib.util
-import pathlib
-
 import pytest
 
-MODULE_PATH = pathlib.Path(__file__).resolve().parents[2] / "srv" / "salt" / "_modules" / "pigeon_runner.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("pigeon_runner_under_test", MODULE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from srv_modules import load
 
 
 @pytest.fixture
 def pr(monkeypatch):
-    module = _load()
+    module = load("_modules/pigeon_runner.py", "pigeon_runner_under_test")
     loaders = []
 
     def runner(opts, utils=None, whitelist=None, **kwargs):

@@ -7,27 +7,17 @@ that would (_client, _ensure_networks, _ensure_image, _start_one, _inspect)
 are replaced by fakes.
 """
 
-import importlib.util
 import inspect
-import pathlib
 import threading
 import time
 
 import docker
 import pytest
 
-SALT_DIR = pathlib.Path(__file__).resolve().parents[2] / "srv" / "salt"
+from srv_modules import load
 
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sc = _load("stack_containers_module", SALT_DIR / "_modules" / "stack_containers.py")
-sc_state = _load("stack_containers_state", SALT_DIR / "_states" / "stack_containers.py")
+sc = load("_modules/stack_containers.py", "stack_containers_module")
+sc_state = load("_states/stack_containers.py", "stack_containers_state")
 
 Error = sc.CommandExecutionError
 

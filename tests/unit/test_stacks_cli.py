@@ -166,6 +166,18 @@ def _aborted(run_num, action="release"):
                  changes={"return": {"app": "app", "lock": "released"}})
 
 
+def _after_failed_containers():
+    """What a release runs after its containers step failed: routes and commit skipped on
+    their requisites, cleanup and abort on their onfail."""
+    return (
+        _requisite_failed("pigeon-release-routes-function", 1, name="haproxy_runtime.set_routes", kind="function"),
+        _cleanup_ran(2),
+        _requisite_failed("pigeon-release-commit-runner", 3, "pigeon-release-containers-state",
+                          "pigeon-release-routes-function", name="stacks.commit"),
+        _aborted(4),
+    )
+
+
 # docker's health gate, in the containers step (stack_containers.wait_healthy)
 UNHEALTHY = ("app 1.0 not healthy (docker marked it unhealthy after 3s): 3 of 4 containers healthy; "
              "app-1.0-web-1 unhealthy (curl: (22) The requested URL returned error: 500)")
@@ -177,11 +189,7 @@ def containers_failure_payload():
         _step("pigeon-release-containers-state", 0, kind="state", result=False, duration=3420.7,
               comment=f"Run failed on minions: {MINION}",
               changes=_containers(result=False, comment=UNHEALTHY, changes=CREATED)),
-        _requisite_failed("pigeon-release-routes-function", 1, name="haproxy_runtime.set_routes", kind="function"),
-        _cleanup_ran(2),
-        _requisite_failed("pigeon-release-commit-runner", 3, "pigeon-release-containers-state",
-                          "pigeon-release-routes-function", name="stacks.commit"),
-        _aborted(4),
+        *_after_failed_containers(),
         retcode=1,
     )
 
@@ -428,11 +436,7 @@ def test_outcome_state_failure():
                                 "docker_container.absent", 7, comment="Removed container 'app-0.8-web-1'",
                                 changes={"removed": {"comment": "Removed container 'app-0.8-web-1'"}}),
               ])),
-        _requisite_failed("pigeon-release-routes-function", 1, name="haproxy_runtime.set_routes", kind="function"),
-        _cleanup_ran(2),
-        _requisite_failed("pigeon-release-commit-runner", 3, "pigeon-release-containers-state",
-                          "pigeon-release-routes-function", name="stacks.commit"),
-        _aborted(4),
+        *_after_failed_containers(),
         retcode=1,
     )
     out = stacks.orchestration_outcome(ret)

@@ -6,23 +6,14 @@ loaded by path as Salt's loader would find it.
 """
 
 import copy
-import importlib.util
-import pathlib
 import random
 
 import pytest
 
-MODULE_PATH = pathlib.Path(__file__).resolve().parents[2] / "srv" / "salt" / "_utils" / "pigeon_statemachine.py"
+from srv_modules import load
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location("pigeon_statemachine", MODULE_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sm = _load_module()
+sm = load("_utils/pigeon_statemachine.py", "pigeon_statemachine")
 TransitionError = sm.TransitionError
 
 APP = "shop"

@@ -123,14 +123,11 @@ def _client(url):
 
 
 def _ensure_networks(client, names):
-    """Create the networks that do not exist yet; [names created]."""
+    """Create the networks that do not exist yet."""
     existing = {n["Name"] for n in client.networks(names=list(names))}
-    created = []
     for name in names:
         if name not in existing:
             client.create_network(name, driver="bridge", labels={"pigeon.managed": "true"})
-            created.append(name)
-    return created
 
 
 def _ensure_image(client, image):
@@ -139,10 +136,9 @@ def _ensure_image(client, image):
     try:
         client.inspect_image(image)
     except docker.errors.ImageNotFound:
-        repository, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
         log.info("stack_containers: pulling %s", image)
         try:
-            client.pull(repository, tag=tag or "latest")
+            client.pull(image)  # docker-py splits repository and tag (latest when none)
         except docker.errors.APIError as exc:
             raise CommandExecutionError(
                 f"image {image} is not on this minion and could not be pulled: {exc.explanation or exc}"
@@ -200,12 +196,12 @@ def start(app, version, network, containers):
 
         salt '*' stack_containers.start app 1.2 pigeon-app-1.2 '[...]'
     """
+    import docker  # pylint: disable=import-outside-toplevel
+
     client_args = __salt__["docker.get_client_args"](["create_container", "host_config"])
     prepared = []
     for c in containers:
         prepared.append((c, *split_config(_translate(c["docker_config"]), client_args)))
-    import docker  # pylint: disable=import-outside-toplevel
-
     url = _docker_url()
     client = _client(url)
     try:
@@ -261,8 +257,8 @@ def wait_healthy(app, version, count, timeout=60, interval=0.1):
 
         salt '*' stack_containers.wait_healthy app 1.2 4 timeout=30
     """
-    deadline = time.monotonic() + float(timeout)
     started = time.monotonic()
+    deadline = started + float(timeout)
     while True:
         inspected = _inspect(app, version)
         ok, message = summarize(inspected, int(count))
@@ -282,7 +278,7 @@ def forget_docker_client():
     """
     Close and forget the docker client this state run holds, so that states run with
     ``parallel: True`` after this one (forked processes) each open a client of their own
-    instead of sharing the parent's connection (stacks/running.sls, stacks/absent.sls).
+    instead of sharing the parent's connection (stacks/absent.sls).
 
     CLI Example:
 

@@ -363,8 +363,8 @@ def _process_started(pid):
 
 def _owner():
     """Who holds a lock: the orchestration, by its process and thread. The render and the
-    runner steps of one orchestration run in one thread of one process (saltutil.runner runs
-    in-process); the reactor runs several orchestrations in threads of one process."""
+    runner steps of one orchestration run in one thread of one process (pigeon_runner.call and
+    salt.runner run in-process); the reactor runs several orchestrations in threads of one process."""
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
