@@ -37,6 +37,7 @@ import requests
 ACTIONS = ("release", "activate", "deactivate", "rollback")
 VIEWS = ("status", "history")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API, EXIT_DEADLINE = 0, 1, 2, 3, 4
+MAX_WAIT = 3600  # the deploy runner's bound of wait (pigeon_schema.MAX_WAIT)
 
 
 class StacksError(Exception):
@@ -71,22 +72,28 @@ class TokenCache:
 
     def _read(self):
         try:
-            with open(self.path, encoding="utf-8") as fh:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd, encoding="utf-8") as fh:
                 data = json.load(fh)
             return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
             return {}
 
     def _write(self, data):
+        tmp = f"{self.path}.{os.getpid()}.{random.randrange(10**9)}"
         try:
             os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-            tmp = f"{self.path}.{os.getpid()}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            # a new file of our own (never one that exists, never through a symlink), 0600
+            # from its creation, then renamed over the cache
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(data, fh)
             os.replace(tmp, self.path)
         except OSError:
-            pass  # a cache: without it, every run logs in
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass  # a cache: without it, every run logs in
 
     def get(self, key):
         entry = self._read().get(key)
@@ -214,23 +221,22 @@ class SaltApi:
             raise StacksError(f"salt-api returned no result for {fun}", EXIT_API) from exc
 
 
-    def orchestrate(self, mods, pillar, on_step=None):
+    def deploy(self, action, kwarg, on_step=None):
         """
-        Run state.orchestrate and return what the runner returned. With ``on_step``,
-        each step is passed to it as it finishes: the orchestration runs through the
-        runner_async client while salt-api's event stream (/events) is read for its
-        progress events (salt/job/<orchestration jid>/prog/...) and its return
-        (salt/run/<jid>/ret). Falls back to the synchronous runner client when the
-        master does not allow runner_async.
+        Run the deploy runner's ``action`` (deploy.release, ...) with ``kwarg`` and return
+        what it returned: the orchestration's result, or {"refused": one line}. With
+        ``on_step``, each step is passed to it as it finishes: the runner runs through the
+        runner_async client while salt-api's event stream (/events) is read for the
+        orchestration's progress events (salt/job/<jid>/prog/...: the deploy runner runs
+        the orchestration under its own job id) and its return (salt/run/<jid>/ret).
+        Falls back to the synchronous runner client when the master does not allow
+        runner_async.
         """
-        kwarg = {"pillar": pillar}
+        fun = f"deploy.{action}"
         if on_step is None:
-            return self.runner("state.orchestrate", arg=[mods], kwarg=kwarg)
+            return self.runner(fun, kwarg=kwarg)
         if self.token is None:
             self.login()
-        # a jid of our own for the orchestration, so that its progress events are ours
-        ojid = time.strftime("%Y%m%d%H%M%S", time.gmtime()) + f"{random.randrange(10**6):06d}"
-        kwarg["orchestration_jid"] = ojid
         stream = EventStream(self)
         if stream.status == 401 and self.cached:
             stream.close()
@@ -241,23 +247,22 @@ class SaltApi:
             raise StacksError(f"salt-api refused the token of {self.user!r} on its event stream; "
                               "check SALTAPI_USER, SALTAPI_PASS and SALTAPI_EAUTH", EXIT_API)
         try:
-            low = {"client": "runner_async", "fun": "state.orchestrate", "arg": [mods], "kwarg": kwarg}
+            low = {"client": "runner_async", "fun": fun, "kwarg": kwarg}
             try:
                 data = self._post("/", [low])
             except StacksError as exc:
                 if "HTTP 400" in str(exc) or "may not run" in str(exc):
                     stream.close()
-                    kwarg.pop("orchestration_jid")
-                    return self.runner("state.orchestrate", arg=[mods], kwarg=kwarg)
+                    return self.runner(fun, kwarg=kwarg)
                 raise
             try:
                 jid = data["return"][0]["jid"]
             except (KeyError, IndexError, TypeError) as exc:
-                raise StacksError("salt-api did not start the orchestration", EXIT_API) from exc
+                raise StacksError("salt-api did not start the action", EXIT_API) from exc
             deadline = time.monotonic() + self.timeout
             while True:
                 tag, event = stream.next(deadline)
-                if tag.startswith(f"salt/job/{ojid}/prog/"):
+                if tag.startswith(f"salt/job/{jid}/prog/"):
                     on_step(event.get("data", {}).get("ret", {}))
                 elif tag == f"salt/run/{jid}/ret":
                     return event.get("data", {}).get("return")
@@ -386,6 +391,9 @@ def orchestration_outcome(ret):
     "cleaned": versions whose leftovers were removed}; a refusal (the plan's
     ``pigeon-<action>-refused`` state) gives "refused": True and no steps.
     """
+    if isinstance(ret, dict) and isinstance(ret.get("refused"), str):
+        # the deploy runner's door refused the request (pigeon_schema): nothing ran
+        return {"ok": False, "steps": [], "error": ret["refused"], "refused": True, "result": None}
     if not isinstance(ret, dict) or "data" not in ret:
         text = ret if isinstance(ret, str) else json.dumps(ret)[:300]
         return {"ok": False, "steps": [], "error": f"unexpected answer from the master: {_first_line(text)}",
@@ -484,8 +492,9 @@ def parse_args(argv):
                         help="deactivate the active stack (production answers 503)")
     parser.add_argument("--keep-failed", action="store_true",
                         help="leave the containers of a failed release for inspection")
-    parser.add_argument("--wait", type=float, default=0, metavar="SECONDS",
-                        help="wait up to SECONDS for the app's deploy lock instead of failing")
+    parser.add_argument("--wait", type=_whole_seconds, default=0, metavar="SECONDS",
+                        help=f"wait up to SECONDS (a whole number, at most {MAX_WAIT}) for the "
+                             "app's deploy lock instead of failing")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     parser.add_argument("--no-progress", action="store_true",
@@ -494,7 +503,11 @@ def parse_args(argv):
     parser.add_argument("--limit", type=int, default=20, help="history: how many entries")
     parser.add_argument("--saltapi-url", default=env.get("SALTAPI_URL"))
     parser.add_argument("--saltapi-user", default=env.get("SALTAPI_USER"))
-    parser.add_argument("--saltapi-pass", default=env.get("SALTAPI_PASS"))
+    parser.add_argument("--saltapi-pass", default=None,
+                        help="the password (visible to other users on this host: prefer "
+                             "SALTAPI_PASS or --saltapi-pass-file)")
+    parser.add_argument("--saltapi-pass-file", default=env.get("SALTAPI_PASS_FILE"), metavar="FILE",
+                        help="read the password from FILE ('-': standard input)")
     parser.add_argument("--saltapi-eauth", default=env.get("SALTAPI_EAUTH", "auto"))
     parser.add_argument("--ca-file", default=env.get("REQUESTS_CA_BUNDLE"),
                         help="CA bundle that signed salt-api's certificate")
@@ -502,7 +515,7 @@ def parse_args(argv):
                         help="log in to salt-api for this run only (see PIGEON_TOKEN_CACHE)")
     parser.add_argument("--insecure", action="store_true",  # insecure-ok: an explicit opt-out, off by default
                         help="do not verify salt-api's TLS certificate (not for production)")
-    parser.add_argument("--deadline", "--timeout", dest="timeout", type=float, default=600,
+    parser.add_argument("--deadline", "--timeout", dest="timeout", type=_deadline, default=600,
                         metavar="SECONDS", help="give up waiting for the action after SECONDS (exit 4)")
     args = parser.parse_args(argv)
     if args.command and args.action and args.command != args.action:
@@ -514,7 +527,49 @@ def parse_args(argv):
         parser.error(f"{args.command} needs --app-name")
     if args.command == "deactivate" and not args.version:
         parser.error("deactivate needs --version")
+    if args.force and args.command != "deactivate":
+        parser.error("--force applies to deactivate only")
+    if args.keep_failed and args.command != "release":
+        parser.error("--keep-failed applies to release only")
+    if args.limit < 0 or args.limit > 500:
+        parser.error("--limit: a whole number from 0 to 500")
+    args.saltapi_pass = _password(parser, args, env)
     return args
+
+
+def _whole_seconds(text):
+    """--wait: a whole number of seconds from 0 to MAX_WAIT."""
+    if not re.fullmatch(r"[0-9]{1,5}", text.strip()) or int(text) > MAX_WAIT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds from 0 to {MAX_WAIT}")
+    return int(text)
+
+
+def _deadline(text):
+    """--deadline: seconds, more than 0 and at most a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value <= 86400):  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0 and at most 86400")
+    return value
+
+
+def _password(parser, args, env):
+    """The salt-api password: --saltapi-pass (with a warning), a file, or SALTAPI_PASS."""
+    if args.saltapi_pass is not None:
+        print("stacks.py: warning: --saltapi-pass puts the password where other users of this "
+              "host can read it (ps); use SALTAPI_PASS or --saltapi-pass-file", file=sys.stderr)
+        return args.saltapi_pass
+    if args.saltapi_pass_file:
+        try:
+            if args.saltapi_pass_file == "-":
+                return sys.stdin.readline().rstrip("\r\n")
+            with open(args.saltapi_pass_file, encoding="utf-8") as fh:
+                return fh.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            parser.error(f"--saltapi-pass-file {args.saltapi_pass_file}: {exc.strerror or exc}")
+    return env.get("SALTAPI_PASS")
 
 
 def make_client(args):
@@ -526,15 +581,15 @@ def make_client(args):
 
 
 def run_action(client, args, out):
-    pillar = {"app": args.app, "source": "cli"}
+    request = {"app": args.app}
     if args.version:
-        pillar["version"] = args.version
+        request["version"] = args.version
     if args.force:
-        pillar["force"] = True
+        request["force"] = True
     if args.keep_failed:
-        pillar["keep_failed"] = True
+        request["keep_failed"] = True
     if args.wait:
-        pillar["wait"] = int(args.wait)
+        request["wait"] = args.wait
     started = time.monotonic()
     target = f"{args.app} {args.version or ''}".strip()
     out(f"{args.command} {target} through {client.url}")
@@ -550,7 +605,7 @@ def run_action(client, args, out):
         out(f"  {step_name(step.get('__id__')):<24} {mark:<7} {(step.get('duration') or 0) / 1000:.1f} s")
 
     progress = None if args.quiet or args.json or args.no_progress else show
-    ret = client.orchestrate(f"orch.{args.command}", {"pigeon": pillar}, on_step=progress)
+    ret = client.deploy(args.command, request, on_step=progress)
     outcome = orchestration_outcome(ret)
     elapsed = time.monotonic() - started
     if progress is None or not shown:  # no progress events came: the steps at the end
@@ -588,6 +643,8 @@ ORDER = {"active": 0, "release": 1, "inactive": 2}
 def show_status(client, args, out):
     kwarg = {"app": args.app} if args.app else {}
     status = client.runner("stacks.status", kwarg=kwarg)
+    if isinstance(status, dict) and isinstance(status.get("refused"), str):
+        raise StacksError(f"status refused: {status['refused']}")
     if not isinstance(status, dict):
         raise StacksError(f"stacks.status failed: {_first_line(str(status))}")
     for app, entry in sorted(status.items()):
@@ -616,6 +673,8 @@ def show_status(client, args, out):
 
 def show_history(client, args, out):
     items = client.runner("stacks.history", kwarg={"app": args.app, "limit": args.limit})
+    if isinstance(items, dict) and isinstance(items.get("refused"), str):
+        raise StacksError(f"history refused: {items['refused']}")
     if not isinstance(items, list):
         raise StacksError(f"stacks.history failed: {_first_line(str(items))}")
     for item in items:

@@ -60,7 +60,10 @@ SLS
 }
 
 write_env() {
-  cat > "$LAB/env" <<ENV
+  # secrets inside: only root may read it, from the moment it exists
+  rm -f "$LAB/env.new"
+  (umask 077; : > "$LAB/env.new")
+  cat >> "$LAB/env.new" <<ENV
 # source me: . .lab/env  (written by bootstrap/lab.sh)
 export SALTAPI_URL=https://localhost:8000/
 export SALTAPI_USER=pigeon
@@ -68,8 +71,10 @@ export SALTAPI_PASS=$(cat "$LAB/api-password")
 export SALTAPI_EAUTH=file
 export REQUESTS_CA_BUNDLE=$LAB/tls/ca.crt
 export PIGEON_WEBHOOK_SECRET=$(cat "$LAB/webhook-secret")
+export PIGEON_WEBHOOK_URL=https://localhost:8001/hook/pigeon/deploy
 export PATH=$PIGEON_VENV/bin:\$PATH
 ENV
+  mv "$LAB/env.new" "$LAB/env"
 }
 
 down() {
@@ -82,8 +87,11 @@ down() {
       kill -9 "$pid" 2>/dev/null || true
     fi
   done
-  # salt's daemons leave children behind when killed: make sure none of the lab's survive
-  pkill -f "$LAB/etc/salt" 2>/dev/null || true
+  # salt's daemons leave children behind when killed, and salt-api's may ignore SIGTERM:
+  # make sure none of the lab's survive
+  pkill -f -- "-c $LAB/etc/salt" 2>/dev/null || true
+  for _ in $(seq 1 25); do pgrep -f -- "-c $LAB/etc/salt" >/dev/null || break; sleep 0.2; done
+  pkill -9 -f -- "-c $LAB/etc/salt" 2>/dev/null || true
   if docker info >/dev/null 2>&1; then
     ids=$(docker ps -aq --filter label=pigeon.managed=true)
     if [ -n "$ids" ]; then step "removing the lab's containers"; docker rm -f $ids >/dev/null; fi

@@ -55,88 +55,46 @@ fi
 printf '%s:%s\n' "$API_USER" "$(tr -d '\n' < "$ROOT/api-password" | sha256sum | cut -d' ' -f1)" > "$CONF/eauth-users"
 chmod 600 "$CONF/eauth-users"
 
-config_before=$(cat "$CONF/master" "$CONF"/master.d/*.conf 2>/dev/null | sha256sum || true)
-cat > "$CONF/master" <<CFG
-# managed by bootstrap/master.sh; changes will be overwritten
-id: $MASTER_ID
-root_dir: $ROOT
-user: root
-interface: $INTERFACE
-publish_port: $PUBLISH_PORT
-ret_port: $RET_PORT
-log_level: warning
-log_level_logfile: info
-worker_threads: 4
-# Every runner job (an orchestration, each salt.runner step in it) builds a MasterMinion,
-# which computes the master's grains again unless they are cached: 0.1-0.2 s each time.
-grains_cache: True
-grains_cache_expiration: 86400
-file_roots:
-  base:
-    - $REPO/srv/salt
-pillar_roots:
-  base:
-    - $REPO/srv/pillar
-    - $ROOT/pillar
-ext_pillar:
-  - pigeon_registry: True
-default_include: master.d/*.conf
-CFG
+HOOK_PORT=${PIGEON_HOOK_PORT:-8001}
+# the configuration: one file in the repo (bootstrap/salt-master.conf), its @NAME@ replaced
+config_before=$(cat "$CONF/master" 2>/dev/null | sha256sum || true)
+rm -f "$CONF/master.d/api.conf" "$CONF/master.d/reactor.conf"   # written by earlier versions
+sed -e "s|@ROOT@|$ROOT|g" -e "s|@REPO@|$REPO|g" -e "s|@MASTER_ID@|$MASTER_ID|g" \
+    -e "s|@INTERFACE@|$INTERFACE|g" -e "s|@PUBLISH_PORT@|$PUBLISH_PORT|g" -e "s|@RET_PORT@|$RET_PORT|g" \
+    -e "s|@API_HOST@|$API_HOST|g" -e "s|@API_PORT@|$API_PORT|g" -e "s|@HOOK_PORT@|$HOOK_PORT|g" \
+    -e "s|@API_USER@|$API_USER|g" "$REPO/bootstrap/salt-master.conf" > "$CONF/master.new"
+if grep -q '@[A-Z_]*@' "$CONF/master.new"; then
+  echo "master.sh: unreplaced placeholders in $CONF/master.new: $(grep -o '@[A-Z_]*@' "$CONF/master.new" | sort -u | tr '\n' ' ')" >&2
+  exit 1
+fi
+chmod 600 "$CONF/master.new"
+mv "$CONF/master.new" "$CONF/master"
 
-cat > "$CONF/master.d/api.conf" <<CFG
-# managed by bootstrap/master.sh; changes will be overwritten
-# salt-api: only the runner client, only Pigeon's orchestrations and read-only runners.
-netapi_enable_clients:
-  - runner
-  - runner_async   # stacks.py: the orchestration's steps shown as they finish (/events)
-rest_cherrypy:
-  host: $API_HOST
-  port: $API_PORT
-  ssl_crt: $TLS/api.crt
-  ssl_key: $TLS/api.key
-  # /hook/pigeon/deploy takes no salt-api token: the reactor checks the request's HMAC
-  # signature (X-Pigeon-Signature) against pigeon_webhook_secret_file instead
-  webhook_disable_auth: True
-  webhook_url: /hook
-external_auth:
-  file:
-    ^filename: $CONF/eauth-users
-    ^hashtype: sha256
-    $API_USER:
-      - '@runner':
-          - 'state.orchestrate':
-              args:
-                - 'orch\.(release|activate|deactivate|rollback)$'
-              kwargs:
-                pillar: "^\\\\{'pigeon': \\\\{[^{}]*\\\\}\\\\}$"
-          - 'stacks\.(status|history)$'
-CFG
-
-cat > "$CONF/master.d/reactor.conf" <<CFG
-# managed by bootstrap/master.sh; changes will be overwritten
-# Deployments from CI: a signed webhook, or an event from a CI minion listed below.
-reactor:
-  - 'salt/netapi/hook/pigeon/deploy':
-    - salt://reactor/deploy.sls
-  - 'pigeon/ci/deploy':
-    - salt://reactor/deploy.sls
-pigeon_webhook_secret_file: $ROOT/webhook-secret
-pigeon_ci_minions: []
-CFG
-
-stop() {  # stop NAME if it runs
+# A daemon's processes are found by their command line (NAME -c CONF): the main process and
+# the children it forked, which outlive it when it dies (they keep the master's ports).
+pids_of() { pgrep -f -- "$1 -c $CONF( |\$)" || true; }
+alive() {  # NAME: its pidfile names a live process of that name
   local pidfile=$ROOT/var/run/$1.pid
-  [ -f "$pidfile" ] && grep -qa "$1" "/proc/$(cat "$pidfile")/cmdline" 2>/dev/null || return 0
-  kill "$(cat "$pidfile")"
-  for _ in $(seq 1 50); do grep -qa "$1" "/proc/$(cat "$pidfile")/cmdline" 2>/dev/null || return 0; sleep 0.2; done
+  [ -f "$pidfile" ] && grep -qa "$1" "/proc/$(cat "$pidfile")/cmdline" 2>/dev/null
 }
-start() {  # start NAME unless its pidfile names a live process
-  local name=$1 pidfile=$ROOT/var/run/$1.pid
-  if [ -f "$pidfile" ] && grep -qa "$name" "/proc/$(cat "$pidfile")/cmdline" 2>/dev/null; then return 0; fi
+stop() {  # stop NAME and every process of it: TERM, then KILL what is left after 10 s
+  local pids
+  pids=$(pids_of "$1")
+  [ -n "$pids" ] || return 0
+  kill $pids 2>/dev/null || true
+  for _ in $(seq 1 50); do [ -z "$(pids_of "$1")" ] && break; sleep 0.2; done
+  pids=$(pids_of "$1")
+  [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
+  rm -f "$ROOT/var/run/$1.pid"
+}
+start() {  # start NAME unless it runs; orphans of a main process that died are ended first
+  local name=$1
+  alive "$name" && return 0
+  stop "$name"
   "$VENV/bin/$name" -c "$CONF" -d
 }
 # a changed configuration takes effect: restart what runs
-if [ "$config_before" != "$(cat "$CONF/master" "$CONF"/master.d/*.conf | sha256sum)" ]; then
+if [ "$config_before" != "$(sha256sum < "$CONF/master")" ]; then
   stop salt-api
   stop salt-master
 fi

@@ -29,5 +29,7 @@ CFG
 
 pidfile=$ROOT/var/run/salt-minion.pid
 if ! { [ -f "$pidfile" ] && grep -qa salt-minion "/proc/$(cat "$pidfile")/cmdline" 2>/dev/null; }; then
+  # children of a minion whose main process died are ended first
+  pkill -9 -f -- "salt-minion -c $CONF( |\$)" 2>/dev/null || true
   "$VENV/bin/salt-minion" -c "$CONF" -d
 fi

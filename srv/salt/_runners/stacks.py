@@ -14,12 +14,13 @@ The orchestrations (``orch/*.sls``) call these functions:
 - ``stacks.abort`` on failure: records the failure, releases the lock.
 
 ``stacks.status`` and ``stacks.history`` are read-only and are what salt-api
-users may call besides the orchestrations.
+users may call besides the deploy runner (``_runners/deploy.py``, the door of
+the actions); their arguments pass the same schema (``_utils/pigeon_schema.py``).
 
 Storage: the registry and the history are in Salt's cache (``salt.cache``,
-bank ``pigeon/registry`` and ``pigeon/history``); the lock is a file in the
-master's cachedir, written whole and then linked into place (link() fails when
-one exists), so two runs on one master cannot both take it.
+bank ``pigeon/registry`` and ``pigeon/history``); the lock is an ``flock`` on
+a file in the master's cachedir (``_utils/pigeon_lock.py``), so two runs on one
+master cannot both take it, and a run that dies releases it.
 """
 
 import datetime
@@ -27,8 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
-import threading
 import time
 
 import salt.cache
@@ -69,31 +68,13 @@ def _store(entry):
     _cache().store("pigeon/registry", entry["app"], entry)
 
 
-def _lock_path(app):
-    path = os.path.join(__opts__["cachedir"], "pigeon", "locks")
-    os.makedirs(path, exist_ok=True)
-    return os.path.join(path, f"{app}.lock")
+def _lock_dir():
+    return os.path.join(__opts__["cachedir"], "pigeon", "locks")
 
 
 def _read_lock(app):
-    try:
-        with open(_lock_path(app), encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
-
-
-def _lock_alive(lock):
-    """Whether the process that took the lock still runs (a lock taken on another host
-    is taken as alive: this lock is for one master)."""
-    if lock.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(lock["pid"]), 0)
-    except (OSError, ValueError, KeyError):
-        return False
-    started = lock.get("pid_started")
-    return started is None or _process_started(lock["pid"]) == started
+    """Who holds the app's deploy lock now, or None (the kernel's word: see pigeon_lock)."""
+    return __utils__["pigeon_lock.holder"](_lock_dir(), app)
 
 
 def _history_add(app, record):
@@ -191,19 +172,11 @@ def plan(app=None, action=None, version=None, force=False, definition=None, user
 
         salt-run stacks.plan app=app action=release version=1.2 definition='{...}'
     """
-    if app and not __utils__["pigeon_statemachine.valid_app"](app):
-        return {"error": f"app name {app!r} is not valid: lower-case letters, digits, '-' and '_'"}
-    if not app or not isinstance(definition, dict):
-        return {"error": f"unknown app {app!r}: no stacks:{app} in pillar; "
-                         "check the app name or the pillar (salt-run pillar.show_pillar)"}
-    for key in ("loadbal", "config"):
-        if not isinstance(definition.get(key), dict):
-            return {"error": f"broken pillar: stacks:{app}:{key} is missing; see docs/pillar.md"}
-    for key in ("target", "frontend", "default_network"):
-        if not definition["loadbal"].get(key):
-            return {"error": f"broken pillar: stacks:{app}:loadbal:{key} is missing; see docs/pillar.md"}
-    if not definition["config"].get("target"):
-        return {"error": f"broken pillar: stacks:{app}:config:target is missing; see docs/pillar.md"}
+    try:
+        __utils__["pigeon_schema.check_app"](app)
+        __utils__["pigeon_schema.check_definition"](app, definition)
+    except ValueError as exc:  # pigeon_schema.Invalid
+        return {"error": str(exc)}
     try:
         count, services = _services(definition)
     except (TypeError, ValueError):
@@ -311,70 +284,30 @@ def _expand(app, action, version, definition, entry, result, count):
 # ---------------------------------------------------------------------------
 # the steps of an orchestration
 def _take_lock(app, action, version, user, wait):
-    """Take the app's deploy lock for this process; None, or why not (one line)."""
-    me = {
-        "action": action, "version": version, "user": user or "unknown",
-        "since": _now(), "started": time.time(), "pid": os.getpid(),
-        "pid_started": _process_started(os.getpid()), "host": socket.gethostname(),
-        "owner": _owner(),
-    }
-    path = _lock_path(app)
-    deadline = time.monotonic() + float(wait or 0)
-    while True:
-        # written to a file of our own first, then linked into place: the lock never exists
-        # without its content, and link() fails when another one exists
-        tmp = f"{path}.{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(me, fh)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            held = _read_lock(app)
-            if held and held.get("owner") == me["owner"]:
-                return None  # ours already
-            if held is None or not _lock_alive(held):
-                log.warning("stacks: releasing the stale lock of %s: %s", app, held)
-                _history_add(app, {"action": "unlock", "result": "stale lock released",
-                                   "lock": held, "when": _now(), "source": "pigeon"})
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-                continue
-            if time.monotonic() < deadline:
-                time.sleep(0.2)
-                continue
-            return (f"{app} is locked by {held.get('action')} {held.get('version') or ''} "
-                    f"of {held.get('user')} since {held.get('since')}; try again when it ends, "
-                    "or add --wait SECONDS")
-        finally:
-            os.unlink(tmp)
-        return None
-
-
-def _process_started(pid):
-    """The start time of a process (clock ticks since boot), to tell a reused pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _owner():
-    """Who holds a lock: the orchestration, by its process and thread. The render and the
-    runner steps of one orchestration run in one thread of one process (pigeon_runner.call and
-    salt.runner run in-process); the reactor runs several orchestrations in threads of one process."""
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+    """Take the app's deploy lock for this thread; None, or why not (one line)."""
+    me = {"action": action, "version": version, "user": user or "unknown",
+          "since": _now(), "started": time.time()}
+    taken = __utils__["pigeon_lock.acquire"](_lock_dir(), app, me, wait=wait)
+    held = taken["held"]
+    if held:
+        doing = " ".join(str(x) for x in (held.get("action"), held.get("version")) if x)
+        return (f"{app} is locked by {doing or 'an action'} of {held.get('user', 'unknown')} "
+                f"since {held.get('since', '?')}; try again when it ends, or add --wait SECONDS")
+    if taken["stale"]:
+        # its holder died without ending its action: the kernel released the lock
+        log.warning("stacks: the lock of %s was left by an action that died: %s", app, taken["stale"])
+        _history_add(app, {"action": "unlock", "result": "stale lock released",
+                           "lock": taken["stale"], "when": _now(), "source": "pigeon"})
+    return None
 
 
 def _unlock(app):
-    held = _read_lock(app)
-    if held and (held.get("owner") == _owner() or not _lock_alive(held)):
-        try:
-            os.unlink(_lock_path(app))
-        except FileNotFoundError:
-            pass
+    __utils__["pigeon_lock.release"](_lock_dir(), app)
+
+
+def _mine(app):
+    """The lock's content when this orchestration holds the app's lock, else {}."""
+    return __utils__["pigeon_lock.mine"](_lock_dir(), app) or {}
 
 
 def commit(app, planned, user=None, source="cli", started=None, **kwargs):
@@ -382,8 +315,8 @@ def commit(app, planned, user=None, source="cli", started=None, **kwargs):
     Record a finished action: the stacks' new states and routes, a history
     entry; release the lock (last step of every action).
     """
-    held = _read_lock(app) or {}
-    if held.get("owner") != _owner():
+    held = _mine(app)
+    if not held:
         return _fail(f"{app}: this orchestration does not hold the lock; nothing recorded")
     entry = _load(app)
     who = held.get("user") or user or "unknown"
@@ -407,8 +340,8 @@ def commit(app, planned, user=None, source="cli", started=None, **kwargs):
 
 def abort(app, planned, user=None, source="cli", started=None, cleaned=None, **kwargs):
     """Record a failed action in the history and release the lock (onfail step)."""
-    held = _read_lock(app) or {}
-    if held.get("owner") != _owner():
+    held = _mine(app)
+    if not held:
         # refused at the lock: nothing ran, the lock is someone else's
         _history_add(app, {
             "action": planned.get("action"), "version": planned.get("version"),
@@ -503,7 +436,23 @@ def _observe(app, definition, entry):
     return observed
 
 
-def status(app=None, observe=True, **kwargs):
+def _door(kind, args, kwargs):
+    """The request's values checked by the schema (pigeon_schema), or {"refused": one line}."""
+    if args:
+        return None, _refuse(f"{kind}: positional arguments are not accepted; name each (app=...)")
+    try:
+        return __utils__["pigeon_schema.check"](
+            kind, __utils__["pigeon_schema.outside_kwargs"](kwargs)), None
+    except ValueError as exc:  # pigeon_schema.Invalid
+        return None, _refuse(str(exc))
+
+
+def _refuse(message):
+    __context__["retcode"] = 1
+    return {"refused": message}
+
+
+def status(*args, **kwargs):
     """
     The registry: per app, each stack's version, state, slot, since when and by whom,
     the routes, the lock if one is held; with ``observe`` (the default) also what
@@ -516,6 +465,10 @@ def status(app=None, observe=True, **kwargs):
 
         salt-run stacks.status app=app
     """
+    values, refused = _door("status", args, kwargs)
+    if refused:
+        return refused
+    app, observe = values.get("app"), values.get("observe", True)
     cache = _cache()
     definitions = _definitions() if observe else {}
     apps = [app] if app else sorted(set(cache.list("pigeon/registry") or []) | set(definitions))
@@ -526,7 +479,7 @@ def status(app=None, observe=True, **kwargs):
         result[name] = {
             "stacks": entry["stacks"], "routes": entry["routes"],
             "generation": entry["generation"],
-            "lock": lock_ if lock_ and _lock_alive(lock_) else None,
+            "lock": {k: v for k, v in lock_.items() if k != "fd"} if lock_ else None,
         }
         if observe and name in definitions:
             result[name]["observed"] = _observe(name, definitions[name], entry)
@@ -536,7 +489,7 @@ def status(app=None, observe=True, **kwargs):
     return result
 
 
-def history(app, limit=20, **kwargs):
+def history(*args, **kwargs):
     """
     The last ``limit`` actions on an app, newest last.
 
@@ -546,8 +499,12 @@ def history(app, limit=20, **kwargs):
 
         salt-run stacks.history app=app limit=50
     """
-    items = _cache().fetch("pigeon/history", app) or []
-    return items[-int(limit):] if limit else items
+    values, refused = _door("history", args, kwargs)
+    if refused:
+        return refused
+    limit = values.get("limit", 20)
+    items = _cache().fetch("pigeon/history", values["app"]) or []
+    return items[-limit:] if limit else items
 
 
 def routes(**kwargs):
@@ -557,85 +514,3 @@ def routes(**kwargs):
     for name in cache.list("pigeon/registry") or []:
         result.update({k: v for k, v in _load(name)["routes"].items() if v})
     return result
-
-
-# ---------------------------------------------------------------------------
-# deployments from CI (reactor/deploy.sls)
-OUTCOME_TAG = "pigeon/deploy"
-
-
-def _fire(data, tag):
-    import salt.utils.event  # pylint: disable=import-outside-toplevel
-
-    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
-        bus.fire_event(data, tag)
-
-
-def _webhook_secret():
-    path = __opts__.get("pigeon_webhook_secret_file")
-    if not path:
-        return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().strip() or None
-    except OSError:
-        return None
-
-
-def _orchestration_error(data):
-    """The first failed step of an orchestration's data, on one line."""
-    steps = next(iter(data.values())) if isinstance(data, dict) and data else data
-    if isinstance(steps, list):
-        return " ".join(str(s) for s in steps).splitlines()[0]
-    failed = [s for s in steps.values() if s.get("result") is False
-              and not str(s.get("comment", "")).startswith("One or more requisite failed")]
-    if not failed:
-        return None
-    first = min(failed, key=lambda s: s.get("__run_num__", 0))
-    ret = (first.get("changes") or {}).get("return")
-    if isinstance(ret, dict) and "Error" in ret:
-        return str(ret["Error"])
-    return " ".join(str(first.get("comment", "")).split())[:300]
-
-
-def ci_event(event=None, tag="", **kwargs):
-    """
-    Carry out a deployment asked by a CI event (reactor/deploy.sls calls this).
-
-    Checks the event (signature of a webhook, or a minion of pigeon_ci_minions),
-    then runs the orchestration with source "reactor", and publishes the
-    outcome as the event ``pigeon/deploy/<app>/<action>`` ({app, version,
-    action, ok, error, via}). An invalid or unauthenticated event is logged,
-    published as ``pigeon/deploy/rejected`` ({tag, reason}) and changes nothing.
-    """
-    import salt.runner  # pylint: disable=import-outside-toplevel
-
-    try:
-        request = __utils__["pigeon_ci.check"](
-            event or {}, tag, secret=_webhook_secret(),
-            ci_minions=__opts__.get("pigeon_ci_minions") or [])
-    except Exception as exc:  # pylint: disable=broad-except
-        if type(exc).__name__ != "Rejected":
-            raise
-        log.warning("pigeon: CI event %s ignored: %s", tag, exc)
-        _fire({"tag": tag, "reason": str(exc)}, f"{OUTCOME_TAG}/rejected")
-        __context__["retcode"] = 1
-        return {"rejected": str(exc)}
-    pillar = {"app": request["app"], "source": "reactor"}
-    if request["version"]:
-        pillar["version"] = request["version"]
-    started = time.monotonic()
-    runner = salt.runner.RunnerClient(__opts__)
-    ret = runner.low("state.orchestrate", {
-        "fun": "state.orchestrate", "arg": [f"orch.{request['action']}"],
-        "kwarg": {"pillar": {"pigeon": pillar}}, "__user__": f"ci ({request['via']})",
-    }, full_return=True)
-    value = ret.get("return") if isinstance(ret, dict) else None
-    data = value.get("data") if isinstance(value, dict) else value
-    ok = isinstance(value, dict) and value.get("retcode", 1) == 0
-    outcome = dict(request, ok=ok, error=None if ok else (_orchestration_error(data) or "failed"),
-                   seconds=round(time.monotonic() - started, 3), source="reactor")
-    _fire(outcome, f"{OUTCOME_TAG}/{request['app']}/{request['action']}")
-    if not ok:
-        __context__["retcode"] = 1
-    return outcome

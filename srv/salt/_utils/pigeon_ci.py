@@ -1,15 +1,21 @@
 """
 Deployment requests from CI: the signature of a webhook and the request itself.
-Pure functions, no Salt: used by ``stacks.ci_event`` (the reactor's runner),
-exposed as ``__utils__["pigeon_ci.check"]``.
+Pure functions, no Salt: used by ``deploy.ci_event`` (the reactor's runner),
+exposed as ``__utils__["pigeon_ci.check"]``. The request's fields are checked
+afterwards, at the one door (``pigeon_schema``).
 
-A CI system POSTs to salt-api's ``/hook/pigeon/deploy`` a JSON body::
+A CI system POSTs to Pigeon's webhook front (``/hook/pigeon/deploy``, see
+``srv/netapi/pigeon_webhook.py``), which fires the raw body as the event
+``pigeon/webhook/deploy``; the body is JSON::
 
-    {"app": "app", "version": "1.4", "action": "release"}
+    {"app": "app", "version": "1.4", "action": "release",
+     "timestamp": 1764662400, "nonce": "5f0c2a9e41d8b7c3a6e1"}
 
 signed with the shared secret: the header ``X-Pigeon-Signature`` is
 ``sha256=`` and the hex HMAC-SHA256 of the raw body (as GitHub signs its
-webhooks). A CI minion may instead send the event ``pigeon/ci/deploy`` with the
+webhooks). ``timestamp`` (Unix seconds) must be within the window of the
+master's clock and ``nonce`` never seen before: a body cannot be replayed.
+Only ``Content-Type: application/json`` is taken. A CI minion may instead send the event ``pigeon/ci/deploy`` with the
 same fields (``salt-call event.send pigeon/ci/deploy app=app version=1.4
 action=release``); it is trusted when the minion is listed in the master's
 ``pigeon_ci_minions``.
@@ -18,15 +24,13 @@ action=release``); it is trusted when the minion is listed in the master's
 import hashlib
 import hmac
 import json
-import re
 
-ACTIONS = ("release", "activate", "deactivate", "rollback")
-VERSION_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
-APP_RE = re.compile(r"\A[a-z0-9][a-z0-9_-]{0,40}\Z")
 SIGNATURE_HEADER = "X-Pigeon-Signature"
+WEBHOOK_TAG = "pigeon/webhook/deploy"  # fired by Pigeon's webhook front (srv/netapi/pigeon_webhook.py)
+MAX_BODY = 65536  # bytes of a webhook body
 
 
-class Rejected(Exception):
+class Rejected(ValueError):
     """The event is not a valid, authenticated deployment request (one line why)."""
 
 
@@ -38,47 +42,65 @@ def sign(secret, body):
 
 
 def _header(headers, name):
-    for key, value in (headers or {}).items():
-        if key.lower() == name.lower():
+    for key, value in (headers or {}).items() if isinstance(headers, dict) else ():
+        if str(key).lower() == name.lower():
             return value
     return None
 
 
-def check(event, tag, secret=None, ci_minions=()):
+def _same(given, expected):
+    """Constant-time comparison of a header value of any type or encoding with ours."""
+    if not isinstance(given, str):
+        return False
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
+
+
+def check(event, tag, secret=None, ci_minions=(), now=None, window=300):
     """
-    The deployment request in a CI event: {"app", "version", "action", "via"}.
-    Raises Rejected (one line) when it is unsigned, badly signed, malformed,
-    or asks for something else than a deployment action.
+    The deployment request in a CI event, not yet checked against the schema:
+    the request's fields plus ``via``. Raises Rejected (one line) when it is
+    unsigned, badly signed, not JSON, stale (its ``timestamp`` more than
+    ``window`` seconds from ``now``), or from a minion not in ``ci_minions``.
     """
-    if tag.startswith("salt/netapi/hook/"):
+    if not isinstance(event, dict):
+        raise Rejected("the event is not a mapping")
+    if tag == WEBHOOK_TAG:
         if not secret:
             raise Rejected("no pigeon_webhook_secret_file on the master: webhooks are refused")
-        body = event.get("body") or ""
-        given = _header(event.get("headers"), SIGNATURE_HEADER)
-        if not given:
+        body = event.get("body")
+        if not isinstance(body, str):
+            raise Rejected("the webhook has no body")
+        if len(body.encode("utf-8", "surrogateescape")) > MAX_BODY:
+            raise Rejected(f"the body is larger than {MAX_BODY} bytes")
+        headers = event.get("headers")
+        given = _header(headers, SIGNATURE_HEADER)
+        if given is None:
             raise Rejected(f"unsigned webhook: no {SIGNATURE_HEADER} header")
-        if not hmac.compare_digest(str(given), sign(secret, body)):
+        if not _same(given, sign(secret, body)):
             raise Rejected(f"bad signature in {SIGNATURE_HEADER}")
+        kind = str(_header(headers, "Content-Type") or "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            raise Rejected(f"Content-Type {kind[:40]!r}: a webhook body must be application/json")
         try:
             request = json.loads(body)
         except ValueError as exc:
             raise Rejected("the body is not JSON") from exc
+        if not isinstance(request, dict):
+            raise Rejected("the request is not a JSON object")
+        stamp = request.get("timestamp")
+        if now is not None and isinstance(stamp, (int, float)) and not isinstance(stamp, bool) \
+                and abs(now - stamp) > window:
+            raise Rejected(f"timestamp {stamp} is more than {window} s from the master's clock: "
+                           "a stale or replayed webhook")
         via = "webhook"
     else:
         minion = event.get("id")
-        if minion not in ci_minions:
-            raise Rejected(f"event from {minion!r}, which is not in pigeon_ci_minions")
+        if not isinstance(minion, str) or minion not in ci_minions:
+            raise Rejected(f"event from {str(minion)[:60]!r}, which is not in pigeon_ci_minions")
         request = event.get("data", event)
+        if not isinstance(request, dict):
+            raise Rejected("the request is not a mapping")
+        request = {k: v for k, v in request.items()
+                   if k not in ("id", "tag", "cmd", "tok", "_stamp", "pretag")}
         via = f"minion {minion}"
-    if not isinstance(request, dict):
-        raise Rejected("the request is not a JSON object")
-    action, app, version = request.get("action"), request.get("app"), request.get("version")
-    if action not in ACTIONS:
-        raise Rejected(f"action {action!r} is not one of {', '.join(ACTIONS)}")
-    if not isinstance(app, str) or not APP_RE.match(app):
-        raise Rejected(f"app {app!r} is not a valid app name")
-    if version is not None and (not isinstance(version, str) or not VERSION_RE.match(version)):
-        raise Rejected(f"version {version!r} is not a valid image tag")
-    if action in ("release", "deactivate") and version is None:
-        raise Rejected(f"{action} needs a version")
-    return {"app": app, "version": version, "action": action, "via": via}
+    return dict(request, via=via)

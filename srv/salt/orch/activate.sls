@@ -21,9 +21,9 @@
 # the switch: production (and internal) to the release's slot, at runtime, only if every
 # server of that slot is UP; then the old inactive stack goes
 {{ steps.routes(action, lb, plan, gate=plan.gate) }}
-{{ steps.remove(action, app, lb, cfg, plan.stop, 'salt: pigeon-activate-routes-function') }}
-{%-     set done = ['salt: pigeon-activate-routes-function'] %}
-{%-     for stop in plan.stop %}{% do done.append('salt: pigeon-activate-remove-' ~ stop.version ~ '-state') %}{% endfor %}
+{{ steps.remove(action, app, lb, cfg, plan.stop, 'pigeon-activate-routes-function') }}
+{%-     set done = ['pigeon-activate-routes-function'] %}
+{%-     for stop in plan.stop %}{% do done.append('pigeon-activate-remove-' ~ stop.version ~ '-state') %}{% endfor %}
 {%-   endif %}
 {{ steps.commit(action, app, plan, source, done) }}
 {%- endif %}

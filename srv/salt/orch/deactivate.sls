@@ -19,14 +19,14 @@
 
 # traffic leaves the stack, its servers drain, its containers stop gracefully and go
 {{ steps.routes(action, lb, plan) }}
-{{ steps.remove(action, app, lb, cfg, plan.stop, 'salt: pigeon-deactivate-routes-function') }}
-{%-     set done = ['salt: pigeon-deactivate-routes-function'] %}
+{{ steps.remove(action, app, lb, cfg, plan.stop, 'pigeon-deactivate-routes-function') }}
+{%-     set done = ['pigeon-deactivate-routes-function'] %}
 {%-   else %}
 
 # not in the registry: remove whatever an interrupted action left of it
 {{ steps.remove(action, app, lb, cfg, plan.stop, None) }}
 {%-     set done = [] %}
 {%-   endif %}
-{%-   for stop in plan.stop %}{% do done.append('salt: pigeon-deactivate-remove-' ~ stop.version ~ '-state') %}{% endfor %}
+{%-   for stop in plan.stop %}{% do done.append('pigeon-deactivate-remove-' ~ stop.version ~ '-state') %}{% endfor %}
 {{ steps.commit(action, app, plan, source, done) }}
 {%- endif %}

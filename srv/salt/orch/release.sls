@@ -25,8 +25,8 @@
 # slots, with a reload that loses nothing. Skipped when the registry has seen this loadbal: already.
 pigeon-release-loadbal-state:
   salt.state:
-    - tgt: {{ lb.target | json }}
-    - tgt_type: {{ lb.target_type }}
+    - tgt: {{ lb.target | tojson }}
+    - tgt_type: {{ lb.target_type | tojson }}
     - sls: [docker, haproxy]
     - parallel: True     # beside the containers
     - concurrent: True   # the two may target the same minion; they touch different things
@@ -36,17 +36,17 @@ pigeon-release-loadbal-state:
 # all started at once; the step ends when docker says every one is healthy (its HEALTHCHECK)
 pigeon-release-containers-state:
   salt.state:
-    - tgt: {{ cfg.target | json }}
-    - tgt_type: {{ cfg.target_type }}
+    - tgt: {{ cfg.target | tojson }}
+    - tgt_type: {{ cfg.target_type | tojson }}
     - sls: stacks.running
     - concurrent: True
     - pillar:
-        pigeon_stack: {{ {'app': app, 'version': plan.version, 'formula': cfg.formula, 'network': start.network, 'containers': start.containers, 'keep': start.keep, 'healthy_timeout': lb.healthcheck_timeout} | json }}
+        pigeon_stack: {{ {'app': app, 'version': plan.version, 'formula': cfg.formula, 'network': start.network, 'containers': start.containers, 'keep': start.keep, 'healthy_timeout': lb.healthcheck_timeout} | tojson }}
 
 # preview (internal) traffic to the new slot as soon as HAProxy has every one of its servers
 # UP with its check passed (the HAProxy health gate, waited for in the same call)
-{%-     set routes_requires = ['salt: pigeon-release-containers-state'] %}
-{%-     if plan.converge_loadbal %}{% do routes_requires.append('salt: pigeon-release-loadbal-state') %}{% endif %}
+{%-     set routes_requires = ['pigeon-release-containers-state'] %}
+{%-     if plan.converge_loadbal %}{% do routes_requires.append('pigeon-release-loadbal-state') %}{% endif %}
 {{ steps.routes(action, lb, plan, routes_requires, gate={'backend': start.backend, 'expected_up': start.expected_up}, wait=lb.healthcheck_timeout) }}
 
 {%-     if not args.get('keep_failed') %}
@@ -54,18 +54,18 @@ pigeon-release-containers-state:
 # a release that failed leaves nothing behind (unless --keep-failed)
 pigeon-release-cleanup-state:
   salt.state:
-    - tgt: {{ cfg.target | json }}
-    - tgt_type: {{ cfg.target_type }}
+    - tgt: {{ cfg.target | tojson }}
+    - tgt_type: {{ cfg.target_type | tojson }}
     - sls: stacks.absent
     - concurrent: True
     - pillar:
-        pigeon_stack: {{ {'app': app, 'version': plan.version, 'network': start.network} | json }}
+        pigeon_stack: {{ {'app': app, 'version': plan.version, 'network': start.network} | tojson }}
     - onfail_any:
       - salt: pigeon-release-containers-state
       - salt: pigeon-release-routes-function
 {%-     endif %}
-{%-     set done = done + ['salt: pigeon-release-containers-state', 'salt: pigeon-release-routes-function'] %}
-{%-     if plan.converge_loadbal %}{% do done.append('salt: pigeon-release-loadbal-state') %}{% endif %}
+{%-     set done = done + ['pigeon-release-containers-state', 'pigeon-release-routes-function'] %}
+{%-     if plan.converge_loadbal %}{% do done.append('pigeon-release-loadbal-state') %}{% endif %}
 {%-   endif %}
 {{ steps.commit(action, app, plan, source, done) }}
 {%- endif %}

@@ -17,5 +17,5 @@
 
 # the switch back: production to the inactive stack's slot, only if all its servers are UP
 {{ steps.routes(action, lb, plan, gate=plan.gate) }}
-{{ steps.commit(action, app, plan, source, ['salt: pigeon-rollback-routes-function']) }}
+{{ steps.commit(action, app, plan, source, ['pigeon-rollback-routes-function']) }}
 {%- endif %}

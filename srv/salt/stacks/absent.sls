@@ -15,14 +15,14 @@ stacks-absent-docker-client-module-run:
 
 stacks-absent-docker-container-stopped:
   docker_container.stopped:
-    - names: {{ names | sort | json }}
+    - names: {{ names | sort | tojson }}
     - parallel: True
     - require:
       - module: stacks-absent-docker-client-module-run
 
 stacks-absent-docker-container-absent:
   docker_container.absent:
-    - names: {{ names | sort | json }}
+    - names: {{ names | sort | tojson }}
     - require:
       - docker_container: stacks-absent-docker-container-stopped
     - require_in:
@@ -31,4 +31,4 @@ stacks-absent-docker-container-absent:
 
 stacks-absent-docker-network-absent:
   docker_network.absent:
-    - name: {{ stack.network }}
+    - name: {{ stack.network | tojson }}

@@ -6,7 +6,7 @@
 {%- set stack = pillar['pigeon_stack'] %}
 {%- if stack.get('formula') %}
 include:
-  - {{ stack.formula }}   {#- the app's config formula: files and image first #}
+  - {{ stack.formula | tojson }}   {#- the app's config formula: files and image first #}
 {%- endif %}
 {#- containers of this app whose version the registry does not know: left by an interrupted action #}
 {%- set leftovers = {} %}
@@ -17,16 +17,16 @@ include:
 {%-   endif %}
 {%- endfor %}
 {%- for version, names in leftovers | dictsort %}
-stacks-running-leftover-{{ version }}-docker-container-absent:
+{{ ('stacks-running-leftover-' ~ version ~ '-docker-container-absent') | tojson }}:
   docker_container.absent:
-    - names: {{ names | sort | json }}
+    - names: {{ names | sort | tojson }}
     - force: True   # they never took traffic
 
-stacks-running-leftover-{{ version }}-docker-network-absent:
+{{ ('stacks-running-leftover-' ~ version ~ '-docker-network-absent') | tojson }}:
   docker_network.absent:
-    - name: pigeon-{{ stack.app }}-{{ version }}
+    - name: {{ ('pigeon-' ~ stack.app ~ '-' ~ version) | tojson }}
     - require:
-      - docker_container: stacks-running-leftover-{{ version }}-docker-container-absent
+      - docker_container: {{ ('stacks-running-leftover-' ~ version ~ '-docker-container-absent') | tojson }}
 {%- endfor %}
 
 {#- All the stack's containers start at once (one docker client per container): created on
@@ -34,15 +34,15 @@ stacks-running-leftover-{{ version }}-docker-network-absent:
     the slot's alias when HAProxy routes to them, started. #}
 stacks-running-stack-containers-running:
   stack_containers.running:
-    - name: {{ stack.app }} {{ stack.version }}
-    - app: {{ stack.app }}
-    - version: {{ stack.version | json }}
-    - network: {{ stack.network }}
-    - containers: {{ stack.containers | json }}
+    - name: {{ (stack.app ~ ' ' ~ stack.version) | tojson }}
+    - app: {{ stack.app | tojson }}
+    - version: {{ stack.version | tojson }}
+    - network: {{ stack.network | tojson }}
+    - containers: {{ stack.containers | tojson }}
 {%- if stack.get('healthy_timeout') %}
-    - healthy_timeout: {{ stack.healthy_timeout }}   {#- and healthy: every docker HEALTHCHECK passed #}
+    - healthy_timeout: {{ stack.healthy_timeout | tojson }}   {#- and healthy: every docker HEALTHCHECK passed #}
 {%- endif %}
 {%- if stack.get('formula') %}
     - require:
-      - sls: {{ stack.formula }}
+      - sls: {{ stack.formula | tojson }}
 {%- endif %}

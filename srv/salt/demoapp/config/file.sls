@@ -3,27 +3,27 @@
 {%- if demoapp.build %}
 demoapp-config-file-build-dir-file-directory:
   file.directory:
-    - name: {{ demoapp.build_dir }}/{{ stack.version }}
+    - name: {{ (demoapp.build_dir ~ '/' ~ stack.version) | tojson }}
     - makedirs: True
 
 demoapp-config-file-nginx-conf-file-managed:
   file.managed:
-    - name: {{ demoapp.build_dir }}/{{ stack.version }}/nginx.conf
+    - name: {{ (demoapp.build_dir ~ '/' ~ stack.version ~ '/nginx.conf') | tojson }}
     - source: salt://{{ tplroot }}/templates/nginx.conf.jinja
     - template: jinja
     - context:
-        app: {{ stack.app }}
-        version: {{ stack.version }}
+        app: {{ stack.app | tojson }}
+        version: {{ stack.version | tojson }}
     - require:
       - file: demoapp-config-file-build-dir-file-directory
 
 demoapp-config-file-dockerfile-file-managed:
   file.managed:
-    - name: {{ demoapp.build_dir }}/{{ stack.version }}/Dockerfile
+    - name: {{ (demoapp.build_dir ~ '/' ~ stack.version ~ '/Dockerfile') | tojson }}
     - source: salt://{{ tplroot }}/templates/Dockerfile.jinja
     - template: jinja
     - context:
-        base_image: {{ demoapp.base_image }}
+        base_image: {{ demoapp.base_image | tojson }}
     - require:
       - file: demoapp-config-file-build-dir-file-directory
 {%- endif %}

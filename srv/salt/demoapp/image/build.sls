@@ -6,10 +6,10 @@ include:
 
 demoapp-image-build-docker-image-present:
   docker_image.present:
-    - name: {{ demoapp.image }}
-    - tag: {{ stack.version | string | json }}
+    - name: {{ demoapp.image | tojson }}
+    - tag: {{ stack.version | string | tojson }}
 {%- if demoapp.build %}
-    - build: {{ demoapp.build_dir }}/{{ stack.version }}
+    - build: {{ (demoapp.build_dir ~ '/' ~ stack.version) | tojson }}
     - require:
       - sls: {{ tplroot }}.config
 {%- endif %}

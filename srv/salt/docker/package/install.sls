@@ -1,4 +1,4 @@
 {%- from tpldir.split('/')[0] ~ "/map.jinja" import docker with context %}
 docker-package-install-pkg-installed:
   pkg.installed:
-    - name: {{ docker.pkg }}
+    - name: {{ docker.pkg | tojson }}

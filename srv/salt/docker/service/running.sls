@@ -7,7 +7,7 @@ include:
 {%- if grains.get('init') == 'systemd' %}
 docker-service-running-service-running:
   service.running:
-    - name: {{ docker.service }}
+    - name: {{ docker.service | tojson }}
     - enable: True
     - require:
       - sls: {{ tplroot }}.package
@@ -15,7 +15,7 @@ docker-service-running-service-running:
 docker-service-running-cmd-run:
   cmd.run:
     - name: >-
-        nohup dockerd --userland-proxy={{ docker.userland_proxy | lower }} >{{ docker.daemon_log }} 2>&1 &
+        nohup dockerd --userland-proxy={{ 'true' if docker.userland_proxy else 'false' }} >{{ docker.daemon_log | quote }} 2>&1 &
         for i in $(seq 1 60); do docker info >/dev/null 2>&1 && exit 0; sleep 0.5; done; exit 1
     - unless:
       - fun: docker.version   # in-process: much quicker than a shell command

@@ -5,55 +5,50 @@
 haproxy-config-file-directories-file-directory:
   file.directory:
     - names:
-      - {{ etc }}/maps
-      - {{ etc }}/certs
-      - {{ haproxy.host_dir }}/run
+      - {{ (etc ~ '/maps') | tojson }}
+      - {{ (etc ~ '/certs') | tojson }}
+      - {{ (haproxy.host_dir ~ '/run') | tojson }}
     - makedirs: True
     - mode: '0750'
 
 haproxy-config-file-file-managed:
   file.managed:
-    - name: {{ etc }}/haproxy.cfg
+    - name: {{ (etc ~ '/haproxy.cfg') | tojson }}
     - source: salt://{{ tpldir.split('/')[0] }}/templates/haproxy.cfg.jinja
     - template: jinja
     - context:
-        haproxy: {{ haproxy | json }}
-        apps: {{ haproxy_apps | json }}
+        haproxy: {{ haproxy | tojson }}
+        apps: {{ haproxy_apps | tojson }}
     - require:
       - file: haproxy-config-file-directories-file-directory
 
 haproxy-config-file-internal-acl-file-managed:
   file.managed:
-    - name: {{ etc }}/maps/internal.acl
-    - contents: |
-        # managed by Salt; changes will be overwritten
-        # source networks whose traffic goes to the release stack
-        {%- for network in haproxy.internal_networks %}
-        {{ network }}
-        {%- endfor %}
+    - name: {{ (etc ~ '/maps/internal.acl') | tojson }}
+    - contents: {{ (['# managed by Salt; changes will be overwritten',
+                     '# source networks whose traffic goes to the release stack']
+                    + haproxy.internal_networks) | join('\n') | tojson }}
     - require:
       - file: haproxy-config-file-directories-file-directory
 
 {#- routes come from the registry on the master (ext_pillar pigeon_registry), so a new
     load balancer converges to the routing the others have #}
+{%- set routes = ['# managed by Salt (haproxy_runtime); changes will be overwritten'] %}
+{%- for key, backend in salt['pillar.get']('pigeon:routes', {}) | dictsort %}
+{%-   if key.split('/')[0] in haproxy_apps %}{% do routes.append(key ~ ' ' ~ backend) %}{% endif %}
+{%- endfor %}
 haproxy-config-file-routes-file-managed:
   file.managed:
-    - name: {{ etc }}/maps/routes.map
-    - contents: |
-        # managed by Salt (haproxy_runtime); changes will be overwritten
-        {%- for key, backend in salt['pillar.get']('pigeon:routes', {}) | dictsort %}
-        {%- if key.split('/')[0] in haproxy_apps %}
-        {{ key }} {{ backend }}
-        {%- endif %}
-        {%- endfor %}
+    - name: {{ (etc ~ '/maps/routes.map') | tojson }}
+    - contents: {{ routes | join('\n') | tojson }}
     - require:
       - file: haproxy-config-file-directories-file-directory
 
 {%- if haproxy.tls.certificate_source %}
 haproxy-config-file-certificate-file-managed:
   file.managed:
-    - name: {{ etc }}/certs/pigeon.pem
-    - source: {{ haproxy.tls.certificate_source }}
+    - name: {{ (etc ~ '/certs/pigeon.pem') | tojson }}
+    - source: {{ haproxy.tls.certificate_source | tojson }}
     - mode: '0600'
     - require:
       - file: haproxy-config-file-directories-file-directory

@@ -7,13 +7,13 @@ include:
   - {{ tplroot }}.config
 
 {%- for network in networks %}
-haproxy-service-running-{{ network }}-docker-network-present:
+{{ ('haproxy-service-running-' ~ network ~ '-docker-network-present') | tojson }}:
   docker_network.present:
-    - name: {{ network }}
+    - name: {{ network | tojson }}
     - labels:
       - pigeon.managed=true
 {%-   if haproxy.extra_networks.get(network, {}).get('subnet') %}
-    - subnet: {{ haproxy.extra_networks[network].subnet }}
+    - subnet: {{ haproxy.extra_networks[network].subnet | tojson }}
 {%-   endif %}
     - require_in:
       - docker_container: haproxy-service-running-docker-container-running
@@ -21,23 +21,23 @@ haproxy-service-running-{{ network }}-docker-network-present:
 
 haproxy-service-running-docker-container-running:
   docker_container.running:
-    - name: {{ haproxy.container_name }}
-    - image: {{ haproxy.image }}
-    - command: {{ haproxy.command }}
+    - name: {{ haproxy.container_name | tojson }}
+    - image: {{ haproxy.image | tojson }}
+    - command: {{ haproxy.command | tojson }}
     - user: root
     - stop_signal: SIGUSR1
     - stop_timeout: 30
     - restart_policy: unless-stopped
     - binds:
-      - {{ haproxy.host_dir }}/etc:/usr/local/etc/haproxy:ro
-      - {{ haproxy.host_dir }}/run:/run/haproxy:rw
+      - {{ (haproxy.host_dir ~ '/etc:/usr/local/etc/haproxy:ro') | tojson }}
+      - {{ (haproxy.host_dir ~ '/run:/run/haproxy:rw') | tojson }}
     - port_bindings:
 {%- for name, frontend in haproxy.frontends | dictsort %}
-      - {{ frontend.port }}:{{ frontend.port }}
-      - {{ frontend.preview_port }}:{{ frontend.preview_port }}
+      - {{ (frontend.port ~ ':' ~ frontend.port) | tojson }}
+      - {{ (frontend.preview_port ~ ':' ~ frontend.preview_port) | tojson }}
 {%- endfor %}
 {%- if networks %}
-    - networks: {{ networks | json }}
+    - networks: {{ networks | tojson }}
 {%- endif %}
     - labels:
       - pigeon.managed=true
@@ -48,7 +48,8 @@ haproxy-service-running-docker-container-running:
 {#- A changed configuration: check it, keep the servers' addresses, reload (USR2 keeps the listeners) #}
 haproxy-service-running-config-check-cmd-run:
   cmd.run:
-    - name: docker exec {{ haproxy.container_name }} haproxy -c -q -f /usr/local/etc/haproxy/haproxy.cfg
+    - name: {{ ('docker exec ' ~ haproxy.container_name ~ ' haproxy -c -q -f /usr/local/etc/haproxy/haproxy.cfg') | tojson }}
+    - python_shell: False
     - onchanges:
       - file: haproxy-config-file-file-managed
       - file: haproxy-config-file-internal-acl-file-managed
@@ -58,13 +59,14 @@ haproxy-service-running-config-check-cmd-run:
 haproxy-service-running-server-state-module-run:
   module.run:
     - haproxy_runtime.dump_server_state:
-      - path: {{ haproxy.host_dir }}/run/server-state
+      - path: {{ (haproxy.host_dir ~ '/run/server-state') | tojson }}
     - onchanges:
       - cmd: haproxy-service-running-config-check-cmd-run
 
 haproxy-service-running-reload-cmd-run:
   cmd.run:
-    - name: docker kill -s USR2 {{ haproxy.container_name }}
+    - name: {{ ('docker kill -s USR2 ' ~ haproxy.container_name) | tojson }}
+    - python_shell: False
     - onchanges:
       - module: haproxy-service-running-server-state-module-run
 

@@ -1,0 +1,231 @@
+"""
+Runner ``deploy``: the door of every deployment. salt-api's deploy user may
+call these functions and nothing else that acts (see the master's
+``external_auth`` in ``bootstrap/salt-master.conf``); ``stacks.py`` calls
+them, and so does the reactor for CI events (``deploy.ci_event``).
+
+Each function checks what it was given against the declared schema
+(``_utils/pigeon_schema.py``): exact keys, types, patterns, bounds; no
+positional arguments. A refused request returns ``{"refused": "one line"}``
+with retcode 1 and changes nothing. An accepted one runs the action's
+orchestration (``orch/<action>.sls``) with the checked values as pillar
+``pigeon:`` and returns what ``state.orchestrate`` returns. Nothing the
+sender chose reaches ``state.orchestrate`` but those values: not ``test``,
+``exclude``, ``saltenv``, ``pillar_enc``, nor another SLS.
+
+CLI Example:
+
+.. code-block:: bash
+
+    salt-run deploy.release app=app version=1.4
+"""
+
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "deploy"
+OUTCOME_TAG = "pigeon/deploy"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _refuse(message):
+    __context__["retcode"] = 1
+    return {"refused": message}
+
+
+def _checked(kind, args, kwargs):
+    """(values, None) when the request passes the schema, else (None, one line)."""
+    if args:
+        return None, f"{kind}: positional arguments are not accepted; name each (app=..., version=...)"
+    try:
+        values = __utils__["pigeon_schema.check"](kind, __utils__["pigeon_schema.outside_kwargs"](kwargs))
+    except ValueError as exc:  # pigeon_schema.Invalid
+        return None, str(exc)
+    return values, None
+
+
+def _orchestrate(action, values, source):
+    """Run orch.<action> with the checked values as pillar pigeon: (and nothing else)."""
+    pillar = {"pigeon": dict(values, source=source)}
+    jid = globals().get("__jid__")  # the progress events of the steps carry this job's id
+    return __salt__["state.orchestrate"](f"orch.{action}", pillar=pillar, orchestration_jid=jid)
+
+
+def _action(action, args, kwargs):
+    values, refusal = _checked(action, args, kwargs)
+    if refusal:
+        log.warning("deploy: %s refused: %s", action, refusal)
+        return _refuse(refusal)
+    return _orchestrate(action, values, "cli")
+
+
+def release(*args, **kwargs):
+    """
+    Start a version of an app in a free slot, internal/preview traffic only.
+    Keys: app, version (else the pillar's), keep_failed, wait.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.release app=app version=1.4
+    """
+    return _action("release", args, kwargs)
+
+
+def activate(*args, **kwargs):
+    """
+    Give production to the released stack. Keys: app, version, wait.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.activate app=app
+    """
+    return _action("activate", args, kwargs)
+
+
+def deactivate(*args, **kwargs):
+    """
+    Remove a stack (the active one only with force). Keys: app, version, force, wait.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.deactivate app=app version=1.3
+    """
+    return _action("deactivate", args, kwargs)
+
+
+def rollback(*args, **kwargs):
+    """
+    Give production back to the inactive stack. Keys: app, wait.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.rollback app=app
+    """
+    return _action("rollback", args, kwargs)
+
+
+# ---------------------------------------------------------------------------
+# deployments from CI (reactor/deploy.sls)
+def _fire(data, tag):
+    import salt.utils.event  # pylint: disable=import-outside-toplevel
+
+    with salt.utils.event.get_master_event(__opts__, __opts__["sock_dir"], listen=False) as bus:
+        bus.fire_event(data, tag)
+
+
+def _webhook_secret():
+    path = __opts__.get("pigeon_webhook_secret_file")
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def _seen_nonce(nonce, window):
+    """Whether ``nonce`` was used within ``window`` seconds (and remember it if not)."""
+    import salt.cache  # pylint: disable=import-outside-toplevel
+
+    cache = salt.cache.factory(__opts__)
+    now = time.time()
+    seen = {k: v for k, v in (cache.fetch("pigeon/webhook", "nonces") or {}).items()
+            if now - float(v) < 2 * window}
+    if nonce in seen:
+        return True
+    seen[nonce] = now
+    cache.store("pigeon/webhook", "nonces", seen)
+    return False
+
+
+def _orchestration_error(data):
+    """The first failed step of an orchestration's data, on one line."""
+    steps = next(iter(data.values())) if isinstance(data, dict) and data else data
+    if isinstance(steps, list):
+        return " ".join(str(s) for s in steps).splitlines()[0]
+    if not isinstance(steps, dict):
+        return None
+    failed = [s for s in steps.values() if isinstance(s, dict) and s.get("result") is False
+              and not str(s.get("comment", "")).startswith("One or more requisite failed")]
+    if not failed:
+        return None
+    first = min(failed, key=lambda s: s.get("__run_num__", 0))
+    ret = (first.get("changes") or {}).get("return")
+    if isinstance(ret, dict) and "Error" in ret:
+        return str(ret["Error"])
+    return " ".join(str(first.get("comment", "")).split())[:300]
+
+
+def _reject(tag, reason):
+    log.warning("pigeon: CI event %s ignored: %s", tag, reason)
+    _fire({"tag": tag, "reason": reason}, f"{OUTCOME_TAG}/rejected")
+    __context__["retcode"] = 1
+    return {"rejected": reason}
+
+
+def ci_event(event=None, tag="", **kwargs):
+    """
+    Carry out a deployment asked by a CI event (reactor/deploy.sls calls this).
+
+    Checks the event (a signed, fresh, never-seen webhook; or an event of a
+    minion listed in pigeon_ci_minions), then the request against the schema,
+    then runs the orchestration with source "reactor", and publishes the
+    outcome as the event ``pigeon/deploy/<app>/<action>`` ({app, version,
+    action, ok, error, via}). An invalid or unauthenticated event is logged,
+    published as ``pigeon/deploy/rejected`` ({tag, reason}) and changes nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.ci_event event='{"id": "ci-1", "data": {...}}' tag=pigeon/ci/deploy
+    """
+    window = int(__opts__.get("pigeon_webhook_window", 300))
+    try:
+        raw = __utils__["pigeon_ci.check"](
+            event if isinstance(event, dict) else {}, str(tag), secret=_webhook_secret(),
+            ci_minions=__opts__.get("pigeon_ci_minions") or [], now=time.time(), window=window)
+    except ValueError as exc:  # pigeon_ci.Rejected
+        return _reject(tag, str(exc))
+    via = raw.pop("via")
+    values, refusal = _checked("ci", (), raw)
+    if refusal:
+        return _reject(tag, refusal)
+    if via == "webhook":
+        if "timestamp" not in values or "nonce" not in values:
+            return _reject(tag, "a webhook body needs timestamp and nonce (replay protection); "
+                                "see docs/ci.md")
+        if _seen_nonce(values["nonce"], window):
+            return _reject(tag, f"nonce {values['nonce']} was used already: a replayed webhook")
+    action = values["action"]
+    request = {k: values[k] for k in ("app", "version") if k in values}
+    if action in ("release", "deactivate") and "version" not in request:
+        return _reject(tag, f"{action} needs a version")
+    checked, refusal = _checked(action, (), request)
+    if refusal:
+        return _reject(tag, refusal)
+    started = time.monotonic()
+    value = _orchestrate(action, checked, "reactor")
+    data = value.get("data") if isinstance(value, dict) else value
+    ok = isinstance(value, dict) and value.get("retcode", 1) == 0
+    outcome = {"app": checked["app"], "version": checked.get("version"), "action": action,
+               "via": via, "ok": ok, "error": None if ok else (_orchestration_error(data) or "failed"),
+               "seconds": round(time.monotonic() - started, 3), "source": "reactor"}
+    _fire(outcome, f"{OUTCOME_TAG}/{checked['app']}/{action}")
+    if not ok:
+        __context__["retcode"] = 1
+    return outcome

@@ -1,0 +1,244 @@
+"""
+The one door: every value that reaches Pigeon from outside is checked here,
+once, against a declared schema, before anything acts on it.
+
+Outside means: the keyword arguments a salt-api user sends to the deploy
+runner (``_runners/deploy.py``: ``deploy.release`` ... and ``stacks.status``,
+``stacks.history``), the fields of a CI webhook body or CI minion event
+(``deploy.ci_event``), and the ``stacks:<app>`` pillar an author writes
+(``check_definition``, called by ``stacks.plan``). ``stacks.py`` checks its
+own arguments with the same rules before it sends them.
+
+A request is a dict of keyword arguments. ``check(kind, values)`` returns the
+values converted to their declared types, or raises ``Invalid`` with one line
+naming the key and what is allowed. Unknown keys are refused; so are values of
+another type (``"true"`` is not a boolean, ``30.5`` not an integer). Salt's
+own keyword arguments (``__pub_user`` ...) are not the sender's and are
+dropped before the check by ``outside_kwargs``.
+
+Pure Python, no Salt: loaded by Salt as ``__utils__["pigeon_schema.check"]``
+and imported by path in the unit tests.
+"""
+
+import math
+import re
+
+import yaml
+
+ACTIONS = ("release", "activate", "deactivate", "rollback")
+# an app names containers, docker networks, HAProxy backends and map keys: it starts with a
+# letter, and YAML must read it back as the same string (so `on`, `no`, `null`, `y` are refused)
+APP_RE = re.compile(r"\A[a-z][a-z0-9_-]{0,40}\Z")
+# a version is a docker image tag ("\Z", not "$": "$" lets a trailing newline in)
+VERSION_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+NONCE_RE = re.compile(r"\A[A-Za-z0-9_-]{16,64}\Z")
+# a salt target, as a pillar author writes it: no newline, no control character
+TARGET_RE = re.compile(r"\A[^\x00-\x1f\x7f]{1,512}\Z")
+NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # frontends, docker networks, sls names
+SLS_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+TARGET_TYPES = ("glob", "pcre", "list", "grain", "grain_pcre", "pillar", "pillar_pcre",
+                "nodegroup", "range", "compound", "ipcidr")
+MAX_WAIT = 3600  # seconds an action may wait for the deploy lock
+
+
+class Invalid(ValueError):
+    """A value from outside is not what the schema allows (one line: the key and what is)."""
+
+
+def _show(value):
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class Text:
+    def __init__(self, pattern, allowed, noun="valid"):
+        self.pattern, self.allowed, self.noun = pattern, allowed, noun
+
+    def __call__(self, key, value):
+        if not isinstance(value, str) or not self.pattern.match(value):
+            raise Invalid(f"{key} {_show(value)} is not {self.noun}: {self.allowed}")
+        return value
+
+
+# words that YAML 1.1 (the spec, beyond what PyYAML implements) reads as booleans or null
+YAML_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null"})
+
+
+class AppName(Text):
+    def __call__(self, key, value):
+        value = super().__call__(key, value)
+        if value in YAML_WORDS:
+            raise Invalid(f"{key} {_show(value)} is not valid: YAML reads it as a boolean or "
+                          "null, not as a name")
+        if yaml.safe_load(value) != value:
+            raise Invalid(f"{key} {_show(value)} is not valid: YAML reads it as "
+                          f"{type(yaml.safe_load(value)).__name__}, not as a name")
+        return value
+
+
+class Flag:
+    allowed = "true or false"
+
+    def __call__(self, key, value):
+        if not isinstance(value, bool):
+            raise Invalid(f"{key} {_show(value)} is not valid: {self.allowed} (a boolean)")
+        return value
+
+
+class Integer:
+    def __init__(self, low, high):
+        self.low, self.high = low, high
+
+    def __call__(self, key, value):
+        if isinstance(value, float) and math.isfinite(value) and value == int(value):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not self.low <= value <= self.high:
+            raise Invalid(f"{key} {_show(value)} is not valid: a whole number from "
+                          f"{self.low} to {self.high}")
+        return value
+
+
+class OneOf:
+    def __init__(self, *choices):
+        self.choices = choices
+
+    def __call__(self, key, value):
+        if value not in self.choices or not isinstance(value, str):
+            raise Invalid(f"{key} {_show(value)} is not valid: one of {', '.join(self.choices)}")
+        return value
+
+
+APP = AppName(APP_RE, "1-41 lower-case letters, digits, '-' and '_', starting with a letter")
+VERSION = Text(VERSION_RE, "1-128 letters, digits, '_', '.', '-'; not starting with '.' or '-'",
+               noun="a valid image tag")
+WAIT = Integer(0, MAX_WAIT)
+FLAG = Flag()
+
+# kind: {key: (checker, required)}
+REQUESTS = {
+    "release": {"app": (APP, True), "version": (VERSION, False), "keep_failed": (FLAG, False),
+                "wait": (WAIT, False)},
+    "activate": {"app": (APP, True), "version": (VERSION, False), "wait": (WAIT, False)},
+    "deactivate": {"app": (APP, True), "version": (VERSION, True), "force": (FLAG, False),
+                   "wait": (WAIT, False)},
+    "rollback": {"app": (APP, True), "wait": (WAIT, False)},
+    "status": {"app": (APP, False), "observe": (FLAG, False)},
+    "history": {"app": (APP, True), "limit": (Integer(0, 500), False)},
+    # a CI webhook body or CI minion event (deploy.ci_event), after its signature was checked
+    "ci": {"action": (OneOf(*ACTIONS), True), "app": (APP, True), "version": (VERSION, False),
+           "timestamp": (Integer(0, 2**40), False),
+           "nonce": (Text(NONCE_RE, "16-64 letters, digits, '-' and '_'"), False)},
+}
+
+
+def check_app(app):
+    """``app`` if it is a valid app name, else Invalid (one line)."""
+    return APP("app", app)
+
+
+def outside_kwargs(kwargs):
+    """The keyword arguments a sender gave: Salt's own (``__pub_*``, ``__user__``) dropped."""
+    return {k: v for k, v in kwargs.items() if not (isinstance(k, str) and k.startswith("__"))}
+
+
+def check(kind, values):
+    """
+    ``values`` checked against the schema of ``kind`` (a key of REQUESTS): the
+    values, or Invalid (one line). Unknown and missing keys are refused.
+    """
+    schema = REQUESTS[kind]
+    if not isinstance(values, dict):
+        raise Invalid(f"{kind}: the request must be a mapping of keys to values")
+    unknown = sorted(str(k) for k in values if k not in schema)
+    if unknown:
+        raise Invalid(f"{kind}: unknown key {_show(unknown[0])}; allowed: {', '.join(sorted(schema))}")
+    result = {}
+    for key, (checker, required) in schema.items():
+        if key not in values or values[key] is None:
+            if required:
+                raise Invalid(f"{kind}: {key} is missing")
+            continue
+        result[key] = checker(key, values[key])
+    return result
+
+
+# ---------------------------------------------------------------------------
+# the stacks:<app> pillar: what a pillar author may write (see docs/pillar.md)
+def _mapping(path, value, required=True):
+    if value is None and not required:
+        return {}
+    if not isinstance(value, dict):
+        raise Invalid(f"broken pillar: {path} must be a mapping; see docs/pillar.md")
+    return value
+
+
+def _pillar_integer(path, value, low, high):
+    try:
+        return Integer(low, high)(path, value)
+    except Invalid as exc:
+        raise Invalid(f"broken pillar: {exc}; see docs/pillar.md") from None
+
+
+def _pillar_text(path, value, pattern, allowed):
+    try:
+        return Text(pattern, allowed)(path, value)
+    except Invalid as exc:
+        raise Invalid(f"broken pillar: {exc}; see docs/pillar.md") from None
+
+
+def check_definition(app, definition):
+    """
+    The checks of a ``stacks:<app>`` definition that Pigeon's steps rely on:
+    Invalid (one line, naming the key) when a value would break a step or reach
+    SLS text as something else than data. Returns None.
+    """
+    base = f"stacks:{app}"
+    if not isinstance(definition, dict):
+        raise Invalid(f"unknown app {app!r}: no {base} in pillar; check the app name or the "
+                      "pillar (salt-run pillar.items on the master)")
+    for section in ("loadbal", "config"):
+        if definition.get(section) is None:
+            raise Invalid(f"broken pillar: {base}:{section} is missing; see docs/pillar.md")
+        _mapping(f"{base}:{section}", definition[section])
+    loadbal, config = definition["loadbal"], definition["config"]
+    for key in ("target", "frontend", "default_network"):
+        if not loadbal.get(key):
+            raise Invalid(f"broken pillar: {base}:loadbal:{key} is missing; see docs/pillar.md")
+    if not config.get("target"):
+        raise Invalid(f"broken pillar: {base}:config:target is missing; see docs/pillar.md")
+    for section, values in (("loadbal", loadbal), ("config", config)):
+        _pillar_text(f"{base}:{section}:target", values["target"], TARGET_RE,
+                     "a salt target on one line")
+        target_type = values.get("target_type", "glob")
+        if target_type not in TARGET_TYPES:
+            raise Invalid(f"broken pillar: {base}:{section}:target_type {_show(target_type)} is "
+                          f"not valid: one of {', '.join(TARGET_TYPES)}; see docs/pillar.md")
+    for key in ("frontend", "default_network"):
+        _pillar_text(f"{base}:loadbal:{key}", loadbal[key], NAME_RE,
+                     "1-64 letters, digits, '_', '.', '-'")
+    if config.get("formula") is not None:
+        _pillar_text(f"{base}:config:formula", config["formula"], SLS_RE, "an sls name")
+    healthcheck = _mapping(f"{base}:loadbal:healthcheck", loadbal.get("healthcheck"), required=False)
+    if "timeout" in healthcheck:
+        _pillar_integer(f"{base}:loadbal:healthcheck:timeout", healthcheck["timeout"], 1, 3600)
+    if "drain_timeout" in loadbal:
+        _pillar_integer(f"{base}:loadbal:drain_timeout", loadbal["drain_timeout"], 0, 3600)
+    if "backend_port" in loadbal:
+        _pillar_integer(f"{base}:loadbal:backend_port", loadbal["backend_port"], 1, 65535)
+    if definition.get("version") is not None:
+        version = definition["version"]
+        if isinstance(version, (int, float)) and not isinstance(version, bool):
+            raise Invalid(f"broken pillar: {base}:version {version!r} is a number; quote it "
+                          f"(version: '{version}'); see docs/pillar.md")
+        _pillar_text(f"{base}:version", version, VERSION_RE, "an image tag")
+    services = definition.get("task_definitions", definition.get("task_definition"))
+    services = _mapping(f"{base}:task_definitions", services)
+    if "count" in services:
+        _pillar_integer(f"{base}:task_definitions:count", services["count"], 1, 100)
+    if "task_definition" in definition:
+        names = _mapping(f"{base}:task_definition:services", services.get("services"), required=False)
+    else:
+        names = {k: v for k, v in services.items() if k != "count"}
+    for name in names:
+        _pillar_text(f"{base}:task_definitions service name", name, NAME_RE,
+                     "1-64 letters, digits, '_', '.', '-'")
