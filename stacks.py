@@ -38,6 +38,8 @@ ACTIONS = ("release", "activate", "deactivate", "rollback")
 VIEWS = ("status", "history")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API, EXIT_DEADLINE = 0, 1, 2, 3, 4
 MAX_WAIT = 3600  # the deploy runner's bound of wait (pigeon_schema.MAX_WAIT)
+APP_SHAPE = re.compile(r"[a-z][a-z0-9_-]{0,40}")  # pigeon_schema.APP_RE
+VERSION_SHAPE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # pigeon_schema.VERSION_RE
 
 
 class StacksError(Exception):
@@ -527,6 +529,13 @@ def parse_args(argv):
         parser.error(f"{args.command} needs --app-name")
     if args.command == "deactivate" and not args.version:
         parser.error("deactivate needs --version")
+    # the shape of what is sent (the deploy runner checks it all again, with YAML's reading too)
+    if args.app is not None and not APP_SHAPE.fullmatch(args.app):
+        parser.error(f"--app-name {args.app!r}: lower-case letters, digits, '-' and '_', starting "
+                     "with a letter (at most 41)")
+    if args.version is not None and not VERSION_SHAPE.fullmatch(args.version):
+        parser.error(f"--version {args.version[:60]!r} is not a valid image tag: 1-128 letters, "
+                     "digits, '_', '.', '-', not starting with '.' or '-'")
     if args.force and args.command != "deactivate":
         parser.error("--force applies to deactivate only")
     if args.keep_failed and args.command != "release":

@@ -56,7 +56,7 @@ printf '%s:%s\n' "$API_USER" "$(tr -d '\n' < "$ROOT/api-password" | sha256sum | 
 chmod 600 "$CONF/eauth-users"
 
 HOOK_PORT=${PIGEON_HOOK_PORT:-8001}
-# the configuration: one file in the repo (bootstrap/salt-master.conf), its @NAME@ replaced
+# the configuration: one file in the repo (bootstrap/salt-master.conf), its placeholders replaced
 config_before=$(cat "$CONF/master" 2>/dev/null | sha256sum || true)
 rm -f "$CONF/master.d/api.conf" "$CONF/master.d/reactor.conf"   # written by earlier versions
 sed -e "s|@ROOT@|$ROOT|g" -e "s|@REPO@|$REPO|g" -e "s|@MASTER_ID@|$MASTER_ID|g" \

@@ -23,8 +23,10 @@ Master config::
 import http.server
 import json
 import logging
+import re
 import socketserver
 import ssl
+import time
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ __virtualname__ = "pigeon_webhook"
 PATH = "/hook/pigeon/deploy"
 TAG = "pigeon/webhook/deploy"
 MAX_BODY = 65536
+DRAIN = 1 << 20  # bytes of a refused, too large body read before answering
 READ_TIMEOUT = 5  # seconds for the headers and the body
 SIGNATURE_HEADER = "X-Pigeon-Signature"
 
@@ -55,9 +58,9 @@ def check_request(method, path, headers):
     length = headers.get("Content-Length")
     if length is None:
         return 411, "Content-Length is required"
-    if not str(length).isdigit():
+    if not re.fullmatch(r"[0-9]+", str(length)):  # ASCII digits only (not '²')
         return 400, "Content-Length is not a number"
-    if int(length) > MAX_BODY:
+    if len(str(length)) > 12 or int(length) > MAX_BODY:
         return 413, f"the body is larger than {MAX_BODY} bytes"
     return None
 
@@ -96,9 +99,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _handle(self):
         refused = check_request(self.command, self.path, self.headers)
         if refused:
+            if refused[0] == 413:
+                # read (and drop) some of what the client sends, so that it gets the answer
+                # instead of a reset; never more than DRAIN bytes
+                self._read(min(int(self.headers["Content-Length"]), DRAIN), timeout=1)
             self._answer(refused[0], {"success": False, "error": refused[1]})
             return
-        raw = self.rfile.read(int(self.headers["Content-Length"]))
+        raw = self._read(int(self.headers["Content-Length"]))
+        if raw is None:
+            self._answer(408, {"success": False, "error": f"the body did not arrive within {READ_TIMEOUT} s"})
+            return
         try:
             body = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -106,6 +116,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         type(self).fire(event_data(body, self.headers), TAG)
         self._answer(202, {"success": True})
+
+    def _read(self, length, timeout=None):
+        """The body, or None when it does not arrive whole within ``timeout`` (READ_TIMEOUT) in all."""
+        deadline = time.monotonic() + (READ_TIMEOUT if timeout is None else timeout)
+        chunks, left = [], length
+        while left > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self.connection.settimeout(remaining)
+            try:
+                chunk = self.rfile.read1(min(left, 16384))
+            except (OSError, ValueError):
+                return None
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
 
     do_POST = do_GET = do_PUT = do_DELETE = do_PATCH = _handle
 

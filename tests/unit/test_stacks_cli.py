@@ -7,12 +7,15 @@ rest_cherrypy does, with canned state.orchestrate returns shaped like the ones
 the master gives for the orch.* SLS files.
 """
 
+import atexit
 import copy
 import http.server
 import json
+import os
 import pathlib
 import socket
 import sys
+import tempfile
 import threading
 import time
 
@@ -739,9 +742,21 @@ def test_saltapi_needs_url_and_credentials():
 
 # ---------------------------------------------------------------------------
 # main, end to end against the fake salt-api
+def _password_file(password):
+    """A file holding ``password`` (--saltapi-pass-file), removed at exit."""
+    fd, path = tempfile.mkstemp(prefix="pigeon-test-pass-")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(password + "\n")
+    atexit.register(os.unlink, path)
+    return path
+
+
+PASSWORD_FILE = _password_file(FakeSaltApi.PASSWORD)
+
+
 def _argv(api, *extra, action=("release", "--app-name", "app", "--version", "1.0")):
     return [*action, "--saltapi-url", api.url, "--saltapi-user", "deployer",
-            "--saltapi-pass", FakeSaltApi.PASSWORD, "--timeout", "5", *extra]
+            "--saltapi-pass-file", PASSWORD_FILE, "--timeout", "5", *extra]
 
 
 def test_main_success(api, capsys):
@@ -758,8 +773,9 @@ def test_main_success(api, capsys):
     assert step_lines == [["containers", "ok", "2.6", "s"], ["routes", "ok", "0.2", "s"],
                           ["commit", "ok", "0.1", "s"]]
     run = api.requests[-1]
-    assert run["body"] == [{"client": "runner", "fun": "state.orchestrate", "arg": ["orch.release"],
-                            "kwarg": {"pillar": {"pigeon": {"app": "app", "version": "1.0", "source": "cli"}}}}]
+    # the deploy runner, with exactly the request's keys (its schema refuses any other)
+    assert run["body"] == [{"client": "runner", "fun": "deploy.release", "arg": [],
+                            "kwarg": {"app": "app", "version": "1.0"}}]
 
 
 def test_main_settings_from_env_and_pillar_flags(api, capsys, monkeypatch):
@@ -767,11 +783,11 @@ def test_main_settings_from_env_and_pillar_flags(api, capsys, monkeypatch):
     monkeypatch.setenv("SALTAPI_USER", "deployer")
     monkeypatch.setenv("SALTAPI_PASS", FakeSaltApi.PASSWORD)
     api.payload = activate_payload({"app": "app", "version": "2.0", "message": "app 2.0 is active; 1.0 is inactive"})
-    assert stacks.main(["--app-name", "app", "--action", "activate", "--wait", "30", "--keep-failed", "-q"]) == 0
+    assert stacks.main(["--app-name", "app", "--action", "release", "--wait", "30", "--keep-failed", "-q"]) == 0
     assert capsys.readouterr().out == ""
-    pillar = api.requests[-1]["body"][0]["kwarg"]["pillar"]["pigeon"]
-    assert pillar == {"app": "app", "source": "cli", "wait": 30, "keep_failed": True}
-    assert api.requests[-1]["body"][0]["arg"] == ["orch.activate"]
+    kwarg = api.requests[-1]["body"][0]["kwarg"]
+    assert kwarg == {"app": "app", "wait": 30, "keep_failed": True}
+    assert api.requests[-1]["body"][0]["fun"] == "deploy.release"
     assert api.requests[0]["body"]["eauth"] == "auto"
 
 
@@ -825,8 +841,8 @@ class ProgressClient:
     def __init__(self, ret, order=None):
         self.ret, self.order, self.calls = ret, order, []
 
-    def orchestrate(self, mods, pillar, on_step=None):
-        self.calls.append({"mods": mods, "pillar": pillar, "progress": on_step is not None})
+    def deploy(self, action, kwarg, on_step=None):
+        self.calls.append({"action": action, "kwarg": kwarg, "progress": on_step is not None})
         if on_step is not None:
             values = sorted(self.ret["data"][MASTER].values(), key=lambda v: v["__run_num__"])
             by_id = {v["__id__"]: v for v in values}
@@ -851,7 +867,7 @@ def test_progress_lines_as_steps_end():
         "pigeon-release-containers-state", "pigeon-release-loadbal-state", "pigeon-release-routes-function",
         "pigeon-release-cleanup-state", "pigeon-release-commit-runner", "pigeon-release-abort-runner"])
     lines, report = _run(client)
-    assert client.calls[0]["progress"] is True and client.calls[0]["mods"] == "orch.release"
+    assert client.calls[0]["progress"] is True and client.calls[0]["action"] == "release"
     assert lines[0] == "release app 1.0 through https://salt.example:8000"
     # one line per step that ran, as it ended; skipped onfail steps (cleanup, abort) not shown,
     # and no second list of the steps at the end
@@ -887,7 +903,7 @@ def test_no_progress_lines_asked(flag):
 
 def test_main_wrong_password(api, capsys):
     argv = _argv(api)
-    argv[argv.index("--saltapi-pass") + 1] = "wrong"
+    argv[argv.index("--saltapi-pass-file") + 1] = _password_file("wrong")
     assert stacks.main(argv) == 3
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "refused the credentials" in err[0]
@@ -895,7 +911,7 @@ def test_main_wrong_password(api, capsys):
 
 def test_main_unreachable(closed_port, capsys):
     assert stacks.main(["status", "--saltapi-url", f"http://127.0.0.1:{closed_port}",
-                        "--saltapi-user", "u", "--saltapi-pass", "p", "--timeout", "5"]) == 3
+                        "--saltapi-user", "u", "--saltapi-pass-file", PASSWORD_FILE, "--timeout", "5"]) == 3
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("stacks.py: cannot reach salt-api")
 

@@ -23,9 +23,12 @@ The first part of this file (socket client, parsers, map file I/O) uses no
 Salt dunders, so it can be tested on its own.
 """
 
+import contextlib
 import csv
+import fcntl
 import logging
 import os
+import tempfile
 import posixpath
 import socket as socketlib
 import time
@@ -199,13 +202,32 @@ def backend_names(text):
 
 
 def _atomic_write(path, text):
-    """Write text to path through a fsynced temporary file and os.replace."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    """Write text to path through a fsynced temporary file of its own and os.replace."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-",
+                               suffix="-" + os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def map_lock(path):
+    """Serialize the writers of one map file (every app's routes share it): an flock on
+    ``<path>.lock``, held for the read, the write and the runtime change."""
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def atomic_write_map(path, entries):
@@ -581,20 +603,29 @@ def set_routes(routes, map_name="routes.map", socket=None, maps_dir=None, maps_d
             check_up(backend, count, socket=socket)
     host_path, map_ref = _map_paths(map_name, maps_dir, maps_dir_in_container)
     _check_backends_exist([value for value in routes.values() if value is not None], socket)
-    runtime = _runtime_map(map_ref, socket)
-
-    on_disk = read_map_file(host_path)
-    updated = dict(on_disk)
-    for key, value in routes.items():
-        if value is None:
-            updated.pop(key, None)
-        else:
-            updated[key] = value
-    if updated != on_disk or not os.path.exists(host_path):
-        atomic_write_map(host_path, updated)
-
-    changes = _apply_runtime(map_ref, routes, runtime, socket)
-    final = _verify_runtime(map_ref, routes, socket) if changes else runtime
+    with map_lock(host_path):
+        # only the keys of ``routes`` change, read and written under the map's lock: two
+        # apps switching at once both keep their routes
+        runtime = _runtime_map(map_ref, socket)
+        on_disk = read_map_file(host_path)
+        updated = dict(on_disk)
+        for key, value in routes.items():
+            if value is None:
+                updated.pop(key, None)
+            else:
+                updated[key] = value
+        if updated != on_disk or not os.path.exists(host_path):
+            atomic_write_map(host_path, updated)
+        try:
+            changes = _apply_runtime(map_ref, routes, runtime, socket)
+            final = _verify_runtime(map_ref, routes, socket) if changes else runtime
+        except Exception:
+            # the running map could not take the routes: the file goes back to what it
+            # was, and so do the keys already changed at runtime, so that the two agree
+            atomic_write_map(host_path, on_disk)
+            with contextlib.suppress(Exception):
+                _apply_runtime(map_ref, {k: runtime.get(k) for k in routes}, _runtime_map(map_ref, socket), socket)
+            raise
     return {"changes": changes, "map": final}
 
 
@@ -612,6 +643,11 @@ def sync_map(map_name="routes.map", socket=None, maps_dir=None, maps_dir_in_cont
         salt '*' haproxy_runtime.sync_map routes.map
     """
     host_path, map_ref = _map_paths(map_name, maps_dir, maps_dir_in_container)
+    with map_lock(host_path):
+        return _sync_map(host_path, map_ref, socket)
+
+
+def _sync_map(host_path, map_ref, socket):
     if not os.path.exists(host_path):
         raise CommandExecutionError(
             f"map file {host_path}: not found; check haproxy_runtime:maps_dir before syncing (it would empty the map)"

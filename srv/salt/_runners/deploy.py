@@ -139,17 +139,27 @@ def _webhook_secret():
 
 def _seen_nonce(nonce, window):
     """Whether ``nonce`` was used within ``window`` seconds (and remember it if not)."""
+    import fcntl  # pylint: disable=import-outside-toplevel
+    import os  # pylint: disable=import-outside-toplevel
+
     import salt.cache  # pylint: disable=import-outside-toplevel
 
-    cache = salt.cache.factory(__opts__)
-    now = time.time()
-    seen = {k: v for k, v in (cache.fetch("pigeon/webhook", "nonces") or {}).items()
-            if now - float(v) < 2 * window}
-    if nonce in seen:
-        return True
-    seen[nonce] = now
-    cache.store("pigeon/webhook", "nonces", seen)
-    return False
+    directory = os.path.join(__opts__["cachedir"], "pigeon")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(directory, "nonces.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # two deliveries of one body at once: one of them wins
+        cache = salt.cache.factory(__opts__)
+        now = time.time()
+        seen = {k: v for k, v in (cache.fetch("pigeon/webhook", "nonces") or {}).items()
+                if now - float(v) < 2 * window}
+        if nonce in seen:
+            return True
+        seen[nonce] = now
+        cache.store("pigeon/webhook", "nonces", seen)
+        return False
+    finally:
+        os.close(fd)
 
 
 def _orchestration_error(data):

@@ -52,7 +52,7 @@ def _same(given, expected):
     """Constant-time comparison of a header value of any type or encoding with ours."""
     if not isinstance(given, str):
         return False
-    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode())
 
 
 def check(event, tag, secret=None, ci_minions=(), now=None, window=300):
@@ -70,7 +70,7 @@ def check(event, tag, secret=None, ci_minions=(), now=None, window=300):
         body = event.get("body")
         if not isinstance(body, str):
             raise Rejected("the webhook has no body")
-        if len(body.encode("utf-8", "surrogateescape")) > MAX_BODY:
+        if len(body.encode("utf-8", "surrogatepass")) > MAX_BODY:
             raise Rejected(f"the body is larger than {MAX_BODY} bytes")
         headers = event.get("headers")
         given = _header(headers, SIGNATURE_HEADER)
@@ -83,15 +83,19 @@ def check(event, tag, secret=None, ci_minions=(), now=None, window=300):
             raise Rejected(f"Content-Type {kind[:40]!r}: a webhook body must be application/json")
         try:
             request = json.loads(body)
-        except ValueError as exc:
-            raise Rejected("the body is not JSON") from exc
+        except (ValueError, RecursionError) as exc:
+            raise Rejected("the body is not JSON (or nested too deep)") from exc
         if not isinstance(request, dict):
             raise Rejected("the request is not a JSON object")
         stamp = request.get("timestamp")
-        if now is not None and isinstance(stamp, (int, float)) and not isinstance(stamp, bool) \
-                and abs(now - stamp) > window:
-            raise Rejected(f"timestamp {stamp} is more than {window} s from the master's clock: "
-                           "a stale or replayed webhook")
+        if now is not None and isinstance(stamp, (int, float)) and not isinstance(stamp, bool):
+            try:
+                stale = not abs(float(now) - float(stamp)) <= window  # nan is stale too
+            except OverflowError:
+                stale = True
+            if stale:
+                raise Rejected(f"timestamp {str(stamp)[:20]} is more than {window} s from the "
+                               "master's clock: a stale or replayed webhook")
         via = "webhook"
     else:
         minion = event.get("id")

@@ -22,11 +22,20 @@ import os
 import socket
 import threading
 import time
+import uuid
 
 
 def owner():
-    """Who takes a lock: this host, process and thread."""
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+    """Who takes a lock: this host, process and thread. The thread is named by a token kept
+    on its Thread object (not by its ident, which Python hands to the next thread once it
+    ended), so that a new thread never passes for one that died holding a lock; the token is
+    the same for every Salt loader that runs in the thread (render and steps)."""
+    thread = threading.current_thread()
+    token = getattr(thread, "_pigeon_lock_token", None)
+    if token is None:
+        token = uuid.uuid4().hex[:16]
+        thread._pigeon_lock_token = token  # pylint: disable=protected-access
+    return f"{socket.gethostname()}:{os.getpid()}:{token}"
 
 
 def _path(directory, app):
@@ -125,21 +134,35 @@ def release(directory, app):
     return True
 
 
+def _flocked(path):
+    """Whether a process holds an exclusive flock on ``path``, from /proc/locks: asking
+    must not take a lock itself (an instant's LOCK_SH would make a taker fail)."""
+    st = os.stat(path)
+    ident = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+    with open("/proc/locks", encoding="ascii", errors="replace") as fh:
+        for line in fh:
+            fields = line.split()
+            if len(fields) < 6 or fields[1] == "->" or fields[1] != "FLOCK" or fields[3] != "WRITE":
+                continue
+            try:
+                major, minor, inode = fields[5].split(":")
+                if (int(major, 16), int(minor, 16), int(inode)) == ident:
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
 def holder(directory, app):
     """Who holds the lock of ``app`` now (its content), or None: asked of the kernel."""
     path = _path(directory, app)
     try:
+        if not _flocked(path):
+            return None
         fd = _open(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise
-            return _content(fd) or {"owner": "unknown"}
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
+        return _content(fd) or {"owner": "unknown"}
     finally:
         os.close(fd)

@@ -20,6 +20,7 @@ Pure Python, no Salt: loaded by Salt as ``__utils__["pigeon_schema.check"]``
 and imported by path in the unit tests.
 """
 
+import json
 import math
 import re
 
@@ -186,6 +187,24 @@ def _pillar_text(path, value, pattern, allowed):
         raise Invalid(f"broken pillar: {exc}; see docs/pillar.md") from None
 
 
+def _walk(path, value):
+    """Every string of a definition: no character outside the BMP (ASCII-escaped JSON writes
+    one as a surrogate pair, which YAML refuses) and no key over 1000 characters (YAML's
+    limit for a key is 1024)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and len(json.dumps(key)) > 1000:
+                raise Invalid(f"broken pillar: a key of {path} is over 1000 characters as JSON")
+            _walk(f"{path}:{str(key)[:40]}", key)
+            _walk(f"{path}:{str(key)[:40]}", item)
+    elif isinstance(value, (list, tuple)):
+        for n, item in enumerate(value):
+            _walk(f"{path}:{n}", item)
+    elif isinstance(value, str) and any(ord(c) > 0xFFFF for c in value):
+        raise Invalid(f"broken pillar: {path} has a character outside the Basic Multilingual "
+                      "Plane (such as an emoji), which Salt's YAML cannot carry; see docs/pillar.md")
+
+
 def check_definition(app, definition):
     """
     The checks of a ``stacks:<app>`` definition that Pigeon's steps rely on:
@@ -196,6 +215,7 @@ def check_definition(app, definition):
     if not isinstance(definition, dict):
         raise Invalid(f"unknown app {app!r}: no {base} in pillar; check the app name or the "
                       "pillar (salt-run pillar.items on the master)")
+    _walk(base, definition)
     for section in ("loadbal", "config"):
         if definition.get(section) is None:
             raise Invalid(f"broken pillar: {base}:{section} is missing; see docs/pillar.md")

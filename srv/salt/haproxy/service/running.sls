@@ -49,7 +49,6 @@ haproxy-service-running-docker-container-running:
 haproxy-service-running-config-check-cmd-run:
   cmd.run:
     - name: {{ ('docker exec ' ~ haproxy.container_name ~ ' haproxy -c -q -f /usr/local/etc/haproxy/haproxy.cfg') | tojson }}
-    - python_shell: False
     - onchanges:
       - file: haproxy-config-file-file-managed
       - file: haproxy-config-file-internal-acl-file-managed
@@ -66,7 +65,6 @@ haproxy-service-running-server-state-module-run:
 haproxy-service-running-reload-cmd-run:
   cmd.run:
     - name: {{ ('docker kill -s USR2 ' ~ haproxy.container_name) | tojson }}
-    - python_shell: False
     - onchanges:
       - module: haproxy-service-running-server-state-module-run
 
