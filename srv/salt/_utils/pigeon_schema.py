@@ -199,6 +199,9 @@ def _walk(path, value):
             _walk(f"{path}:{str(key)[:40]}", item)
     elif isinstance(value, (list, tuple)):
         for n, item in enumerate(value):
+            if isinstance(item, str) and len(json.dumps(item.partition("=")[0])) > 1000:
+                # `key=value` items (labels, environment) become keys
+                raise Invalid(f"broken pillar: {path}:{n} names a key over 1000 characters as JSON")
             _walk(f"{path}:{n}", item)
     elif isinstance(value, str) and any(ord(c) > 0xFFFF for c in value):
         raise Invalid(f"broken pillar: {path} has a character outside the Basic Multilingual "
