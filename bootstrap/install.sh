@@ -52,6 +52,13 @@ if ! docker info >/dev/null 2>&1; then
     systemctl enable --now docker >/dev/null
   else
     step "starting dockerd in the background (log: /var/log/pigeon-dockerd.log)"
+    # a daemon that was killed leaves its pidfile, and dockerd refuses to start beside it
+    # while that pid exists at all (a zombie, or a reused pid): remove it unless a live dockerd owns it
+    pid=$(cat /var/run/docker.pid 2>/dev/null || true)
+    if [ -n "$pid" ] && ! { [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = dockerd ] \
+                          && ! grep -q '^State:[[:space:]]*Z' /proc/"$pid"/status 2>/dev/null; }; then
+      rm -f /var/run/docker.pid
+    fi
     # no userland proxy: published ports (HAProxy's) are forwarded by iptables alone, instead
     # of a docker-proxy process copying every connection (the docker formula does the same)
     nohup dockerd --userland-proxy=false >/var/log/pigeon-dockerd.log 2>&1 &

@@ -30,6 +30,10 @@ haproxy:
   tls:
     certificate_source: $LAB/tls/haproxy.pem
 SLS
+  # An HAProxy container that a killed daemon left stopped may name networks that are gone:
+  # the formula starts a new one (its configuration and server state live on the host)
+  stale=$(docker ps -aq --filter label=pigeon.role=haproxy --filter status=exited --filter status=created --filter status=dead)
+  if [ -n "$stale" ]; then step "removing a stopped HAProxy container"; docker rm -f $stale >/dev/null; fi
   step "starting salt-master and salt-api (.lab/etc/salt)"
   "$REPO/bootstrap/master.sh" "$LAB"
   step "starting salt-minion $MINION_ID"

@@ -12,8 +12,12 @@ include:
     - name: {{ network | tojson }}
     - labels:
       - pigeon.managed=true
-{%-   if haproxy.extra_networks.get(network, {}).get('subnet') %}
-    - subnet: {{ haproxy.extra_networks[network].subnet | tojson }}
+{%-   set extra = haproxy.extra_networks.get(network) or {} %}
+{%-   if extra.get('subnet') %}
+    - subnet: {{ extra.subnet | tojson }}
+{#-     docker reports a gateway it chose only after a restart of the daemon: without it here,
+        the next apply would see a changed network and recreate it under the containers' feet #}
+    - gateway: {{ (extra.get('gateway') or (extra.subnet | network_hosts | first)) | tojson }}
 {%-   endif %}
     - require_in:
       - docker_container: haproxy-service-running-docker-container-running
