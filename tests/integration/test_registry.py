@@ -11,41 +11,8 @@ import threading
 import time
 
 import pytest
-import requests
 
-from conftest import APP, LAB, PREVIEW, PRODUCTION, app_status, new_version, reset_app, wait_for
-
-
-class Load:
-    """Requests production in a loop in a thread; counts answers by version and failures."""
-
-    def __init__(self, ca, url=PRODUCTION):
-        self.ca, self.url = ca, url
-        self.versions, self.failures, self.stop = {}, [], threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        session = requests.Session()
-        session.trust_env = False
-        deadline = time.monotonic() + 600
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            try:
-                r = session.get(self.url, verify=self.ca, timeout=5)
-                if r.status_code != 200:
-                    self.failures.append(r.status_code)
-                else:
-                    version = r.text.split()[1]
-                    self.versions[version] = self.versions.get(version, 0) + 1
-            except requests.RequestException as exc:
-                self.failures.append(repr(exc))
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join(10)
+from conftest import APP, LAB, PRODUCTION, Load, app_status, new_version, reset_app, wait_for
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from conftest import APP, LAB, PREVIEW, PRODUCTION, app_status, new_version, wait_for
-from test_registry import Load
+from conftest import APP, LAB, PREVIEW, PRODUCTION, Load, app_status, new_version, wait_for
 
 SALT = [str(LAB / "venv/bin/salt"), "-c", str(LAB / "etc/salt"), "lab-minion"]
 TEST_PILLAR = LAB / "pillar" / "test_stacks.sls"
