@@ -180,9 +180,12 @@ class SaltApi:
         if response.status_code == 403:
             raise StacksError(f"salt-api: {self.user!r} may not run this; check the master's "
                               "external_auth ACL", EXIT_API)
+        if response.status_code == 503:
+            raise StacksError(f"salt-api answered HTTP 503 on {path}: the salt-master does not answer "
+                              "it; is the salt-master running? (in the lab: make lab)", EXIT_API)
         if response.status_code >= 400:
             raise StacksError(f"salt-api answered HTTP {response.status_code} on {path}: "
-                              f"{response.text.strip()[:200]}", EXIT_API)
+                              f"{_page_text(response.text)}", EXIT_API)
         try:
             return response.json()
         except ValueError as exc:
@@ -262,14 +265,48 @@ class SaltApi:
             except (KeyError, IndexError, TypeError) as exc:
                 raise StacksError("salt-api did not start the action", EXIT_API) from exc
             deadline = time.monotonic() + self.timeout
+            unlocked = 0
             while True:
-                tag, event = stream.next(deadline)
+                now = time.monotonic()
+                if now >= deadline:
+                    raise StacksError("no answer from salt-api within the deadline; the action may "
+                                      "still run on the master: see ./stacks.py status, or raise "
+                                      "--deadline", EXIT_DEADLINE)
+                item = stream.next(min(deadline, now + self.SILENCE))
+                if item is None:  # a quiet while: is the action still there?
+                    unlocked = unlocked + 1 if self._lock_free(kwarg.get("app"), deadline) else 0
+                    if unlocked >= 2:
+                        raise StacksError("the action ended without a result (did its process on the "
+                                          "master die?); see ./stacks.py status and history",
+                                          EXIT_FAILED)
+                    continue
+                tag, event = item
                 if tag.startswith(f"salt/job/{jid}/prog/"):
                     on_step(event.get("data", {}).get("ret", {}))
                 elif tag == f"salt/run/{jid}/ret":
                     return event.get("data", {}).get("return")
         finally:
             stream.close()
+
+    SILENCE = 15  # seconds without an event after which deploy() asks whether the action lives
+
+    def _lock_free(self, app, deadline):
+        """Whether no action holds the deploy lock of ``app`` (the orchestration holds it from
+        its plan to its commit or abort; the kernel frees it when its process dies). Asked of
+        the registry, without looking at the minions; a master that does not answer is one line."""
+        timeout, self.timeout = self.timeout, max(1.0, min(30.0, deadline - time.monotonic()))
+        try:
+            status = self.runner("stacks.status", kwarg={"app": app, "observe": False})
+        except StacksError as exc:
+            if exc.code == EXIT_DEADLINE:
+                raise StacksError(f"lost the action: salt-api did not answer within {self.timeout:g} s "
+                                  "(is the salt-master running? in the lab: make lab); see "
+                                  "./stacks.py status once it answers", EXIT_API) from exc
+            raise StacksError(f"lost the action: {exc}", exc.code) from exc
+        finally:
+            self.timeout = timeout
+        entry = status.get(app) if isinstance(status, dict) else None
+        return isinstance(entry, dict) and entry.get("lock") is None
 
 
 class EventStream:
@@ -305,14 +342,13 @@ class EventStream:
         """The HTTP status of /events (None until it answered)."""
         return getattr(self.response, "status_code", None)
 
-    def next(self, deadline):
-        remaining = deadline - time.monotonic()
+    def next(self, until):
+        """The next (tag, event), or None when none came before ``until`` (monotonic)."""
+        remaining = until - time.monotonic()
         try:
             tag, event = self.queue.get(timeout=max(remaining, 0.001))
-        except queue.Empty as exc:
-            raise StacksError("no answer from salt-api within the deadline; the action may still "
-                              "run on the master: see ./stacks.py status, or raise --deadline",
-                              EXIT_DEADLINE) from exc
+        except queue.Empty:
+            return None
         if tag == "pigeon/stream-error":
             raise StacksError(f"salt-api's event stream broke ({event['error'][:120]}); the action "
                               "may still run: see ./stacks.py status", EXIT_API)
@@ -373,6 +409,16 @@ def _minion_failure(step):
     if match:
         return match.group(1).strip()
     return _first_line(comment)
+
+
+def _page_text(text, limit=200):
+    """An error page (cherrypy's HTML, or plain text) as one short line."""
+    title = re.search(r"<title>(.*?)</title>", text, re.S | re.I)
+    para = re.search(r"<p>(.*?)</p>", text, re.S | re.I)
+    if title or para:
+        text = " - ".join(m.group(1) for m in (title, para) if m)
+    text = " ".join(re.sub(r"<[^>]*>", " ", text).split())
+    return text[:limit] + ("..." if len(text) > limit else "")
 
 
 def _first_line(text):

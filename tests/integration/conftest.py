@@ -130,6 +130,7 @@ class Load:
     def __init__(self, ca, url=PRODUCTION):
         self.ca, self.url = ca, url
         self.versions, self.failures, self.stop = {}, [], threading.Event()
+        self.failed_at = []  # monotonic times of the failures: how long an outage lasted
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self):
@@ -141,11 +142,18 @@ class Load:
                 r = session.get(self.url, verify=self.ca, timeout=5)
                 if r.status_code != 200:
                     self.failures.append(r.status_code)
+                    self.failed_at.append(time.monotonic())
                 else:
                     version = r.text.split()[1]
                     self.versions[version] = self.versions.get(version, 0) + 1
             except requests.RequestException as exc:
                 self.failures.append(repr(exc))
+                self.failed_at.append(time.monotonic())
+
+    @property
+    def outage(self):
+        """Seconds from the first failed request to the last (0 when none failed)."""
+        return round(self.failed_at[-1] - self.failed_at[0], 1) if self.failed_at else 0
 
     def __enter__(self):
         self.thread.start()

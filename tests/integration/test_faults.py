@@ -95,9 +95,9 @@ def next_action_works(stacks, get, active):
     assert production_answers(get, active)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def active(stacks):
-    """One active stack and nothing else; its version."""
+    """One active stack and nothing else; its version. Every test leaves it active."""
     reset_app(stacks)
     version = new_version("fault")
     for action in ("release", "activate"):
@@ -109,7 +109,7 @@ def active(stacks):
 def report(fault, load, **more):
     extra = "".join(f", {key} {value}" for key, value in more.items())
     print(f"\nfault: {fault}: {sum(load.versions.values())} production requests answered, "
-          f"{len(load.failures)} failed{extra}")
+          f"{len(load.failures)} failed (over {load.outage} s){extra}")
 
 
 # ---------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def interrupted_release(stacks, get, ca, env, active, victims, fault):
             pytest.fail(f"the CLI did not end after {fault}: {out} {err}")
         lab_up()
         st = wait_for(lambda: truthful(stacks), timeout=90, interval=1)
-    report(fault, load, cli_exit=cli.returncode)
+    report(fault, load, cli_exit=cli.returncode, cli_said=repr((err.strip() or out.strip()[-120:])[:200]))
     # the CLI ended with a result or one line, never a traceback
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, err
     assert st, app_status(stacks)

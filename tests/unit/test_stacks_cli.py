@@ -1085,3 +1085,101 @@ def test_token_cache_path(tmp_path):
     assert stacks.token_cache_path({"PIGEON_TOKEN_CACHE": "off"}) is None
     assert stacks.token_cache_path({"PIGEON_TOKEN_CACHE": "/x/t.json"}) == "/x/t.json"
     assert stacks.token_cache_path({"XDG_CACHE_HOME": str(tmp_path)}) == str(tmp_path / "pigeon" / "tokens.json")
+
+
+# ---------------------------------------------------------------------------
+# deploy(): an action whose process died while the event stream stays open
+
+class SilentStream:
+    """An /events stream that opened and then says nothing (a master whose processes died)."""
+
+    def __init__(self, api):
+        self.status = 200
+
+    def next(self, until):
+        return None
+
+    def close(self):
+        pass
+
+
+def _deploy_with_locks(monkeypatch, locks):
+    """Run deploy() against a silent stream; stacks.status answers the lock from ``locks``
+    in turn (a dict or None), or raises a StacksError given in it. Returns (error, calls)."""
+    client = stacks.SaltApi("http://127.0.0.1:1", "deployer", "pw", "pam", timeout=3600)
+    client.token = "t"
+    monkeypatch.setattr(stacks, "EventStream", SilentStream)
+    monkeypatch.setattr(stacks.SaltApi, "SILENCE", 0)
+    calls, answers = [], iter(locks)
+
+    def post(path, payload):
+        calls.append(payload[0])
+        if payload[0]["client"] == "runner_async":
+            return {"return": [{"jid": "20261203000000000000", "tag": "salt/run/x/new"}]}
+        answer = next(answers)
+        if isinstance(answer, stacks.StacksError):
+            raise answer
+        return {"return": [{"app": {"stacks": {}, "routes": {}, "generation": 1, "lock": answer}}]}
+
+    monkeypatch.setattr(client, "_post", post)
+    with pytest.raises(stacks.StacksError) as raised:
+        client.deploy("release", {"app": "app", "version": "1.0"}, on_step=lambda step: None)
+    return raised.value, calls
+
+
+def test_deploy_gives_up_on_an_action_whose_lock_is_gone(monkeypatch):
+    held = {"action": "release", "version": "1.0", "user": "deployer"}
+    error, calls = _deploy_with_locks(monkeypatch, [held, held, None, held, None, None])
+    assert error.code == stacks.EXIT_FAILED
+    assert str(error).startswith("the action ended without a result")
+    assert "\n" not in str(error)
+    # asked of the registry alone (observe=False): cheap, and no minion needs to answer
+    asks = [c for c in calls if c["client"] == "runner"]
+    assert len(asks) == 6  # one free lock between held ones is not enough: two in a row are
+    assert all(c["fun"] == "stacks.status" and c["kwarg"] == {"app": "app", "observe": False} for c in asks)
+
+
+def test_deploy_names_a_master_that_stopped_answering(monkeypatch):
+    down = stacks.StacksError("salt-api answered HTTP 500 on /: master not responding", stacks.EXIT_API)
+    error, _ = _deploy_with_locks(monkeypatch, [{"action": "release"}, down])
+    assert error.code == stacks.EXIT_API
+    assert str(error) == "lost the action: salt-api answered HTTP 500 on /: master not responding"
+
+
+CHERRYPY_PAGE = """<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN"
+"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">
+<html>
+<head>
+    <meta http-equiv="Content-Type" content="text/html; charset=utf-8"></meta>
+    <title>500 Internal Server Error</title>
+</head>
+    <body>
+        <h2>500 Internal Server Error</h2>
+        <p>The server encountered an unexpected condition
+ which prevented it from fulfilling the request.</p>
+    </body>
+</html>
+"""
+
+
+class _Response:
+    def __init__(self, status, text):
+        self.status_code, self.text = status, text
+
+
+def test_an_html_error_page_is_one_line():
+    client = stacks.SaltApi("http://127.0.0.1:1", "deployer", "pw")
+    with pytest.raises(stacks.StacksError) as info:
+        client._answer("/", _Response(500, CHERRYPY_PAGE))
+    assert str(info.value) == ("salt-api answered HTTP 500 on /: 500 Internal Server Error - The server "
+                               "encountered an unexpected condition which prevented it from fulfilling "
+                               "the request.")
+    assert info.value.code == stacks.EXIT_API
+
+
+def test_503_says_the_master_does_not_answer():
+    client = stacks.SaltApi("http://127.0.0.1:1", "deployer", "pw")
+    with pytest.raises(stacks.StacksError) as info:
+        client._answer("/", _Response(503, CHERRYPY_PAGE.replace("500 Internal Server Error", "503 x")))
+    assert "\n" not in str(info.value)
+    assert "the salt-master does not answer" in str(info.value) and "make lab" in str(info.value)
