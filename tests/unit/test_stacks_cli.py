@@ -1,5 +1,5 @@
 """
-Unit tests for stacks.py, the command line client of salt-api.
+Unit tests for stacks.py, the command line client of salt-api (the pigeon package behind it).
 
 The salt-api side is FakeSaltApi: a real HTTP server (http.server, plain http
 on 127.0.0.1, an ephemeral port) in a thread, answering /login and / like
@@ -25,7 +25,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import stacks  # noqa: E402  pylint: disable=wrong-import-position
+from pigeon import cli, errors, outcome, saltapi  # noqa: E402  pylint: disable=wrong-import-position
 
 ENV_VARS = ("SALTAPI_URL", "SALTAPI_USER", "SALTAPI_PASS", "SALTAPI_EAUTH", "REQUESTS_CA_BUNDLE",
             "CURL_CA_BUNDLE", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
@@ -239,7 +239,7 @@ RELEASE_STEPS = ["containers", "routes", "cleanup", "commit", "abort"]
 
 
 def test_outcome_success():
-    out = stacks.orchestration_outcome(success_payload())
+    out = outcome.orchestration_outcome(success_payload())
     assert out["ok"] is True
     assert out["error"] is None
     assert out["result"] == COMMIT_RETURN
@@ -255,7 +255,7 @@ def test_outcome_success():
 
 
 def test_outcome_success_with_loadbal_step():
-    out = stacks.orchestration_outcome(success_payload(loadbal=True))
+    out = outcome.orchestration_outcome(success_payload(loadbal=True))
     assert out["ok"] is True
     assert [s["step"] for s in out["steps"]] == ["loadbal"] + RELEASE_STEPS
     assert out["steps"][0]["duration_ms"] == 1800.0
@@ -263,7 +263,7 @@ def test_outcome_success_with_loadbal_step():
 
 def test_outcome_activate():
     done = {"app": "app", "version": "1.0", "message": "app 1.0 is active; 0.9 is inactive"}
-    out = stacks.orchestration_outcome(activate_payload(done))
+    out = outcome.orchestration_outcome(activate_payload(done))
     assert out["ok"] is True
     assert [s["step"] for s in out["steps"]] == ["routes", "remove-0.8", "commit", "abort"]
     assert out["result"] == done
@@ -272,7 +272,7 @@ def test_outcome_activate():
 def test_outcome_steps_follow_run_num_not_dict_order():
     ret = success_payload()
     ret["data"][MASTER] = dict(reversed(list(ret["data"][MASTER].items())))
-    out = stacks.orchestration_outcome(ret)
+    out = outcome.orchestration_outcome(ret)
     assert [s["step"] for s in out["steps"]] == RELEASE_STEPS
 
 
@@ -280,7 +280,7 @@ def test_outcome_step_name_from_key_without_id():
     ret = success_payload()
     for value in ret["data"][MASTER].values():
         del value["__id__"]
-    out = stacks.orchestration_outcome(ret)
+    out = outcome.orchestration_outcome(ret)
     assert [s["step"] for s in out["steps"]] == RELEASE_STEPS
 
 
@@ -300,13 +300,13 @@ def test_outcome_step_name_from_key_without_id():
     (None, "?"),
 ])
 def test_step_name(sid, name):
-    assert stacks.step_name(sid) == name
+    assert outcome.step_name(sid) == name
 
 
 def test_outcome_nonzero_retcode_without_failed_step():
     ret = success_payload()
     ret["retcode"] = 2
-    out = stacks.orchestration_outcome(ret)
+    out = outcome.orchestration_outcome(ret)
     assert out["ok"] is False
     assert out["error"] == "the orchestration returned retcode 2; see the master's log"
 
@@ -318,7 +318,7 @@ def test_outcome_nonzero_retcode_without_failed_step():
                    "anyway, or activate another version first"),
 ])
 def test_outcome_refused(action, message):
-    out = stacks.orchestration_outcome(refused_payload(message, action))
+    out = outcome.orchestration_outcome(refused_payload(message, action))
     assert out["ok"] is False
     assert out["refused"] is True
     assert out["error"] == message
@@ -338,7 +338,7 @@ def test_outcome_runner_step_error():
         _aborted(4),
         retcode=1,
     )
-    out = stacks.orchestration_outcome(ret)
+    out = outcome.orchestration_outcome(ret)
     assert out["ok"] is False
     assert out["error"] == f"step commit failed: {message}"
     assert not out.get("refused")
@@ -346,7 +346,7 @@ def test_outcome_runner_step_error():
 
 
 def test_outcome_containers_failure():
-    out = stacks.orchestration_outcome(containers_failure_payload())
+    out = outcome.orchestration_outcome(containers_failure_payload())
     assert out["ok"] is False
     assert out["error"] == f"step containers failed: {MINION}: {UNHEALTHY}"
     assert out["result"] is None
@@ -359,7 +359,7 @@ def test_outcome_containers_failure():
 
 
 def test_outcome_routes_failure():
-    out = stacks.orchestration_outcome(routes_failure_payload())
+    out = outcome.orchestration_outcome(routes_failure_payload())
     assert out["ok"] is False
     assert out["error"] == f"step routes failed: {MINION}: {GATE_ERROR}"
     assert out["result"] is None
@@ -378,7 +378,7 @@ def test_outcome_requisite_failure_is_never_the_reported_step():
             value["__run_num__"] = 0
         elif value["__id__"] == "pigeon-release-containers-state":
             value["__run_num__"] = 1
-    out = stacks.orchestration_outcome(ret)
+    out = outcome.orchestration_outcome(ret)
     assert out["steps"][0]["step"] == "routes" and out["steps"][0]["result"] is False
     assert out["error"] == f"step containers failed: {MINION}: {UNHEALTHY}"
     assert "requisite" not in out["error"]
@@ -394,7 +394,7 @@ def test_outcome_function_failure_from_comment_only():
         _aborted(2, action="activate"),
         retcode=1,
     )
-    out = stacks.orchestration_outcome(ret)
+    out = outcome.orchestration_outcome(ret)
     assert out["error"] == ("step routes failed: No minions matched the target. No command was sent, "
                             "no jid was assigned.; is the minion up? (salt-run manage.status)")
 
@@ -412,7 +412,7 @@ def test_outcome_function_failure_without_minion_return():
                        f"Failures:\n    {MINION}:\n        ERROR: {error}\n")),
         retcode=1,
     )
-    out = stacks.orchestration_outcome(ret)
+    out = outcome.orchestration_outcome(ret)
     assert out["error"] == f"step routes failed: {error}"
 
 
@@ -442,7 +442,7 @@ def test_outcome_state_failure():
         *_after_failed_containers(),
         retcode=1,
     )
-    out = stacks.orchestration_outcome(ret)
+    out = outcome.orchestration_outcome(ret)
     assert out["ok"] is False
     assert out["error"] == (f"step containers failed: {MINION}: Encountered error building pigeon/demoapp:1.0 "
                             "as pigeon/demoapp:1.0: The command '/bin/sh -c apk add curl' returned a non-zero code: 1")
@@ -451,14 +451,14 @@ def test_outcome_state_failure():
     # a state that only required the failed one is never named, even numbered first
     states = ret["data"][MASTER]["salt_|-pigeon-release-containers-state_|-pigeon-release-containers-state_|-state"]
     states["changes"]["ret"][MINION][STACK_KEY]["__run_num__"] = 1
-    assert stacks.orchestration_outcome(ret)["error"] == out["error"]
+    assert outcome.orchestration_outcome(ret)["error"] == out["error"]
 
 
 def test_outcome_render_error():
     ret = {"data": {MASTER: ["Rendering SLS 'base:orch.release' failed: Jinja variable 'dict object' "
                              "has no attribute 'start'\n/srv/salt/orch/release.sls(22):\n---\n..."]},
            "outputter": "highstate", "retcode": 1}
-    out = stacks.orchestration_outcome(ret)
+    out = outcome.orchestration_outcome(ret)
     assert out["ok"] is False
     assert out["steps"] == []
     assert out["result"] is None
@@ -475,7 +475,7 @@ def test_outcome_render_error():
     ("ERROR: something broke\nTraceback ...", "something broke"),
 ])
 def test_outcome_not_an_orchestration(ret, shown):
-    out = stacks.orchestration_outcome(ret)
+    out = outcome.orchestration_outcome(ret)
     assert out["ok"] is False
     assert out["steps"] == []
     assert out["result"] is None
@@ -486,7 +486,7 @@ def test_outcome_not_an_orchestration(ret, shown):
 # parse_args
 def _usage_error(capsys, argv, *needles):
     with pytest.raises(SystemExit) as info:
-        stacks.parse_args(argv)
+        cli.parse_args(argv)
     assert info.value.code == 2
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -499,19 +499,19 @@ def _usage_error(capsys, argv, *needles):
 
 
 def test_parse_args_action_first():
-    args = stacks.parse_args(["release", "--app-name", "a", "--version", "1"])
+    args = cli.parse_args(["release", "--app-name", "a", "--version", "1"])
     assert (args.command, args.app, args.version) == ("release", "a", "1")
     assert args.force is False and args.json is False and args.wait == 0
     assert args.saltapi_url is None and args.saltapi_eauth == "auto" and args.timeout == 600
 
 
 def test_parse_args_original_form():
-    args = stacks.parse_args(["--app-name", "a", "--version", "1", "--action", "release"])
+    args = cli.parse_args(["--app-name", "a", "--version", "1", "--action", "release"])
     assert (args.command, args.app, args.version) == ("release", "a", "1")
 
 
 def test_parse_args_both_forms_agreeing_and_short_flags():
-    args = stacks.parse_args(["deactivate", "-a", "shop", "-V", "2.0", "--action", "deactivate", "--force"])
+    args = cli.parse_args(["deactivate", "-a", "shop", "-V", "2.0", "--action", "deactivate", "--force"])
     assert (args.command, args.app, args.version, args.force) == ("deactivate", "shop", "2.0", True)
 
 
@@ -519,7 +519,7 @@ def test_parse_args_both_forms_agreeing_and_short_flags():
                                   ["status"], ["status", "--app-name", "a", "--json"],
                                   ["history", "-a", "a", "--limit", "5"]])
 def test_parse_args_accepts(argv):
-    args = stacks.parse_args(argv)
+    args = cli.parse_args(argv)
     assert args.command == argv[0]
 
 
@@ -552,7 +552,7 @@ def test_parse_args_env_defaults(monkeypatch):
     monkeypatch.setenv("SALTAPI_PASS", "s3cret")
     monkeypatch.setenv("SALTAPI_EAUTH", "pam")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/pigeon/ca.pem")
-    args = stacks.parse_args(["status"])
+    args = cli.parse_args(["status"])
     assert args.saltapi_url == "https://salt.example:8000"
     assert args.saltapi_user == "deployer"
     assert args.saltapi_pass == "s3cret"
@@ -566,7 +566,7 @@ def test_parse_args_flags_override_env(monkeypatch):
     monkeypatch.setenv("SALTAPI_PASS", "s3cret")
     monkeypatch.setenv("SALTAPI_EAUTH", "pam")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/pigeon/ca.pem")
-    args = stacks.parse_args(["status", "--saltapi-url", "https://other:8000", "--saltapi-user", "bob",
+    args = cli.parse_args(["status", "--saltapi-url", "https://other:8000", "--saltapi-user", "bob",
                               "--saltapi-pass", "pw", "--saltapi-eauth", "sharedsecret",
                               "--ca-file", "/tmp/ca.pem", "--timeout", "5"])
     assert args.saltapi_url == "https://other:8000"
@@ -579,10 +579,10 @@ def test_parse_args_flags_override_env(monkeypatch):
 
 def test_make_client_verify(monkeypatch):
     base = ["status", "--saltapi-url", "https://salt:8000/"]
-    assert stacks.make_client(stacks.parse_args(base)).verify is True
-    assert stacks.make_client(stacks.parse_args(base + ["--ca-file", "/x/ca.pem"])).verify == "/x/ca.pem"
-    assert stacks.make_client(stacks.parse_args(base + ["--ca-file", "/x/ca.pem", "--insecure"])).verify is False
-    assert stacks.make_client(stacks.parse_args(base)).url == "https://salt:8000"
+    assert cli.make_client(cli.parse_args(base)).verify is True
+    assert cli.make_client(cli.parse_args(base + ["--ca-file", "/x/ca.pem"])).verify == "/x/ca.pem"
+    assert cli.make_client(cli.parse_args(base + ["--ca-file", "/x/ca.pem", "--insecure"])).verify is False
+    assert cli.make_client(cli.parse_args(base)).url == "https://salt:8000"
 
 
 # ---------------------------------------------------------------------------
@@ -675,7 +675,7 @@ def closed_port():
 
 
 def _client(url, password=FakeSaltApi.PASSWORD):
-    return stacks.SaltApi(url, "deployer", password, "pam", timeout=5)
+    return saltapi.SaltApi(url, "deployer", password, "pam", timeout=5)
 
 
 def test_saltapi_login_and_runner(api):
@@ -700,7 +700,7 @@ def test_saltapi_login_and_runner(api):
 
 
 def test_saltapi_wrong_password(api):
-    with pytest.raises(stacks.StacksError) as info:
+    with pytest.raises(errors.StacksError) as info:
         _client(api.url, password="wrong").runner("stacks.status")
     assert info.value.code == 3
     assert "refused the credentials" in str(info.value)
@@ -710,7 +710,7 @@ def test_saltapi_wrong_password(api):
 
 def test_saltapi_unreachable(closed_port):
     url = f"http://127.0.0.1:{closed_port}"
-    with pytest.raises(stacks.StacksError) as info:
+    with pytest.raises(errors.StacksError) as info:
         _client(url).runner("stacks.status")
     assert info.value.code == 3
     assert str(info.value).startswith(f"cannot reach salt-api at {url} (connection refused)")
@@ -718,25 +718,25 @@ def test_saltapi_unreachable(closed_port):
 
 def test_saltapi_not_json(api):
     api.not_json = True
-    with pytest.raises(stacks.StacksError) as info:
+    with pytest.raises(errors.StacksError) as info:
         _client(api.url).runner("stacks.status")
     assert info.value.code == 3
     assert str(info.value) == "salt-api answered something that is not JSON on /"
 
 
 def test_saltapi_http_error(api):
-    with pytest.raises(stacks.StacksError) as info:
+    with pytest.raises(errors.StacksError) as info:
         _client(api.url)._post("/nowhere", {})
     assert info.value.code == 3
     assert str(info.value) == "salt-api answered HTTP 404 on /nowhere: not found"
 
 
 def test_saltapi_needs_url_and_credentials():
-    with pytest.raises(stacks.StacksError) as info:
-        stacks.SaltApi("", "u", "p")
+    with pytest.raises(errors.StacksError) as info:
+        saltapi.SaltApi("", "u", "p")
     assert info.value.code == 2 and "SALTAPI_URL" in str(info.value)
-    with pytest.raises(stacks.StacksError) as info:
-        stacks.SaltApi("http://127.0.0.1:9", None, "p").login()
+    with pytest.raises(errors.StacksError) as info:
+        saltapi.SaltApi("http://127.0.0.1:9", None, "p").login()
     assert info.value.code == 2 and "SALTAPI_USER" in str(info.value)
 
 
@@ -760,7 +760,7 @@ def _argv(api, *extra, action=("release", "--app-name", "app", "--version", "1.0
 
 
 def test_main_success(api, capsys):
-    assert stacks.main(_argv(api)) == 0
+    assert cli.main(_argv(api)) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
     lines = captured.out.splitlines()
@@ -783,7 +783,7 @@ def test_main_settings_from_env_and_pillar_flags(api, capsys, monkeypatch):
     monkeypatch.setenv("SALTAPI_USER", "deployer")
     monkeypatch.setenv("SALTAPI_PASS", FakeSaltApi.PASSWORD)
     api.payload = activate_payload({"app": "app", "version": "2.0", "message": "app 2.0 is active; 1.0 is inactive"})
-    assert stacks.main(["--app-name", "app", "--action", "release", "--wait", "30", "--keep-failed", "-q"]) == 0
+    assert cli.main(["--app-name", "app", "--action", "release", "--wait", "30", "--keep-failed", "-q"]) == 0
     assert capsys.readouterr().out == ""
     kwarg = api.requests[-1]["body"][0]["kwarg"]
     assert kwarg == {"app": "app", "wait": 30, "keep_failed": True}
@@ -793,7 +793,7 @@ def test_main_settings_from_env_and_pillar_flags(api, capsys, monkeypatch):
 
 def test_main_reports_the_version_the_orchestration_chose(api, capsys):
     api.payload = activate_payload({"app": "app", "version": "2.0", "message": "app 2.0 is active"})
-    assert stacks.main(_argv(api, action=("activate", "--app-name", "app"))) == 0
+    assert cli.main(_argv(api, action=("activate", "--app-name", "app"))) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"activate app through {api.url}"
     assert [ln.split()[:2] for ln in lines[1:-2]] == [["routes", "ok"], ["remove-0.8", "ok"], ["commit", "ok"]]
@@ -816,7 +816,7 @@ FAILURES = [
 @pytest.mark.parametrize("payload, error, step_lines", FAILURES)
 def test_main_failed_orchestration(api, capsys, payload, error, step_lines):
     api.payload = payload()
-    assert stacks.main(_argv(api)) == 1
+    assert cli.main(_argv(api)) == 1
     captured = capsys.readouterr()
     assert captured.err.splitlines() == [f"stacks.py: release app 1.0 failed: {error}"]
     assert "Finished" not in captured.out
@@ -826,7 +826,7 @@ def test_main_failed_orchestration(api, capsys, payload, error, step_lines):
 @pytest.mark.parametrize("message", [REFUSAL, LOCK_HELD])
 def test_main_refused(api, capsys, message):
     api.payload = refused_payload(message)
-    assert stacks.main(_argv(api)) == 1
+    assert cli.main(_argv(api)) == 1
     captured = capsys.readouterr()
     assert captured.err.splitlines() == [f"stacks.py: release app 1.0 refused: {message}"]
     assert captured.out.splitlines() == [f"release app 1.0 through {api.url}"]  # no step lines
@@ -853,10 +853,10 @@ class ProgressClient:
 
 def _run(client, *extra, action=("release", "--app-name", "app", "--version", "1.0")):
     lines = []
-    args = stacks.parse_args([*action, "--saltapi-url", client.url, *extra])
+    args = cli.parse_args([*action, "--saltapi-url", client.url, *extra])
     try:
-        report = stacks.run_action(client, args, lines.append)
-    except stacks.StacksError as exc:
+        report = cli.run_action(client, args, lines.append)
+    except errors.StacksError as exc:
         return lines, exc
     return lines, report
 
@@ -882,7 +882,7 @@ def test_progress_lines_of_a_failed_release():
     lines, error = _run(ProgressClient(routes_failure_payload()))
     assert [ln.split()[:3] for ln in lines[1:]] == FAILURES[1][2]
     assert str(error) == f"release app 1.0 failed: {FAILURES[1][1]}"
-    assert error.code == stacks.EXIT_FAILED
+    assert error.code == errors.EXIT_FAILED
 
 
 def test_progress_lines_of_a_refusal():
@@ -904,20 +904,20 @@ def test_no_progress_lines_asked(flag):
 def test_main_wrong_password(api, capsys):
     argv = _argv(api)
     argv[argv.index("--saltapi-pass-file") + 1] = _password_file("wrong")
-    assert stacks.main(argv) == 3
+    assert cli.main(argv) == 3
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "refused the credentials" in err[0]
 
 
 def test_main_unreachable(closed_port, capsys):
-    assert stacks.main(["status", "--saltapi-url", f"http://127.0.0.1:{closed_port}",
+    assert cli.main(["status", "--saltapi-url", f"http://127.0.0.1:{closed_port}",
                         "--saltapi-user", "u", "--saltapi-pass-file", PASSWORD_FILE, "--timeout", "5"]) == 3
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("stacks.py: cannot reach salt-api")
 
 
 def test_main_without_url(capsys):
-    assert stacks.main(["status"]) == 2
+    assert cli.main(["status"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "no salt-api URL" in err[0]
 
@@ -926,7 +926,7 @@ JSON_KEYS = {"action", "app", "version", "ok", "error", "seconds", "steps"}
 
 
 def test_main_json_success(api, capsys):
-    assert stacks.main(_argv(api, "--json")) == 0
+    assert cli.main(_argv(api, "--json")) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
     doc = json.loads(captured.out)
@@ -943,7 +943,7 @@ def test_main_json_success(api, capsys):
 @pytest.mark.parametrize("payload, error, step_lines", FAILURES)
 def test_main_json_failure(api, capsys, payload, error, step_lines):
     api.payload = payload()
-    assert stacks.main(_argv(api, "--json")) == 1
+    assert cli.main(_argv(api, "--json")) == 1
     captured = capsys.readouterr()
     doc = json.loads(captured.out)
     assert JSON_KEYS <= set(doc)
@@ -959,7 +959,7 @@ def test_main_json_failure(api, capsys, payload, error, step_lines):
 
 def test_main_json_refused(api, capsys):
     api.payload = refused_payload(LOCK_HELD)
-    assert stacks.main(_argv(api, "--json")) == 1
+    assert cli.main(_argv(api, "--json")) == 1
     doc = json.loads(capsys.readouterr().out)
     assert (doc["ok"], doc["steps"], doc["result"]) == (False, [], None)
     assert doc["error"] == f"release app 1.0 refused: {LOCK_HELD}"
@@ -990,31 +990,31 @@ def _with_leftovers():
 
 
 def test_outcome_names_the_leftovers_a_release_removed():
-    outcome = stacks.orchestration_outcome(_with_leftovers())
-    assert outcome["ok"] is True
-    assert outcome["cleaned"] == ["1.1-rc-1"]
-    assert stacks.orchestration_outcome(success_payload())["cleaned"] == []
+    result = outcome.orchestration_outcome(_with_leftovers())
+    assert result["ok"] is True
+    assert result["cleaned"] == ["1.1-rc-1"]
+    assert outcome.orchestration_outcome(success_payload())["cleaned"] == []
 
 
 def test_main_names_the_leftovers_a_release_removed(api, capsys):
     api.payload = _with_leftovers()
-    assert stacks.main(_argv(api)) == 0
+    assert cli.main(_argv(api)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[-3] == "removed what interrupted actions left of 1.1-rc-1"
-    assert stacks.main(_argv(api, "--json")) == 0
+    assert cli.main(_argv(api, "--json")) == 0
     assert json.loads(capsys.readouterr().out)["cleaned"] == ["1.1-rc-1"]
 
 
 def test_connect_timeout_is_unreachable_not_deadline(monkeypatch):
-    api = stacks.SaltApi("https://salt.invalid:8000", "u", "p", timeout=5)
+    api = saltapi.SaltApi("https://salt.invalid:8000", "u", "p", timeout=5)
 
     def refuse(*args, **kwargs):
         raise stacks.requests.exceptions.ConnectTimeout("connect timed out")
 
     monkeypatch.setattr(api.session, "post", refuse)
-    with pytest.raises(stacks.StacksError) as error:
+    with pytest.raises(errors.StacksError) as error:
         api.login()
-    assert error.value.code == stacks.EXIT_API
+    assert error.value.code == errors.EXIT_API
     assert "cannot reach salt-api" in str(error.value)
 
 
@@ -1027,8 +1027,8 @@ def _no_token_cache(monkeypatch):
 
 
 def _cached_client(url, path, password=FakeSaltApi.PASSWORD):
-    return stacks.SaltApi(url, "deployer", password, "pam", timeout=5,
-                          token_cache=stacks.TokenCache(str(path)))
+    return saltapi.SaltApi(url, "deployer", password, "pam", timeout=5,
+                          token_cache=saltapi.TokenCache(str(path)))
 
 
 def test_token_cache_logs_in_once_across_runs(api, tmp_path):
@@ -1043,7 +1043,7 @@ def test_token_cache_logs_in_once_across_runs(api, tmp_path):
 def test_token_cache_other_credentials_log_in(api, tmp_path):
     path = tmp_path / "tokens.json"
     _cached_client(api.url, path).runner("stacks.status")
-    with pytest.raises(stacks.StacksError) as info:
+    with pytest.raises(errors.StacksError) as info:
         _cached_client(api.url, path, password="wrong").runner("stacks.status")
     assert info.value.code == 3 and "refused the credentials" in str(info.value)
     assert [r["path"] for r in api.requests] == ["/login", "/", "/login"]
@@ -1062,7 +1062,7 @@ def test_token_cache_refused_token_logs_in_again(api, tmp_path):
 
 
 def test_token_cache_skips_expiring_tokens(tmp_path):
-    cache = stacks.TokenCache(str(tmp_path / "tokens.json"))
+    cache = saltapi.TokenCache(str(tmp_path / "tokens.json"))
     key = cache.key("https://m:8000", "u", "pam", "p")
     assert key != cache.key("https://m:8000", "u", "pam", "q")
     assert key != cache.key("https://other:8000", "u", "pam", "p")
@@ -1077,14 +1077,14 @@ def test_token_cache_skips_expiring_tokens(tmp_path):
 def test_token_cache_unreadable_file_is_ignored(tmp_path):
     path = tmp_path / "tokens.json"
     path.write_text("not json")
-    cache = stacks.TokenCache(str(path))
+    cache = saltapi.TokenCache(str(path))
     assert cache.get(cache.key("u", "u", "pam", "p")) is None
 
 
 def test_token_cache_path(tmp_path):
-    assert stacks.token_cache_path({"PIGEON_TOKEN_CACHE": "off"}) is None
-    assert stacks.token_cache_path({"PIGEON_TOKEN_CACHE": "/x/t.json"}) == "/x/t.json"
-    assert stacks.token_cache_path({"XDG_CACHE_HOME": str(tmp_path)}) == str(tmp_path / "pigeon" / "tokens.json")
+    assert saltapi.token_cache_path({"PIGEON_TOKEN_CACHE": "off"}) is None
+    assert saltapi.token_cache_path({"PIGEON_TOKEN_CACHE": "/x/t.json"}) == "/x/t.json"
+    assert saltapi.token_cache_path({"XDG_CACHE_HOME": str(tmp_path)}) == str(tmp_path / "pigeon" / "tokens.json")
 
 
 # ---------------------------------------------------------------------------
@@ -1106,10 +1106,10 @@ class SilentStream:
 def _deploy_with_locks(monkeypatch, locks):
     """Run deploy() against a silent stream; stacks.status answers the lock from ``locks``
     in turn (a dict or None), or raises a StacksError given in it. Returns (error, calls)."""
-    client = stacks.SaltApi("http://127.0.0.1:1", "deployer", "pw", "pam", timeout=3600)
+    client = saltapi.SaltApi("http://127.0.0.1:1", "deployer", "pw", "pam", timeout=3600)
     client.token = "t"
-    monkeypatch.setattr(stacks, "EventStream", SilentStream)
-    monkeypatch.setattr(stacks.SaltApi, "SILENCE", 0)
+    monkeypatch.setattr(saltapi, "EventStream", SilentStream)
+    monkeypatch.setattr(saltapi.SaltApi, "SILENCE", 0)
     calls, answers = [], iter(locks)
 
     def post(path, payload):
@@ -1117,12 +1117,12 @@ def _deploy_with_locks(monkeypatch, locks):
         if payload[0]["client"] == "runner_async":
             return {"return": [{"jid": "20261203000000000000", "tag": "salt/run/x/new"}]}
         answer = next(answers)
-        if isinstance(answer, stacks.StacksError):
+        if isinstance(answer, errors.StacksError):
             raise answer
         return {"return": [{"app": {"stacks": {}, "routes": {}, "generation": 1, "lock": answer}}]}
 
     monkeypatch.setattr(client, "_post", post)
-    with pytest.raises(stacks.StacksError) as raised:
+    with pytest.raises(errors.StacksError) as raised:
         client.deploy("release", {"app": "app", "version": "1.0"}, on_step=lambda step: None)
     return raised.value, calls
 
@@ -1130,7 +1130,7 @@ def _deploy_with_locks(monkeypatch, locks):
 def test_deploy_gives_up_on_an_action_whose_lock_is_gone(monkeypatch):
     held = {"action": "release", "version": "1.0", "user": "deployer"}
     error, calls = _deploy_with_locks(monkeypatch, [held, held, None, held, None, None])
-    assert error.code == stacks.EXIT_FAILED
+    assert error.code == errors.EXIT_FAILED
     assert str(error).startswith("the action ended without a result")
     assert "\n" not in str(error)
     # asked of the registry alone (observe=False): cheap, and no minion needs to answer
@@ -1140,9 +1140,9 @@ def test_deploy_gives_up_on_an_action_whose_lock_is_gone(monkeypatch):
 
 
 def test_deploy_names_a_master_that_stopped_answering(monkeypatch):
-    down = stacks.StacksError("salt-api answered HTTP 500 on /: master not responding", stacks.EXIT_API)
+    down = errors.StacksError("salt-api answered HTTP 500 on /: master not responding", errors.EXIT_API)
     error, _ = _deploy_with_locks(monkeypatch, [{"action": "release"}, down])
-    assert error.code == stacks.EXIT_API
+    assert error.code == errors.EXIT_API
     assert str(error) == "lost the action: salt-api answered HTTP 500 on /: master not responding"
 
 
@@ -1168,18 +1168,40 @@ class _Response:
 
 
 def test_an_html_error_page_is_one_line():
-    client = stacks.SaltApi("http://127.0.0.1:1", "deployer", "pw")
-    with pytest.raises(stacks.StacksError) as info:
+    client = saltapi.SaltApi("http://127.0.0.1:1", "deployer", "pw")
+    with pytest.raises(errors.StacksError) as info:
         client._answer("/", _Response(500, CHERRYPY_PAGE))
     assert str(info.value) == ("salt-api answered HTTP 500 on /: 500 Internal Server Error - The server "
                                "encountered an unexpected condition which prevented it from fulfilling "
                                "the request.")
-    assert info.value.code == stacks.EXIT_API
+    assert info.value.code == errors.EXIT_API
 
 
 def test_503_says_the_master_does_not_answer():
-    client = stacks.SaltApi("http://127.0.0.1:1", "deployer", "pw")
-    with pytest.raises(stacks.StacksError) as info:
+    client = saltapi.SaltApi("http://127.0.0.1:1", "deployer", "pw")
+    with pytest.raises(errors.StacksError) as info:
         client._answer("/", _Response(503, CHERRYPY_PAGE.replace("500 Internal Server Error", "503 x")))
     assert "\n" not in str(info.value)
     assert "the salt-master does not answer" in str(info.value) and "make lab" in str(info.value)
+
+
+def test_one_request_primitive_logs_in_again_once_for_any_request(monkeypatch):
+    """A cached token salt-api refuses: one new login, the same request again (the event
+    stream's GET as much as a POST), and no loop when the new token is refused too."""
+    client = saltapi.SaltApi("http://127.0.0.1:1", "deployer", "pw", "pam")
+    client.cached, logins, sent = True, [], []
+
+    def login(fresh=False):
+        logins.append(fresh)
+        client.cached = False
+
+    def send(method, path, **kwargs):
+        sent.append((method, path))
+        return _Response(401 if len(sent) < 3 else 200, "")
+
+    monkeypatch.setattr(client, "login", login)
+    monkeypatch.setattr(client, "_send", send)
+    assert client.request("GET", "/events", stream=True).status_code == 401
+    assert logins == [True] and sent == [("GET", "/events")] * 2
+    assert client.request("GET", "/events", stream=True).status_code == 200  # not cached: no login
+    assert logins == [True]

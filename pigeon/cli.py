@@ -1,0 +1,286 @@
+"""
+The command line of ``./stacks.py``: arguments (``parse_args``), the actions and
+views through salt-api (``run_action``, ``show_status``, ``show_history``), and
+the output: a line per step, one line per error, ``--json``.
+
+``./stacks.py`` calls ``main``; the salt-api client is ``pigeon.saltapi``, the
+reading of an orchestration's result ``pigeon.outcome``.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+
+from pigeon.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, StacksError
+from pigeon.outcome import first_line, orchestration_outcome, step_name
+from pigeon.saltapi import SaltApi, TokenCache, token_cache_path
+
+ACTIONS = ("release", "activate", "deactivate", "rollback")
+VIEWS = ("status", "history")
+MAX_WAIT = 3600  # the deploy runner's bound of wait (pigeon_schema.MAX_WAIT)
+APP_SHAPE = re.compile(r"[a-z][a-z0-9_-]{0,40}")  # pigeon_schema.APP_RE
+VERSION_SHAPE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # pigeon_schema.VERSION_RE
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, exit 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"stacks.py: {message} (see ./stacks.py --help)\n")
+
+
+def parse_args(argv):
+    env = os.environ
+    parser = Parser(
+        prog="stacks.py",
+        description="Blue/green deployments of dockerized apps through salt-api.",
+        epilog="Exit codes: 0 done, 1 failed or refused, 2 bad usage, 3 salt-api unreachable or "
+               "credentials refused, 4 deadline passed.")
+    parser.add_argument("command", nargs="?", choices=ACTIONS + VIEWS, metavar="ACTION",
+                        help="release | activate | deactivate | rollback | status | history")
+    parser.add_argument("--action", choices=ACTIONS, help="the original form of ACTION")
+    parser.add_argument("--app-name", "-a", dest="app", help="the app (a key of the stacks: pillar)")
+    parser.add_argument("--version", "-V", dest="version", help="the version (an image tag)")
+    parser.add_argument("--force", action="store_true",
+                        help="deactivate the active stack (production answers 503)")
+    parser.add_argument("--keep-failed", action="store_true",
+                        help="leave the containers of a failed release for inspection")
+    parser.add_argument("--wait", type=_whole_seconds, default=0, metavar="SECONDS",
+                        help=f"wait up to SECONDS (a whole number, at most {MAX_WAIT}) for the "
+                             "app's deploy lock instead of failing")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="print the steps at the end instead of as they finish")
+    parser.add_argument("--verbose", "-v", action="store_true", help="tracebacks and raw answers")
+    parser.add_argument("--limit", type=int, default=20, help="history: how many entries")
+    parser.add_argument("--saltapi-url", default=env.get("SALTAPI_URL"))
+    parser.add_argument("--saltapi-user", default=env.get("SALTAPI_USER"))
+    parser.add_argument("--saltapi-pass", default=None,
+                        help="the password (visible to other users on this host: prefer "
+                             "SALTAPI_PASS or --saltapi-pass-file)")
+    parser.add_argument("--saltapi-pass-file", default=env.get("SALTAPI_PASS_FILE"), metavar="FILE",
+                        help="read the password from FILE ('-': standard input)")
+    parser.add_argument("--saltapi-eauth", default=env.get("SALTAPI_EAUTH", "auto"))
+    parser.add_argument("--ca-file", default=env.get("REQUESTS_CA_BUNDLE"),
+                        help="CA bundle that signed salt-api's certificate")
+    parser.add_argument("--no-token-cache", action="store_true",
+                        help="log in to salt-api for this run only (see PIGEON_TOKEN_CACHE)")
+    parser.add_argument("--insecure", action="store_true",  # insecure-ok: an explicit opt-out, off by default
+                        help="do not verify salt-api's TLS certificate (not for production)")
+    parser.add_argument("--deadline", "--timeout", dest="timeout", type=_deadline, default=600,
+                        metavar="SECONDS", help="give up waiting for the action after SECONDS (exit 4)")
+    args = parser.parse_args(argv)
+    if args.command and args.action and args.command != args.action:
+        parser.error(f"ACTION {args.command} and --action {args.action} disagree")
+    args.command = args.command or args.action
+    if not args.command:
+        parser.error("name an ACTION (release, activate, deactivate, rollback, status, history)")
+    if args.command in ACTIONS + ("history",) and not args.app:
+        parser.error(f"{args.command} needs --app-name")
+    if args.command == "deactivate" and not args.version:
+        parser.error("deactivate needs --version")
+    # the shape of what is sent (the deploy runner checks it all again, with YAML's reading too)
+    if args.app is not None and not APP_SHAPE.fullmatch(args.app):
+        parser.error(f"--app-name {args.app!r}: lower-case letters, digits, '-' and '_', starting "
+                     "with a letter (at most 41)")
+    if args.version is not None and not VERSION_SHAPE.fullmatch(args.version):
+        parser.error(f"--version {args.version[:60]!r} is not a valid image tag: 1-128 letters, "
+                     "digits, '_', '.', '-', not starting with '.' or '-'")
+    if args.force and args.command != "deactivate":
+        parser.error("--force applies to deactivate only")
+    if args.keep_failed and args.command != "release":
+        parser.error("--keep-failed applies to release only")
+    if args.limit < 0 or args.limit > 500:
+        parser.error("--limit: a whole number from 0 to 500")
+    args.saltapi_pass = _password(parser, args, env)
+    return args
+
+
+def _whole_seconds(text):
+    """--wait: a whole number of seconds from 0 to MAX_WAIT."""
+    if not re.fullmatch(r"[0-9]{1,5}", text.strip()) or int(text) > MAX_WAIT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds from 0 to {MAX_WAIT}")
+    return int(text)
+
+
+def _deadline(text):
+    """--deadline: seconds, more than 0 and at most a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value <= 86400):  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0 and at most 86400")
+    return value
+
+
+def _password(parser, args, env):
+    """The salt-api password: --saltapi-pass (with a warning), a file, or SALTAPI_PASS."""
+    if args.saltapi_pass is not None:
+        print("stacks.py: warning: --saltapi-pass puts the password where other users of this "
+              "host can read it (ps); use SALTAPI_PASS or --saltapi-pass-file", file=sys.stderr)
+        return args.saltapi_pass
+    if args.saltapi_pass_file:
+        try:
+            if args.saltapi_pass_file == "-":
+                return sys.stdin.readline().rstrip("\r\n")
+            with open(args.saltapi_pass_file, encoding="utf-8") as fh:
+                return fh.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            parser.error(f"--saltapi-pass-file {args.saltapi_pass_file}: {exc.strerror or exc}")
+    return env.get("SALTAPI_PASS")
+
+
+def make_client(args):
+    verify = False if args.insecure else (args.ca_file or True)  # insecure-ok: only with --insecure
+    path = None if args.no_token_cache else token_cache_path(os.environ)
+    return SaltApi(args.saltapi_url, args.saltapi_user, args.saltapi_pass,
+                   args.saltapi_eauth, verify=verify, timeout=args.timeout,
+                   token_cache=TokenCache(path) if path else None)
+
+
+def run_action(client, args, out):
+    request = {"app": args.app}
+    if args.version:
+        request["version"] = args.version
+    if args.force:
+        request["force"] = True
+    if args.keep_failed:
+        request["keep_failed"] = True
+    if args.wait:
+        request["wait"] = args.wait
+    started = time.monotonic()
+    target = f"{args.app} {args.version or ''}".strip()
+    out(f"{args.command} {target} through {client.url}")
+    shown = []
+
+    def show(step):
+        """One line per step as it finishes (progress events), skipping steps that did not run."""
+        comment = str(step.get("comment", ""))
+        if comment.startswith("State was not run because") or step.get("__id__", "").endswith("refused"):
+            return
+        shown.append(step.get("__id__"))
+        mark = "ok" if step.get("result") else "FAILED"
+        out(f"  {step_name(step.get('__id__')):<24} {mark:<7} {(step.get('duration') or 0) / 1000:.1f} s")
+
+    progress = None if args.quiet or args.json or args.no_progress else show
+    ret = client.deploy(args.command, request, on_step=progress)
+    outcome = orchestration_outcome(ret)
+    elapsed = time.monotonic() - started
+    if progress is None or not shown:  # no progress events came: the steps at the end
+        for step in outcome["steps"]:
+            if step["skipped"]:
+                continue
+            mark = "ok" if step["result"] else "FAILED"
+            duration = f"{(step['duration_ms'] or 0) / 1000:.1f} s"
+            out(f"  {step['step']:<24} {mark:<7} {duration}")
+    report = {"action": args.command, "app": args.app, "version": args.version,
+              "ok": outcome["ok"], "error": outcome["error"], "seconds": round(elapsed, 3),
+              "steps": [{k: s[k] for k in ("step", "result", "comment", "duration_ms")} for s in outcome["steps"]],
+              "result": outcome["result"]}
+    if outcome["result"]:
+        report["version"] = outcome["result"].get("version", args.version) or args.version
+    if outcome.get("refused"):
+        raise StacksError(f"{args.command} {target} refused: {outcome['error']}", EXIT_FAILED, report)
+    if not outcome["ok"]:
+        raise StacksError(f"{args.command} {target} failed: {outcome['error']}", EXIT_FAILED, report)
+    if outcome.get("cleaned"):
+        out(f"removed what interrupted actions left of {', '.join(outcome['cleaned'])}")
+        report["cleaned"] = outcome["cleaned"]
+    message = (outcome["result"] or {}).get("message") or ""
+    if not args.version and report["version"]:
+        target = f"{args.app} {report['version']}"
+    out(f"{message}" if message else "done")
+    out(f"Finished {args.command} {target} in {elapsed:.1f} s")
+    return report
+
+
+TRAFFIC = {"active": "production", "release": "internal/preview", "inactive": "none"}
+ORDER = {"active": 0, "release": 1, "inactive": 2}
+
+
+def show_status(client, args, out):
+    kwarg = {"app": args.app} if args.app else {}
+    status = client.runner("stacks.status", kwarg=kwarg)
+    if isinstance(status, dict) and isinstance(status.get("refused"), str):
+        raise StacksError(f"status refused: {status['refused']}")
+    if not isinstance(status, dict):
+        raise StacksError(f"stacks.status failed: {first_line(str(status))}")
+    for app, entry in sorted(status.items()):
+        out(app)
+        observed = entry.get("observed") or {}
+        seen = observed.get("containers") or {}
+        if not entry["stacks"]:
+            out("  no stack: production answers 503")
+        has_release = any(s["state"] == "release" for s in entry["stacks"].values())
+        for version, stack in sorted(entry["stacks"].items(), key=lambda kv: ORDER.get(kv[1]["state"], 9)):
+            traffic = TRAFFIC[stack["state"]]
+            if stack["state"] == "active" and not has_release:
+                traffic = "production, internal/preview"
+            c = seen.get(version, {"healthy": 0, "total": 0, "minions": []})
+            out(f"  {version:<16} {stack['state']:<9} slot {stack['slot']}  "
+                f"{c['healthy']}/{c['total']} healthy on {','.join(c['minions']) or '-'}  "
+                f"traffic: {traffic}  (since {stack.get('since', '?')} by {stack.get('by', '?')})")
+        if entry.get("lock"):
+            lock = entry["lock"]
+            out(f"  locked by {lock.get('action')} {lock.get('version') or ''} of {lock.get('user')} "
+                f"since {lock.get('since')}")
+        for line in observed.get("drift") or []:
+            out(f"  DRIFT: {line}")
+    return status
+
+
+def show_history(client, args, out):
+    items = client.runner("stacks.history", kwarg={"app": args.app, "limit": args.limit})
+    if isinstance(items, dict) and isinstance(items.get("refused"), str):
+        raise StacksError(f"history refused: {items['refused']}")
+    if not isinstance(items, list):
+        raise StacksError(f"stacks.history failed: {first_line(str(items))}")
+    for item in items:
+        out(f"{item.get('when', '?')}  {item.get('action', '?'):<10} {str(item.get('version') or ''):<12} "
+            f"{item.get('result', '?'):<8} {item.get('user', '?')} ({item.get('source', '?')})"
+            + (f" {item['duration']} s" if item.get("duration") is not None else ""))
+    return items
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    quiet = args.quiet or args.json
+
+    def out(line):
+        if not quiet:
+            print(line, flush=True)
+
+    report = None
+    try:
+        client = make_client(args)
+        if args.command in ACTIONS:
+            report = run_action(client, args, out)
+        elif args.command == "status":
+            report = show_status(client, args, out)
+        else:
+            report = show_history(client, args, out)
+    except StacksError as exc:
+        error, code, report = exc, exc.code, exc.report
+        if args.verbose:
+            import traceback  # pylint: disable=import-outside-toplevel
+            traceback.print_exc()
+        if args.json:
+            doc = report if isinstance(report, dict) else {"action": args.command, "app": args.app}
+            doc.setdefault("version", args.version)
+            doc.update(ok=False, error=str(error))
+            print(json.dumps(doc, indent=2, sort_keys=True))
+        print(f"stacks.py: {error}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print("stacks.py: interrupted; the orchestration may still run on the master: "
+              "see ./stacks.py status", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        doc = report if args.command in ACTIONS else {"ok": True, args.command: report}
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    return EXIT_OK
