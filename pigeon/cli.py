@@ -51,6 +51,12 @@ def parse_args(argv):
     parser.add_argument("--wait", type=_whole_seconds, default=0, metavar="SECONDS",
                         help=f"wait up to SECONDS (a whole number, at most {MAX_WAIT}) for the "
                              "app's deploy lock instead of failing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="show what the action would do, from the same plan, and change nothing: "
+                             "exit 0 when it would be allowed, 1 with the refusal")
+    parser.add_argument("--expect-revision", type=_revision, default=None, metavar="N",
+                        help="refuse the action unless the registry of the app is at revision N "
+                             "(as status shows it): act only on what you checked")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--quiet", "-q", action="store_true", help="print nothing but errors")
     parser.add_argument("--no-progress", action="store_true",
@@ -94,6 +100,8 @@ def parse_args(argv):
         parser.error("--force applies to deactivate only")
     if args.keep_failed and args.command != "release":
         parser.error("--keep-failed applies to release only")
+    if (args.dry_run or args.expect_revision is not None) and args.command not in ACTIONS:
+        parser.error(f"--{'dry-run' if args.dry_run else 'expect-revision'} applies to actions only")
     if args.limit < 0 or args.limit > 500:
         parser.error("--limit: a whole number from 0 to 500")
     args.saltapi_pass = _password(parser, args, env)
@@ -104,6 +112,13 @@ def _whole_seconds(text):
     """--wait: a whole number of seconds from 0 to MAX_WAIT."""
     if not re.fullmatch(r"[0-9]{1,5}", text.strip()) or int(text) > MAX_WAIT:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds from 0 to {MAX_WAIT}")
+    return int(text)
+
+
+def _revision(text):
+    """--expect-revision: the registry's revision, a whole number."""
+    if not re.fullmatch(r"[0-9]{1,15}", text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a revision (a whole number, as status shows it)")
     return int(text)
 
 
@@ -153,6 +168,10 @@ def run_action(client, args, out):
         request["keep_failed"] = True
     if args.wait:
         request["wait"] = args.wait
+    if args.expect_revision is not None:
+        request["expect_revision"] = args.expect_revision
+    if args.dry_run:
+        return show_plan(client, args, dict(request, dry_run=True), out)
     started = time.monotonic()
     target = f"{args.app} {args.version or ''}".strip()
     out(f"{args.command} {target} through {client.url}")
@@ -199,6 +218,64 @@ def run_action(client, args, out):
     return report
 
 
+def show_plan(client, args, request, out):
+    """--dry-run: the plan the action would make, as lines; a refusal is the action's own line."""
+    target = f"{args.app} {args.version or ''}".strip()
+    answer = client.runner(f"deploy.{args.command}", kwarg=request)
+    if isinstance(answer, dict) and isinstance(answer.get("refused"), str):
+        raise StacksError(f"{args.command} {target} refused: {answer['refused']}", EXIT_FAILED,
+                          {"action": args.command, "app": args.app, "version": args.version,
+                           "dry_run": True, "ok": False, "error": answer["refused"]})
+    plan = answer.get("dry_run") if isinstance(answer, dict) else None
+    if not isinstance(plan, dict):
+        raise StacksError(f"deploy.{args.command} dry run failed: {first_line(str(answer))}")
+    for line in plan_lines(plan):
+        out(line)
+    return {"action": args.command, "app": args.app, "version": plan.get("version"), "dry_run": True,
+            "ok": True, "error": None, "plan": plan}
+
+
+def plan_lines(plan):
+    """What a plan (stacks.plan) says it would do, for people."""
+    action, app, version = plan.get("action"), plan.get("app"), plan.get("version")
+    lines = [f"dry run: {action} {app} {version or ''} at registry revision {plan.get('generation')}"
+             .replace("  ", " ")]
+    if plan.get("noop"):
+        lines.append(f"  nothing to do: {plan.get('message') or 'already done'}")
+        return lines
+    cfg, lb = plan.get("config") or {}, plan.get("loadbal") or {}
+    start = plan.get("start")
+    if start:
+        cts = start.get("containers") or []
+        lines.append(f"  start {len(cts)} containers of {start.get('version', version)} in slot "
+                     f"{start.get('slot')} on {cfg.get('target')} ({cfg.get('target_type')}), "
+                     f"network {start.get('network')}:")
+        for c in cts:
+            lines.append(f"    {c.get('name')}  {c.get('image')}" + ("  (load-balanced)" if c.get("registered") else ""))
+        lines.append(f"  remove containers of versions the registry does not know (kept: "
+                     f"{', '.join(start.get('keep') or []) or 'none'})")
+        lines.append(f"  gate: docker health of every container, then {start.get('expected_up')} servers "
+                     f"UP in HAProxy backend {start.get('backend')} (up to {lb.get('healthcheck_timeout')} s)")
+    if plan.get("converge_loadbal"):
+        lines.append(f"  apply the docker and haproxy states on {lb.get('target')} (its loadbal: pillar is new)")
+    gate = plan.get("gate")
+    if gate:
+        lines.append(f"  gate: {gate.get('expected_up')} servers UP in HAProxy backend {gate.get('backend')}")
+    before, after = plan.get("routes_before") or {}, plan.get("routes") or {}
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) != after.get(key):
+            lines.append(f"  route {key}: {before.get(key) or 'none (503)'} -> {after.get(key) or 'none (503)'}")
+    for stop in plan.get("stop") or []:
+        drain = (f"drain backend {stop.get('backend')} (up to {lb.get('drain_timeout')} s), then "
+                 if stop.get("state") in ("active", "release") else "")
+        lines.append(f"  {drain}stop and remove the containers of {stop.get('version')}")
+    for v, state in sorted((plan.get("states") or {}).items()):
+        lines.append(f"  {v}: {state or 'deactivated'}")
+    if plan.get("message"):
+        lines.append(f"  then: {plan['message']}")
+    return lines
+
+
 TRAFFIC = {"active": "production", "release": "internal/preview", "inactive": "none"}
 ORDER = {"active": 0, "release": 1, "inactive": 2}
 
@@ -211,7 +288,7 @@ def show_status(client, args, out):
     if not isinstance(status, dict):
         raise StacksError(f"stacks.status failed: {first_line(str(status))}")
     for app, entry in sorted(status.items()):
-        out(app)
+        out(f"{app}  (revision {entry.get('generation')}: --expect-revision takes it)")
         observed = entry.get("observed") or {}
         seen = observed.get("containers") or {}
         if not entry["stacks"]:

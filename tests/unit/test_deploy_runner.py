@@ -375,3 +375,61 @@ def test_the_same_webhook_delivered_twice_at_once_runs_once(deploy, monkeypatch)
     assert len(results) == 2
     assert len(deploy.calls) == 1, f"one webhook ran {len(deploy.calls)} orchestrations"
     assert sorted("rejected" in result for result in results) == [False, True]
+
+
+# ---------------------------------------------------------------------------
+# --dry-run: the plan, from stacks.plan without the lock; nothing runs
+def _with_plan(deploy, answer):
+    asked = []
+
+    def plan(**kwargs):
+        asked.append(kwargs)
+        return copy.deepcopy(answer)
+
+    deploy.__salt__["stacks.plan"] = plan
+    return asked
+
+
+@pytest.mark.parametrize("action, kwargs", [
+    ("release", {"app": "app", "version": "1.4", "dry_run": True}),
+    ("activate", {"app": "app", "dry_run": True, "expect_revision": 12}),
+    ("deactivate", {"app": "app", "version": "1.3", "force": True, "dry_run": True}),
+    ("rollback", {"app": "app", "dry_run": True, "wait": 5}),
+])
+def test_dry_run_plans_without_the_lock_and_runs_nothing(deploy, action, kwargs):
+    planned = {"action": action, "app": "app", "generation": 12, "noop": False, "stop": []}
+    asked = _with_plan(deploy, planned)
+    result = getattr(deploy, action)(**kwargs)
+    assert result == {"dry_run": planned}
+    assert deploy.calls == []  # no orchestration
+    assert len(asked) == 1 and asked[0]["lock"] is False
+    assert asked[0]["action"] == action and asked[0]["app"] == "app"
+    assert asked[0]["version"] == kwargs.get("version")
+    assert asked[0]["force"] == kwargs.get("force", False)
+    assert asked[0]["expect_revision"] == kwargs.get("expect_revision")
+    assert "retcode" not in deploy.__context__
+
+
+def test_dry_run_refused_is_the_actions_own_line(deploy):
+    line = "app has no released stack to activate; release one first"
+    _with_plan(deploy, {"error": line})
+    assert deploy.activate(app="app", dry_run=True) == {"refused": line}
+    assert deploy.__context__["retcode"] == 1
+    assert deploy.calls == []
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"app": "app", "dry_run": "yes"}, {"app": "app", "dry_run": 1},
+    {"app": "app", "expect_revision": -1}, {"app": "app", "expect_revision": "3"},
+    {"app": "app", "expect_revision": 2.5}, {"app": "app", "expect_revision": True},
+])
+def test_dry_run_and_expect_revision_are_checked_at_the_door(deploy, kwargs):
+    asked = _with_plan(deploy, {})
+    result = deploy.rollback(**kwargs)
+    assert one_line(result["refused"]) and result["refused"].split()[0] in kwargs
+    assert asked == [] and deploy.calls == []
+
+
+def test_expect_revision_reaches_the_orchestration(deploy):
+    deploy.activate(app="app", expect_revision=4)
+    assert pigeon(deploy.calls) == [{"app": "app", "expect_revision": 4, "source": "cli"}]

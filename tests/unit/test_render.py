@@ -331,7 +331,7 @@ def orch_case(shape):
     plan = real_plan(action, version, stacks, force=force, loadbal_seen=seen)
     assert bool(plan.get("error")) == shape.startswith("refused"), plan
     args = {"app": APP, "version": version, "force": force, "wait": 0, "source": "cli",
-            "keep_failed": keep_failed}
+            "keep_failed": keep_failed, "expect_revision": 3}
     return action, plan, args
 
 
@@ -518,8 +518,8 @@ def _render_orch(opts, action, plan, args, user=USER):
     # the plan was asked with the pillar's values, as they are
     assert calls == [("pigeon_runner.call", "stacks.plan", {
         "app": args["app"], "action": action, "version": args["version"], "force": args["force"],
-        "wait": args["wait"], "source": args["source"], "user": user,
-        "definition": pillar["stacks"][args["app"]]})]
+        "wait": args["wait"], "source": args["source"], "expect_revision": args.get("expect_revision"),
+        "user": user, "definition": pillar["stacks"][args["app"]]})]
     return high
 
 

@@ -1205,3 +1205,76 @@ def test_one_request_primitive_logs_in_again_once_for_any_request(monkeypatch):
     assert logins == [True] and sent == [("GET", "/events")] * 2
     assert client.request("GET", "/events", stream=True).status_code == 200  # not cached: no login
     assert logins == [True]
+
+
+# ---------------------------------------------------------------------------
+# --dry-run and --expect-revision
+DRY_PLAN = {
+    "action": "release", "app": "app", "version": "1.5", "generation": 7, "force": False,
+    "noop": False, "message": "app 1.5 released in slot b",
+    "start": {"version": "1.5", "slot": "b", "backend": "app_b", "network": "pigeon-app-1.5",
+              "expected_up": 2, "keep": ["1.4"],
+              "containers": [{"name": "app-1.5-web-1", "image": "pigeon/demoapp:1.5", "registered": True},
+                             {"name": "app-1.5-api-1", "image": "pigeon/demoapp:1.5", "registered": False}]},
+    "stop": [], "states": {"1.5": "release"},
+    "routes_before": {"app": "app_a", "app@internal": "app_a"},
+    "routes": {"app": "app_a", "app@internal": "app_b"},
+    "config": {"target": "app-*", "target_type": "glob", "formula": "demoapp"},
+    "loadbal": {"target": "lb-*", "target_type": "glob", "healthcheck_timeout": 30, "drain_timeout": 10},
+    "converge_loadbal": False,
+}
+
+
+def test_dry_run_prints_the_plan_and_sends_dry_run(api, capsys):
+    api.payload = {"dry_run": DRY_PLAN}
+    assert cli.main(_argv(api, "--dry-run", action=("release", "--app-name", "app", "--version", "1.5"))) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "dry run: release app 1.5 at registry revision 7"
+    assert "  start 2 containers of 1.5 in slot b on app-* (glob), network pigeon-app-1.5:" in out
+    assert "  route app@internal: app_a -> app_b" in out
+    assert not any(line.startswith("  route app:") for line in out)  # production unchanged
+    assert "  1.5: release" in out
+    sent = [r["body"][0] for r in api.requests if r["path"] == "/"]
+    assert sent == [{"client": "runner", "fun": "deploy.release", "arg": [],
+                     "kwarg": {"app": "app", "version": "1.5", "dry_run": True}}]  # runner, not runner_async
+
+
+def test_dry_run_refused_exits_1_with_the_actions_line(api, capsys):
+    api.payload = {"refused": REFUSAL}
+    assert cli.main(_argv(api, "--dry-run")) == 1
+    assert capsys.readouterr().err.splitlines() == [f"stacks.py: release app 1.0 refused: {REFUSAL}"]
+
+
+def test_dry_run_json(api, capsys):
+    api.payload = {"dry_run": DRY_PLAN}
+    assert cli.main(_argv(api, "--dry-run", "--json")) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is True and doc["dry_run"] is True and doc["plan"] == DRY_PLAN and doc["error"] is None
+
+
+def test_expect_revision_is_sent(api, capsys):
+    assert cli.main(_argv(api, "--expect-revision", "12", "--no-progress")) == 0
+    sent = [r["body"][0]["kwarg"] for r in api.requests if r["path"] == "/"]
+    assert sent[-1] == {"app": "app", "version": "1.0", "expect_revision": 12}
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["status", "--dry-run"], "--dry-run applies to actions only"),
+    (["history", "--app-name", "app", "--expect-revision", "3"], "--expect-revision applies to actions only"),
+    (["rollback", "--app-name", "app", "--expect-revision", "-1"], "is not a revision"),
+    (["rollback", "--app-name", "app", "--expect-revision", "x"], "is not a revision"),
+    (["rollback", "--app-name", "app", "--expect-revision", "1.5"], "is not a revision"),
+])
+def test_dry_run_and_revision_usage_errors(capsys, argv, needle):
+    _usage_error(capsys, argv, needle)
+
+
+def test_plan_lines_of_a_deactivation_and_a_noop():
+    plan = dict(DRY_PLAN, action="deactivate", version="1.4", start=None,
+                stop=[{"version": "1.4", "slot": "a", "state": "active", "backend": "app_a"}],
+                states={"1.4": None}, routes={}, message="")
+    lines = cli.plan_lines(plan)
+    assert "  drain backend app_a (up to 10 s), then stop and remove the containers of 1.4" in lines
+    assert "  route app: app_a -> none (503)" in lines and "  1.4: deactivated" in lines
+    assert cli.plan_lines(dict(DRY_PLAN, noop=True, message="app 1.5 is released already")) == [
+        "dry run: release app 1.5 at registry revision 7", "  nothing to do: app 1.5 is released already"]

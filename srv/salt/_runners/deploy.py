@@ -9,7 +9,8 @@ Each function checks what it was given against the declared schema
 positional arguments. A refused request returns ``{"refused": "one line"}``
 with retcode 1 and changes nothing. An accepted one runs the action's
 orchestration (``orch/<action>.sls``) with the checked values as pillar
-``pigeon:`` and returns what ``state.orchestrate`` returns. Nothing the
+``pigeon:`` and returns what ``state.orchestrate`` returns; with ``dry_run``,
+the plan it would make (``{"dry_run": plan}``) without running it. Nothing the
 sender chose reaches ``state.orchestrate`` but those values: not ``test``,
 ``exclude``, ``saltenv``, ``pillar_enc``, nor another SLS.
 
@@ -61,13 +62,28 @@ def _action(action, args, kwargs):
     if refusal:
         log.warning("deploy: %s refused: %s", action, refusal)
         return _refuse(refusal)
+    if values.pop("dry_run", False):
+        return _dry_run(action, values)
     return _orchestrate(action, values, "cli")
+
+
+def _dry_run(action, values):
+    """What the action would do: the plan its orchestration would make, from the same planning
+    code (stacks.plan) on the registry as it is, without the lock; nothing is changed or
+    recorded. {"dry_run": plan}, or {"refused": the line the action would give}."""
+    planned = __salt__["stacks.plan"](
+        app=values["app"], action=action, version=values.get("version"),
+        force=values.get("force", False), expect_revision=values.get("expect_revision"),
+        user=__opts__.get("user"), lock=False)
+    if planned.get("error"):
+        return _refuse(planned["error"])
+    return {"dry_run": planned}
 
 
 def release(*args, **kwargs):
     """
     Start a version of an app in a free slot, internal/preview traffic only.
-    Keys: app, version (else the pillar's), keep_failed, wait.
+    Keys: app, version (else the pillar's), keep_failed, wait, dry_run, expect_revision.
 
     CLI Example:
 
@@ -80,7 +96,7 @@ def release(*args, **kwargs):
 
 def activate(*args, **kwargs):
     """
-    Give production to the released stack. Keys: app, version, wait.
+    Give production to the released stack. Keys: app, version, wait, dry_run, expect_revision.
 
     CLI Example:
 
@@ -93,7 +109,7 @@ def activate(*args, **kwargs):
 
 def deactivate(*args, **kwargs):
     """
-    Remove a stack (the active one only with force). Keys: app, version, force, wait.
+    Remove a stack (the active one only with force). Keys: app, version, force, wait, dry_run, expect_revision.
 
     CLI Example:
 
@@ -106,7 +122,7 @@ def deactivate(*args, **kwargs):
 
 def rollback(*args, **kwargs):
     """
-    Give production back to the inactive stack. Keys: app, wait.
+    Give production back to the inactive stack. Keys: app, wait, dry_run, expect_revision.
 
     CLI Example:
 

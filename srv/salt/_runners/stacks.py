@@ -154,14 +154,16 @@ def containers(app, version, slot, definition):
 
 
 def plan(app=None, action=None, version=None, force=False, definition=None, user=None, wait=0,
-         source="cli", lock=True, **kwargs):
+         source="cli", lock=True, expect_revision=None, **kwargs):
     """
     What an action will do, checked against the registry and the state machine.
     Called by the orchestrations at render time. With ``lock`` (the default) it
     first takes the app's deploy lock for the orchestration (waiting up to
     ``wait`` seconds for another action to end), so that the plan is made on a
     registry nobody else changes; the orchestration's last step (stacks.commit
-    or stacks.abort) releases it.
+    or stacks.abort) releases it. Without ``lock`` it is a look (a dry run): no
+    lock, and nothing is recorded. With ``expect_revision``, the action is refused
+    when the registry's revision (its generation) is another.
 
     Returns the plan, or {"error": "one line"} when the action is refused (then
     no lock is held).
@@ -172,6 +174,8 @@ def plan(app=None, action=None, version=None, force=False, definition=None, user
 
         salt-run stacks.plan app=app action=release version=1.2 definition='{...}'
     """
+    if definition is None and not lock:  # a look from the deploy runner: the master's pillar
+        definition = _definitions().get(app)
     try:
         __utils__["pigeon_schema.check_app"](app)
         __utils__["pigeon_schema.check_definition"](app, definition)
@@ -203,18 +207,27 @@ def plan(app=None, action=None, version=None, force=False, definition=None, user
                                "when": _now(), "finished": _now(), "duration": 0})
             return {"error": held}
     entry = _load(app)
+
+    def refuse(message):
+        if lock:  # an action refused is recorded; a look is not
+            _history_add(app, {"action": action, "version": version, "result": "refused",
+                               "message": message, "user": user or "unknown", "source": source,
+                               "when": _now(), "finished": _now(), "duration": 0})
+            _unlock(app)
+        return {"error": message}
+
+    if expect_revision is not None and int(expect_revision) != entry["generation"]:
+        return refuse(f"the registry of {app} is at revision {entry['generation']}, not "
+                      f"{expect_revision}: it changed since you looked; see ./stacks.py status")
     try:
         result = _sm("plan")(entry, action, version=version, force=bool(force))
     except Exception as exc:  # pylint: disable=broad-except
         # TransitionError is defined in the utils module, loaded by Salt's loader
         if type(exc).__name__ != "TransitionError":
-            _unlock(app)
+            if lock:
+                _unlock(app)
             raise
-        _history_add(app, {"action": action, "version": version, "result": "refused",
-                           "message": str(exc), "user": user or "unknown", "source": source,
-                           "when": _now(), "finished": _now(), "duration": 0})
-        _unlock(app)
-        return {"error": str(exc)}
+        return refuse(str(exc))
     try:
         return _expand(app, action, version, definition, entry, result, count)
     except Exception:
@@ -478,7 +491,7 @@ def status(*args, **kwargs):
         lock_ = _read_lock(name)
         result[name] = {
             "stacks": entry["stacks"], "routes": entry["routes"],
-            "generation": entry["generation"],
+            "generation": entry["generation"],  # the registry's revision (--expect-revision)
             "lock": {k: v for k, v in lock_.items() if k != "fd"} if lock_ else None,
         }
         if observe and name in definitions:

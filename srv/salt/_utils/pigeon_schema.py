@@ -115,14 +115,20 @@ VERSION = Text(VERSION_RE, "1-128 letters, digits, '_', '.', '-'; not starting w
 WAIT = Integer(0, MAX_WAIT)
 FLAG = Flag()
 
+REVISION = Integer(0, 2**53)  # the registry's generation, as status shows it
+
+# what every action accepts besides its own keys: a plan to look at, and the registry
+# revision the caller checked (refused when it moved)
+LOOK = {"dry_run": (FLAG, False), "expect_revision": (REVISION, False)}
+
 # kind: {key: (checker, required)}
 REQUESTS = {
     "release": {"app": (APP, True), "version": (VERSION, False), "keep_failed": (FLAG, False),
-                "wait": (WAIT, False)},
-    "activate": {"app": (APP, True), "version": (VERSION, False), "wait": (WAIT, False)},
+                "wait": (WAIT, False), **LOOK},
+    "activate": {"app": (APP, True), "version": (VERSION, False), "wait": (WAIT, False), **LOOK},
     "deactivate": {"app": (APP, True), "version": (VERSION, True), "force": (FLAG, False),
-                   "wait": (WAIT, False)},
-    "rollback": {"app": (APP, True), "wait": (WAIT, False)},
+                   "wait": (WAIT, False), **LOOK},
+    "rollback": {"app": (APP, True), "wait": (WAIT, False), **LOOK},
     "status": {"app": (APP, False), "observe": (FLAG, False)},
     "history": {"app": (APP, True), "limit": (Integer(0, 500), False)},
     # a CI webhook body or CI minion event (deploy.ci_event), after its signature was checked

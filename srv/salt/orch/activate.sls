@@ -1,7 +1,7 @@
 {#- activate: release -> active, the old active -> inactive, the old inactive -> deactivated.
     Refuses a release that is not fully UP; switches production at runtime (HAProxy map).
     Pillar read: pigeon:app, pigeon:version, pigeon:force, pigeon:wait,
-    pigeon:keep_failed, pigeon:source (stacks.py or the reactor), stacks:<app>. #}
+    pigeon:keep_failed, pigeon:expect_revision, pigeon:source (stacks.py or the reactor), stacks:<app>. #}
 {%- set action = 'activate' %}
 {%- set args = pillar.get('pigeon', {}) %}
 {%- set app = args.get('app') %}
@@ -9,6 +9,7 @@
     which takes the app's deploy lock (see steps.jinja) #}
 {%- set plan = salt['pigeon_runner.call']('stacks.plan', app=app, action=action, version=args.get('version'),
       force=args.get('force', False), wait=args.get('wait', 0), source=args.get('source', 'cli'),
+      expect_revision=args.get('expect_revision'),
       user=opts.get('user', 'unknown'), definition=pillar.get('stacks', {}).get(app)) %}
 {%- set lb, cfg, source = plan.get('loadbal', {}), plan.get('config', {}), args.get('source', 'cli') %}
 {%- import 'orch/steps.jinja' as steps %}
