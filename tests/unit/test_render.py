@@ -270,9 +270,11 @@ def check(high, want):
 # ---------------------------------------------------------------------------
 # the plans: the state machine and stacks._expand, on registries made here
 sm = load("_utils/pigeon_statemachine.py", "pigeon_statemachine_render")
+definition_utils = load("_utils/pigeon_definition.py", "pigeon_definition_render")
 stacks_runner = load("_runners/stacks.py", "stacks_runner_render")
-stacks_runner.__utils__ = {f"pigeon_statemachine.{n}": getattr(sm, n)
-                           for n in ("plan", "backend", "check_version", "empty", "routes")}
+stacks_runner.__utils__ = {
+    **{f"pigeon_statemachine.{n}": getattr(sm, n) for n in ("plan", "backend", "check_version", "empty", "routes")},
+    **{f"pigeon_definition.{n}": getattr(definition_utils, n) for n in ("services", "containers", "expand")}}
 DEFINITION = yaml.safe_load((REPO / "srv" / "pillar" / "stacks.sls").read_text())["stacks"]["app"]
 APP = "app"
 
@@ -291,12 +293,11 @@ def real_plan(action, version, stacks, force=False, loadbal_seen=True):
     """The plan stacks.plan returns (without its lock) for this registry."""
     entry = _entry(stacks, loadbal_seen)
     definition = copy.deepcopy(DEFINITION)
-    count, _ = stacks_runner._services(definition)
     try:
         result = sm.plan(copy.deepcopy(entry), action, version=version, force=force)
     except sm.TransitionError as exc:
         return {"error": str(exc)}
-    return stacks_runner._expand(APP, action, version, definition, entry, result, count)
+    return stacks_runner._expand(APP, action, version, definition, entry, result)
 
 
 # (shape, action, request version, registry, force, loadbal seen, keep_failed)
@@ -660,9 +661,8 @@ def test_release_with_definition_that_passes_the_schema(opts, case):
     orch/release.sls and then stacks/running.sls."""
     definition = _definition_with(REACHABLE[case])
     entry = _entry({"1.0": ("active", "a")}, loadbal_seen=True)
-    count, _ = stacks_runner._services(definition)
     plan = stacks_runner._expand(APP, "release", "2.0", definition, entry,
-                                 sm.plan(copy.deepcopy(entry), "release", version="2.0"), count)
+                                 sm.plan(copy.deepcopy(entry), "release", version="2.0"))
     assert not plan.get("error"), plan
     args = {"app": APP, "version": "2.0", "force": False, "wait": 0, "source": "cli", "keep_failed": False}
     high = _render_orch(opts, "release", plan, args)

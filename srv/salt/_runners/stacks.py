@@ -24,8 +24,6 @@ master cannot both take it, and a run that dies releases it.
 """
 
 import datetime
-import hashlib
-import json
 import logging
 import os
 import time
@@ -36,9 +34,6 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "stacks"
 HISTORY_KEEP = 500
-MAX_REPLICAS = 10  # the server-template size of a slot (haproxy:max_replicas)
-# docker_config keys Pigeon sets itself
-RESERVED = ("name", "networks", "network_mode")
 
 
 def __virtual__():
@@ -90,67 +85,26 @@ def _fail(message):
 
 
 # ---------------------------------------------------------------------------
-# planning
+# planning: the definition's expansion is _utils/pigeon_definition.py
+def _definition(name):
+    return __utils__[f"pigeon_definition.{name}"]
+
+
 def _services(definition):
-    """(count, {service: definition}) from task_definitions (README form) or task_definition."""
-    if "task_definitions" in definition:
-        td = dict(definition["task_definitions"] or {})
-        count = td.pop("count", 1)
-        return int(count), td
-    td = definition.get("task_definition") or {}
-    return int(td.get("count", 1)), dict(td.get("services") or {})
-
-
-def _labels(raw):
-    if isinstance(raw, dict):
-        return {str(k): str(v) for k, v in raw.items()}
-    labels = {}
-    for item in raw or []:
-        if isinstance(item, dict):
-            labels.update({str(k): str(v) for k, v in item.items()})
-        else:
-            key, _, value = str(item).partition("=")
-            labels[key] = value
-    return labels
-
-
-def _image(image, version):
-    if "{version}" in image:
-        return image.replace("{version}", version)
-    last = image.rsplit("/", 1)[-1]
-    return image if ":" in last or "@" in last else f"{image}:{version}"
+    return _definition("services")(definition)
 
 
 def containers(app, version, slot, definition):
-    """The containers of one stack: name, labels, networks and docker_config each."""
-    count, services = _services(definition)
-    loadbal = definition["loadbal"]
-    stack_network = f"pigeon-{app}-{version}"
-    result = []
-    for replica in range(1, count + 1):
-        for service, sdef in sorted(services.items()):
-            config = dict((sdef or {}).get("docker_config") or {})
-            labels = _labels(config.pop("labels", None))
-            registered = labels.get("register_backend", "").lower() == "true"
-            labels.update({
-                "pigeon.managed": "true", "pigeon.app": app, "pigeon.version": version,
-                "pigeon.slot": slot, "pigeon.service": service, "pigeon.replica": str(replica),
-            })
-            networks = [{stack_network: [{"aliases": [service]}]}]
-            if registered:
-                networks.append({loadbal["default_network"]: [{"aliases": [f"pigeon-{app}-{slot}"]}]})
-            config["image"] = _image(config.get("image", app), version)
-            config.setdefault("stop_timeout", 10)
-            config.setdefault("restart_policy", "unless-stopped")
-            result.append({
-                "name": f"{app}-{version}-{service}-{replica}",
-                "service": service,
-                "registered": registered,
-                "labels": labels,
-                "networks": networks,
-                "docker_config": config,
-            })
-    return result
+    """
+    The containers of one stack: name, labels, networks and docker_config each.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run stacks.containers app 1.4 a definition='{...}'
+    """
+    return _definition("containers")(app, version, slot, definition)
 
 
 def plan(app=None, action=None, version=None, force=False, definition=None, user=None, wait=0,
@@ -229,69 +183,18 @@ def plan(app=None, action=None, version=None, force=False, definition=None, user
             raise
         return refuse(str(exc))
     try:
-        return _expand(app, action, version, definition, entry, result, count)
+        return _expand(app, action, version, definition, entry, result)
     except Exception:
         _unlock(app)
         raise
 
 
-def _expand(app, action, version, definition, entry, result, count):
+def _expand(app, action, version, definition, entry, result):
     """The plan with what the orchestration's steps need: targets, containers, backends."""
-    loadbal = definition["loadbal"]
-    result["loadbal"] = {
-        "target": loadbal["target"],
-        "target_type": loadbal.get("target_type", "glob"),
-        "healthcheck_timeout": int((loadbal.get("healthcheck") or {}).get("timeout", 60)),
-        "drain_timeout": int(loadbal.get("drain_timeout", 30)),
-    }
-    result["config"] = {
-        "target": definition["config"]["target"],
-        "target_type": definition["config"].get("target_type", "glob"),
-        "formula": definition["config"].get("formula"),
-    }
-    result["loadbal_hash"] = hashlib.sha256(
-        json.dumps(loadbal, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    result["converge_loadbal"] = entry.get("loadbal_hash") != result["loadbal_hash"]
-    if result["start"]:
-        slot = result["start"]["slot"]
-        cts = containers(app, result["version"], slot, definition)
-        if not any(c["registered"] for c in cts):
-            _unlock(app)
-            return {"error": f"broken pillar: no service of stacks:{app} is labelled register_backend=true"}
-        reserved = sorted({k for c in cts for k in c["docker_config"] if k in RESERVED})
-        if reserved:
-            _unlock(app)
-            return {"error": f"broken pillar: stacks:{app} docker_config sets {', '.join(reserved)}, "
-                             "which Pigeon sets itself; remove it"}
-        registered = sum(1 for c in cts if c["registered"])
-        if registered > MAX_REPLICAS:
-            _unlock(app)
-            return {"error": f"broken pillar: stacks:{app} would put {registered} containers in one "
-                             f"HAProxy slot, more than its {MAX_REPLICAS} servers; lower count"}
-        result["start"].update(
-            # containers of versions the registry does not know were left by an interrupted
-            # action (or a release kept with --keep-failed, this version's own included): the
-            # release removes them first, so that it starts clean
-            keep=sorted(entry["stacks"]),
-            backend=_sm("backend")(app, slot),
-            network=f"pigeon-{app}-{result['version']}",
-            expected_up=sum(1 for c in cts if c["registered"]),
-            containers=cts,
-        )
-    if action in ("activate", "rollback") and not result["noop"]:
-        slot = entry["stacks"][result["version"]]["slot"]
-        result["gate"] = {
-            "backend": _sm("backend")(app, slot),
-            "expected_up": sum(
-                1 for c in containers(app, result["version"], slot, definition) if c["registered"]),
-        }
-    if action == "deactivate" and result["noop"]:
-        # not in the registry: remove whatever an interrupted action left of it
-        result["stop"] = [{"version": version, "slot": None, "state": None}]
-    for stop in result["stop"]:
-        stop["backend"] = _sm("backend")(app, stop["slot"]) if stop["slot"] else None
-        stop["network"] = f"pigeon-{app}-{stop['version']}"
-    return result
+    expanded = _definition("expand")(app, action, version, definition, entry, result, _sm("backend"))
+    if expanded.get("error"):
+        _unlock(app)
+    return expanded
 
 
 # ---------------------------------------------------------------------------

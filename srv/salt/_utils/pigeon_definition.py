@@ -1,0 +1,152 @@
+"""
+A stack definition (the ``stacks:<app>`` pillar), expanded: its services and
+replicas, the containers of one stack (name, labels, networks and
+docker_config each), and a state machine's plan turned into what the
+orchestration's steps need (targets, containers, backends, gates, networks).
+
+Pure Python, no Salt: the stacks runner (``_runners/stacks.py``) calls it as
+``__utils__["pigeon_definition.expand"]`` and ``...containers``; unit tests
+import it by path. The definition has passed ``pigeon_schema.check_definition``
+before it gets here.
+"""
+
+import hashlib
+import json
+
+MAX_REPLICAS = 10  # the server-template size of a slot (haproxy:max_replicas)
+RESERVED = ("name", "networks", "network_mode")  # docker_config keys Pigeon sets itself
+
+
+def services(definition):
+    """(count, {service: definition}) from task_definitions (README form) or task_definition."""
+    if "task_definitions" in definition:
+        td = dict(definition["task_definitions"] or {})
+        count = td.pop("count", 1)
+        return int(count), td
+    td = definition.get("task_definition") or {}
+    return int(td.get("count", 1)), dict(td.get("services") or {})
+
+
+def labels(raw):
+    """docker labels given as a dict, or a list of "key=value" strings and dicts."""
+    if isinstance(raw, dict):
+        return {str(k): str(v) for k, v in raw.items()}
+    result = {}
+    for item in raw or []:
+        if isinstance(item, dict):
+            result.update({str(k): str(v) for k, v in item.items()})
+        else:
+            key, _, value = str(item).partition("=")
+            result[key] = value
+    return result
+
+
+def image(name, version):
+    """The image of a version: ``{version}`` replaced, else the version as the tag when the
+    name has no tag or digest of its own."""
+    if "{version}" in name:
+        return name.replace("{version}", version)
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last or "@" in last else f"{name}:{version}"
+
+
+def stack_network(app, version):
+    """The docker network of one stack: its services reach each other by name there."""
+    return f"pigeon-{app}-{version}"
+
+
+def containers(app, version, slot, definition):
+    """The containers of one stack: name, labels, networks and docker_config each."""
+    count, defined = services(definition)
+    loadbal = definition["loadbal"]
+    network = stack_network(app, version)
+    result = []
+    for replica in range(1, count + 1):
+        for service, sdef in sorted(defined.items()):
+            config = dict((sdef or {}).get("docker_config") or {})
+            marks = labels(config.pop("labels", None))
+            registered = marks.get("register_backend", "").lower() == "true"
+            marks.update({
+                "pigeon.managed": "true", "pigeon.app": app, "pigeon.version": version,
+                "pigeon.slot": slot, "pigeon.service": service, "pigeon.replica": str(replica),
+            })
+            networks = [{network: [{"aliases": [service]}]}]
+            if registered:
+                networks.append({loadbal["default_network"]: [{"aliases": [f"pigeon-{app}-{slot}"]}]})
+            config["image"] = image(config.get("image", app), version)
+            config.setdefault("stop_timeout", 10)
+            config.setdefault("restart_policy", "unless-stopped")
+            result.append({
+                "name": f"{app}-{version}-{service}-{replica}",
+                "service": service,
+                "registered": registered,
+                "labels": marks,
+                "networks": networks,
+                "docker_config": config,
+            })
+    return result
+
+
+def loadbal_hash(definition):
+    """A digest of the app's loadbal: pillar; a release converges HAProxy when it changed."""
+    return hashlib.sha256(json.dumps(definition["loadbal"], sort_keys=True, default=str)
+                          .encode()).hexdigest()[:16]
+
+
+def expand(app, action, version, definition, entry, planned, backend):
+    """
+    ``planned`` (the state machine's plan of ``action`` on the registry ``entry``) with
+    what the orchestration's steps need; ``backend(app, slot)`` names a slot's HAProxy
+    backend. Returns the plan, or {"error": one line} when the definition cannot make it.
+    """
+    loadbal = definition["loadbal"]
+    planned["loadbal"] = {
+        "target": loadbal["target"],
+        "target_type": loadbal.get("target_type", "glob"),
+        "healthcheck_timeout": int((loadbal.get("healthcheck") or {}).get("timeout", 60)),
+        "drain_timeout": int(loadbal.get("drain_timeout", 30)),
+    }
+    planned["config"] = {
+        "target": definition["config"]["target"],
+        "target_type": definition["config"].get("target_type", "glob"),
+        "formula": definition["config"].get("formula"),
+    }
+    planned["loadbal_hash"] = loadbal_hash(definition)
+    planned["converge_loadbal"] = entry.get("loadbal_hash") != planned["loadbal_hash"]
+    if planned["start"]:
+        slot = planned["start"]["slot"]
+        cts = containers(app, planned["version"], slot, definition)
+        registered = sum(1 for c in cts if c["registered"])
+        if not registered:
+            return {"error": f"broken pillar: no service of stacks:{app} is labelled register_backend=true"}
+        reserved = sorted({k for c in cts for k in c["docker_config"] if k in RESERVED})
+        if reserved:
+            return {"error": f"broken pillar: stacks:{app} docker_config sets {', '.join(reserved)}, "
+                             "which Pigeon sets itself; remove it"}
+        if registered > MAX_REPLICAS:
+            return {"error": f"broken pillar: stacks:{app} would put {registered} containers in one "
+                             f"HAProxy slot, more than its {MAX_REPLICAS} servers; lower count"}
+        planned["start"].update(
+            # containers of versions the registry does not know were left by an interrupted
+            # action (or a release kept with --keep-failed, this version's own included): the
+            # release removes them first, so that it starts clean
+            keep=sorted(entry["stacks"]),
+            backend=backend(app, slot),
+            network=stack_network(app, planned["version"]),
+            expected_up=registered,
+            containers=cts,
+        )
+    if action in ("activate", "rollback") and not planned["noop"]:
+        slot = entry["stacks"][planned["version"]]["slot"]
+        planned["gate"] = {
+            "backend": backend(app, slot),
+            "expected_up": sum(1 for c in containers(app, planned["version"], slot, definition)
+                               if c["registered"]),
+        }
+    if action == "deactivate" and planned["noop"]:
+        # not in the registry: remove whatever an interrupted action left of it
+        planned["stop"] = [{"version": version, "slot": None, "state": None}]
+    for stop in planned["stop"]:
+        stop["backend"] = backend(app, stop["slot"]) if stop["slot"] else None
+        stop["network"] = stack_network(app, stop["version"])
+    return planned
