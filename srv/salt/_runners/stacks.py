@@ -8,7 +8,9 @@ The orchestrations (``orch/*.sls``) call these functions:
   another live action holds it, or waiting ``wait`` seconds), checks the action
   against the state machine (``_utils/pigeon_statemachine.py``) on the registry
   it now holds, and expands the stack definition into what the steps need
-  (containers, backends, routes). A refused plan holds no lock.
+  (containers, backends, routes: ``_utils/pigeon_definition.py``). A refused
+  plan holds no lock. Without the lock (``lock=False``) it is the dry run of
+  the deploy runner: nothing is taken or recorded.
 - ``stacks.commit`` last: records the new states, appends to the history,
   releases the lock.
 - ``stacks.abort`` on failure: records the failure, releases the lock.
