@@ -54,9 +54,9 @@ def test_dry_run_of_each_action_changes_nothing(stacks, three):
     before = snapshot(stacks)
     revision = before["registry"]["generation"]
     cases = [
-        (["activate", "--app-name", APP], [f"route {APP}: {APP}_"],
+        (["activate", "--app-name", APP], [f"route {APP}/production: {APP}_", f"{c}: active"],
          f"dry run: activate {APP} {c} at registry revision {revision}"),
-        (["rollback", "--app-name", APP], [f"route {APP}: {APP}_"], None),
+        (["rollback", "--app-name", APP], [f"route {APP}/production: {APP}_", f"{a}: active"], None),
         (["deactivate", "--app-name", APP, "--version", c],
          [f"then stop and remove the containers of {c}", f"{c}: deactivated"], None),
         (["deactivate", "--app-name", APP, "--version", a],
@@ -77,7 +77,7 @@ def test_dry_run_of_each_action_changes_nothing(stacks, three):
 def test_dry_run_of_a_release_names_its_containers_and_gates(stacks, three):
     before = snapshot(stacks)
     d = new_version("dry-d")
-    # a fourth stack has no slot: refused, as the release itself would be
+    # a second release: refused, as the release itself would be
     result = stacks("release", "--app-name", APP, "--version", d, "--dry-run")
     assert result.rc == 1
     refusal = result.err.strip()
@@ -87,8 +87,8 @@ def test_dry_run_of_a_release_names_its_containers_and_gates(stacks, three):
     real = stacks("release", "--app-name", APP, "--version", d)
     assert real.rc == 1 and real.err.strip() == refusal
     # room for it: the dry run now shows what it would start, where, and its gates
-    a = three[0]
-    assert stacks("deactivate", "--app-name", APP, "--version", a).rc == 0
+    c = three[2]
+    assert stacks("deactivate", "--app-name", APP, "--version", c).rc == 0
     before = snapshot(stacks)
     result = stacks("release", "--app-name", APP, "--version", d, "--dry-run", "--json")
     assert result.rc == 0, result
