@@ -37,6 +37,9 @@ NONCE_RE = re.compile(r"\A[A-Za-z0-9_-]{16,64}\Z")
 TARGET_RE = re.compile(r"\A[^\x00-\x1f\x7f]{1,512}\Z")
 NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # frontends, docker networks, sls names
 SLS_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+# rendered into haproxy.cfg: an HTTP path without spaces, and an HAProxy time
+CHECK_PATH_RE = re.compile(r"\A/[!-~]{0,255}\Z")
+HAPROXY_TIME_RE = re.compile(r"\A[0-9]{1,7}(us|ms|s|m|h|d)?\Z")
 TARGET_TYPES = ("glob", "pcre", "list", "grain", "grain_pcre", "pillar", "pillar_pcre",
                 "nodegroup", "range", "compound", "ipcidr")
 MAX_WAIT = 3600  # seconds an action may wait for the deploy lock
@@ -250,6 +253,14 @@ def check_definition(app, definition):
     healthcheck = _mapping(f"{base}:loadbal:healthcheck", loadbal.get("healthcheck"), required=False)
     if "timeout" in healthcheck:
         _pillar_integer(f"{base}:loadbal:healthcheck:timeout", healthcheck["timeout"], 1, 3600)
+    if "path" in healthcheck:
+        _pillar_text(f"{base}:loadbal:healthcheck:path", healthcheck["path"], CHECK_PATH_RE,
+                     "an HTTP path starting with '/', without spaces")
+    if "status" in healthcheck:
+        _pillar_integer(f"{base}:loadbal:healthcheck:status", healthcheck["status"], 100, 599)
+    if "interval" in healthcheck:
+        _pillar_text(f"{base}:loadbal:healthcheck:interval", healthcheck["interval"], HAPROXY_TIME_RE,
+                     "an HAProxy time such as 1s or 500ms")
     if "drain_timeout" in loadbal:
         _pillar_integer(f"{base}:loadbal:drain_timeout", loadbal["drain_timeout"], 0, 3600)
     if "backend_port" in loadbal:
