@@ -107,6 +107,8 @@ def token_cache_path(env):
 class SaltApi:
     """A thin client of salt-api's rest_cherrypy: /login with eauth, then low-state runs."""
 
+    SILENCE = 15  # seconds without an event after which deploy() asks whether the action lives
+
     def __init__(self, url, user, password, eauth="auto", verify=True, timeout=600, token_cache=None):
         if not url:
             raise StacksError("no salt-api URL: set SALTAPI_URL or pass --saltapi-url "
@@ -271,8 +273,6 @@ class SaltApi:
                     return event.get("data", {}).get("return")
         finally:
             stream.close()
-
-    SILENCE = 15  # seconds without an event after which deploy() asks whether the action lives
 
     def _lock_free(self, app, deadline):
         """Whether no action holds the deploy lock of ``app`` (the orchestration holds it from

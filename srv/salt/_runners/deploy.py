@@ -73,8 +73,7 @@ def _dry_run(action, values):
     recorded. {"dry_run": plan}, or {"refused": the line the action would give}."""
     planned = __salt__["stacks.plan"](
         app=values["app"], action=action, version=values.get("version"),
-        force=values.get("force", False), expect_revision=values.get("expect_revision"),
-        user=__opts__.get("user"), lock=False)
+        force=values.get("force", False), expect_revision=values.get("expect_revision"), lock=False)
     if planned.get("error"):
         return _refuse(planned["error"])
     return {"dry_run": planned}
