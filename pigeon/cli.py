@@ -3,8 +3,10 @@ The command line of ``./stacks.py``: arguments (``parse_args``), the actions and
 views through salt-api (``run_action``, ``show_status``, ``show_history``), and
 the output: a line per step, one line per error, ``--json``.
 
-``./stacks.py`` calls ``main``; the salt-api client is ``pigeon.saltapi``, the
-reading of an orchestration's result ``pigeon.outcome``.
+``./stacks.py`` calls ``main``; the salt-api client is ``pigeon.saltapi``. An
+action's outcome comes from the deploy runner in a documented shape
+(``srv/salt/_utils/pigeon_outcome.py``, docs/cli.md): this prints it, and never
+reads the orchestration's state IDs.
 """
 
 import argparse
@@ -14,8 +16,7 @@ import re
 import sys
 import time
 
-from pigeon.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, StacksError
-from pigeon.outcome import first_line, orchestration_outcome, step_name
+from pigeon.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, StacksError, first_line
 from pigeon.saltapi import SaltApi, TokenCache, token_cache_path
 
 ACTIONS = ("release", "activate", "deactivate", "rollback")
@@ -179,43 +180,46 @@ def run_action(client, args, out):
 
     def show(step):
         """One line per step as it finishes (progress events), skipping steps that did not run."""
-        comment = str(step.get("comment", ""))
-        if comment.startswith("State was not run because") or step.get("__id__", "").endswith("refused"):
+        if step.get("skipped"):
             return
-        shown.append(step.get("__id__"))
-        mark = "ok" if step.get("result") else "FAILED"
-        out(f"  {step_name(step.get('__id__')):<24} {mark:<7} {(step.get('duration') or 0) / 1000:.1f} s")
+        shown.append(step["step"])
+        out(step_line(step))
 
     progress = None if args.quiet or args.json or args.no_progress else show
-    ret = client.deploy(args.command, request, on_step=progress)
-    outcome = orchestration_outcome(ret)
+    answer = client.deploy(args.command, request, on_step=progress)
+    outcome = answer.get("outcome") if isinstance(answer, dict) else None
+    if not isinstance(outcome, dict):
+        if isinstance(answer, dict) and isinstance(answer.get("refused"), str):  # the door refused
+            outcome = {"ok": False, "refused": True, "error": answer["refused"], "steps": []}
+        else:
+            raise StacksError(f"deploy.{args.command} returned no outcome: {first_line(str(answer))}")
     elapsed = time.monotonic() - started
     if progress is None or not shown:  # no progress events came: the steps at the end
-        for step in outcome["steps"]:
-            if step["skipped"]:
-                continue
-            mark = "ok" if step["result"] else "FAILED"
-            duration = f"{(step['duration_ms'] or 0) / 1000:.1f} s"
-            out(f"  {step['step']:<24} {mark:<7} {duration}")
-    report = {"action": args.command, "app": args.app, "version": args.version,
-              "ok": outcome["ok"], "error": outcome["error"], "seconds": round(elapsed, 3),
-              "steps": [{k: s[k] for k in ("step", "result", "comment", "duration_ms")} for s in outcome["steps"]],
-              "result": outcome["result"]}
-    if outcome["result"]:
-        report["version"] = outcome["result"].get("version", args.version) or args.version
+        for step in outcome.get("steps") or []:
+            if not step.get("skipped"):
+                out(step_line(step))
+    report = {"action": args.command, "app": args.app, "version": args.version}
+    report.update({k: v for k, v in outcome.items() if k not in ("action", "app")})
+    report["version"] = outcome.get("version") or args.version
+    report["seconds"] = round(elapsed, 3)
     if outcome.get("refused"):
         raise StacksError(f"{args.command} {target} refused: {outcome['error']}", EXIT_FAILED, report)
-    if not outcome["ok"]:
+    if not outcome.get("ok"):
         raise StacksError(f"{args.command} {target} failed: {outcome['error']}", EXIT_FAILED, report)
     if outcome.get("cleaned"):
         out(f"removed what interrupted actions left of {', '.join(outcome['cleaned'])}")
-        report["cleaned"] = outcome["cleaned"]
-    message = (outcome["result"] or {}).get("message") or ""
+    message = (outcome.get("changed") or {}).get("message") or ""
     if not args.version and report["version"]:
         target = f"{args.app} {report['version']}"
     out(f"{message}" if message else "done")
     out(f"Finished {args.command} {target} in {elapsed:.1f} s")
     return report
+
+
+def step_line(step):
+    """'  routes                   ok      0.1 s' (a step of the outcome)."""
+    mark = "ok" if step.get("result") else "FAILED"
+    return f"  {step.get('step', '?'):<24} {mark:<7} {float(step.get('seconds') or 0):.1f} s"
 
 
 def show_plan(client, args, request, out):

@@ -16,3 +16,9 @@ class StacksError(Exception):
         self.code = code
         self.status = status  # the HTTP status salt-api answered, when it answered one
         self.report = report  # what is known of the action so far, for --json
+
+
+def first_line(text):
+    """The first non-empty line of ``text`` (an answer shown in an error)."""
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else "(empty)"

@@ -219,11 +219,13 @@ class SaltApi:
     def deploy(self, action, kwarg, on_step=None):
         """
         Run the deploy runner's ``action`` (deploy.release, ...) with ``kwarg`` and return
-        what it returned: the orchestration's result, or {"refused": one line}. With
-        ``on_step``, each step is passed to it as it finishes: the runner runs through the
-        runner_async client while salt-api's event stream (/events) is read for the
-        orchestration's progress events (salt/job/<jid>/prog/...: the deploy runner runs
-        the orchestration under its own job id) and its return (salt/run/<jid>/ret).
+        what it returned: {"outcome": ...} (``_utils/pigeon_outcome.py``), or {"refused":
+        one line}. With ``on_step``, each step is passed to it as it finishes ({"step",
+        "result", "skipped", "seconds"}): the runner runs through the runner_async client
+        while salt-api's event stream (/events) is read for the runner's table of steps
+        (salt/run/<jid>/steps), the orchestration's progress events (salt/job/<jid>/prog/...:
+        the deploy runner runs the orchestration under its own job id) and its return
+        (salt/run/<jid>/ret).
         Falls back to the synchronous runner client when the master does not allow
         runner_async.
         """
@@ -251,7 +253,7 @@ class SaltApi:
             except (KeyError, IndexError, TypeError) as exc:
                 raise StacksError("salt-api did not start the action", EXIT_API) from exc
             deadline = time.monotonic() + self.timeout
-            unlocked = 0
+            unlocked, names = 0, {}
             while True:
                 now = time.monotonic()
                 if now >= deadline:
@@ -267,8 +269,12 @@ class SaltApi:
                                           EXIT_FAILED)
                     continue
                 tag, event = item
-                if tag.startswith(f"salt/job/{jid}/prog/"):
-                    on_step(event.get("data", {}).get("ret", {}))
+                if tag == f"salt/run/{jid}/steps":  # the runner's table: state ID -> step
+                    names = (event.get("data") or {}).get("steps") or {}
+                elif tag.startswith(f"salt/job/{jid}/prog/"):
+                    state = event.get("data", {}).get("ret", {})
+                    if state.get("__id__") in names:  # a step of the plan (looked up, not parsed)
+                        on_step(progress_step(names[state["__id__"]], state))
                 elif tag == f"salt/run/{jid}/ret":
                     return event.get("data", {}).get("return")
         finally:
@@ -291,6 +297,16 @@ class SaltApi:
             self.timeout = timeout
         entry = status.get(app) if isinstance(status, dict) else None
         return isinstance(entry, dict) and entry.get("lock") is None
+
+
+def progress_step(name, state):
+    """A step of the outcome's shape from an orchestration's progress event of that step."""
+    # as pigeon_outcome.build judges it: a step whose onfail had nothing to do, or whose
+    # requisite failed, did not run
+    skipped = str(state.get("comment", "")).startswith(("State was not run because",
+                                                        "One or more requisite failed"))
+    return {"step": name, "result": None if skipped else state.get("result"), "skipped": skipped,
+            "seconds": round((state.get("duration") or 0) / 1000, 3)}
 
 
 class EventStream:

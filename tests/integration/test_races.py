@@ -17,15 +17,16 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "tests" / "unit"))
-from srv_modules import load  # noqa: E402
+from srv_modules import load_with_utils  # noqa: E402
 
 ROUNDS = 100
 BACKENDS = ["app_a", "app_b", "app_c"]  # the lab's app's slots: backends that exist
 KEYS = ["race-one/production", "race-two/production"]  # keys no frontend reads
+UTILS = ["_utils/haproxy_admin.py", "_utils/haproxy_maps.py", "_utils/haproxy_health.py"]  # its __utils__
 
 
 def _writer(key, offset, barrier, results):
-    module = load("_modules/haproxy_runtime.py", f"haproxy_runtime_race_{offset}")
+    module = load_with_utils("_modules/haproxy_runtime.py", f"haproxy_runtime_race_{offset}", *UTILS)
     for n in range(ROUNDS):
         barrier.wait(timeout=60)
         backend = BACKENDS[(n + offset) % len(BACKENDS)]
@@ -39,7 +40,7 @@ def _writer(key, offset, barrier, results):
 
 @pytest.fixture
 def runtime():
-    module = load("_modules/haproxy_runtime.py", "haproxy_runtime_race_check")
+    module = load_with_utils("_modules/haproxy_runtime.py", "haproxy_runtime_race_check", *UTILS)
     yield module
     module.set_routes({key: None for key in KEYS})
 
@@ -58,7 +59,7 @@ def test_two_apps_switching_at_once_keep_both_routes(runtime):
             done = [results.get(timeout=60) for _ in KEYS]
             assert all(error is None for *_, error in done), done
             want = {key: backend for _, key, backend, _ in done}
-            on_disk = runtime.read_map_file(runtime.DEFAULT_MAPS_DIR + "/routes.map")
+            on_disk = runtime.__utils__["haproxy_maps.read_map_file"](runtime.DEFAULT_MAPS_DIR + "/routes.map")
             running = runtime.show_map()
             for key, backend in want.items():
                 if on_disk.get(key) != backend or running.get(key) != backend:

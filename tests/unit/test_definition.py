@@ -50,7 +50,7 @@ def test_containers_of_the_lab_app():
     assert web["registered"] is True and cts[0]["registered"] is False
     assert web["labels"] == {"register_backend": "true", "pigeon.managed": "true", "pigeon.app": "app",
                              "pigeon.version": "1.4", "pigeon.slot": "b", "pigeon.service": "web",
-                             "pigeon.replica": "1"}
+                             "pigeon.replica": "1", "pigeon.network": "pigeon-app-1.4"}
     # the stack's own network (services by name), and the slot's alias on HAProxy's network
     assert web["networks"] == [{"pigeon-app-1.4": [{"aliases": ["web"]}]},
                                {"pigeon": [{"aliases": ["pigeon-app-b"]}]}]

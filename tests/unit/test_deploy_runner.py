@@ -1,30 +1,48 @@
 """
-Unit tests for srv/salt/_runners/deploy.py (the door of every deployment).
+Unit tests for srv/salt/_runners/deploy.py (the door of every deployment, and the
+sequence of an action: lock, plan, steps, commit or abort, unlock).
 
-The runner runs with the real schema and CI checks as its ``__utils__``, a
-fake ``state.orchestrate`` that records its calls, ``_fire`` recording the
-events it would publish, and a real ``salt.cache`` (localfs, in tmp_path) for
-the nonces of webhooks.
+The runner runs with the real utils modules as its ``__utils__`` (schema, CI checks,
+state machine, definition, steps, outcome, lock, registry, plan), a real ``salt.cache``
+(localfs, in tmp_path) for the registry, the history and the nonces of webhooks, the
+lab's stack definition (srv/pillar/stacks.sls) as the master's pillar, a fake
+``state.orchestrate`` that records its calls and returns what a test gives it (the
+lab's recorded returns in tests/fixtures/orchestrate, or a hand-made failure), and
+``_fire`` recording the events it would publish. The integration tests run the same
+sequence against the real master.
 """
 
 import copy
 import hashlib
 import hmac
 import json
+import pathlib
 import threading
 import time
 
 import pytest
 import salt.cache
 import salt.config
+import yaml
 
-from srv_modules import load
+from srv_modules import SALT_DIR, load, utils_dunder
 
 schema = load("_utils/pigeon_schema.py", "pigeon_schema_for_deploy")
 ci = load("_utils/pigeon_ci.py", "pigeon_ci_for_deploy")
+PURE = [load(f"_utils/{name}.py", f"{name}_for_deploy") for name in (
+    "pigeon_schema", "pigeon_ci", "pigeon_statemachine", "pigeon_definition", "pigeon_steps",
+    "pigeon_outcome", "pigeon_lock")]
+DEFINITION = yaml.safe_load((SALT_DIR.parent / "pillar" / "stacks.sls").read_text())["stacks"]["app"]
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "orchestrate"
 
 SECRET = "s3cret-shared-with-ci"
 JID = "20251202080000123456"
+OK = {"data": {"master": {}}, "retcode": 0}
+
+
+def recorded(name):
+    """The lab's recorded state.orchestrate return of an action (tests/fixtures/record.py)."""
+    return json.loads((FIXTURES / f"{name}.json").read_text())["ret"]
 
 
 @pytest.fixture
@@ -40,18 +58,28 @@ def deploy(tmp_path, monkeypatch):
 
     def orchestrate(*args, **kwargs):
         calls.append((args, kwargs))
-        return copy.deepcopy(module.orchestrate_returns)
+        answer = module.orchestrate_returns
+        if isinstance(answer, Exception):
+            raise answer
+        return copy.deepcopy(answer)
 
+    registry = load("_utils/pigeon_registry.py", "pigeon_registry_for_deploy")
+    plan = load("_utils/pigeon_plan.py", "pigeon_plan_for_deploy")
+    utils = utils_dunder(*PURE, registry, plan)
+    for mod in (registry, plan):
+        mod.__opts__ = opts
+        mod._LOADER = utils
+    monkeypatch.setattr(registry, "definitions", lambda: {"app": copy.deepcopy(DEFINITION)})
+    utils["pigeon_registry.definitions"] = registry.definitions
     module.__opts__ = opts
-    module.__utils__ = {"pigeon_schema.check": schema.check,
-                        "pigeon_schema.outside_kwargs": schema.outside_kwargs,
-                        "pigeon_ci.check": ci.check}
+    module.__utils__ = utils
     module.__context__ = {}
     module.__salt__ = {"state.orchestrate": orchestrate}
     module.__jid__ = JID
-    module.orchestrate_returns = {"data": {"master": {"step": {"result": True}}}, "retcode": 0}
+    module.__user__ = "deployer"
+    module.orchestrate_returns = OK
     monkeypatch.setattr(module, "_fire", lambda data, tag: fired.append((tag, data)))
-    module.calls, module.fired = calls, fired
+    module.calls, module.fired, module.registry = calls, fired, registry
     return module
 
 
@@ -59,52 +87,157 @@ def one_line(text):
     return isinstance(text, str) and text and "\n" not in text and len(text.splitlines()) == 1
 
 
-def pigeon(calls):
-    """The pillar pigeon: of each orchestration run."""
-    return [kwargs["pillar"]["pigeon"] for _, kwargs in calls]
+def plans(calls):
+    """The plan (pillar pigeon_plan) of each orchestration run; nothing else is in its pillar."""
+    assert all(set(kwargs["pillar"]) == {"pigeon_plan"} for _, kwargs in calls), calls
+    return [kwargs["pillar"]["pigeon_plan"] for _, kwargs in calls]
+
+
+def history(deploy):
+    return deploy.registry.history("app", 0)
+
+
+def stacks(deploy):
+    return {v: s["state"] for v, s in deploy.registry.load("app")["stacks"].items()}
+
+
+def lock_free(deploy):
+    return deploy.registry.holder("app") is None
 
 
 # ---------------------------------------------------------------------------
-# the actions
-def test_release_runs_its_orchestration_with_the_checked_values_only(deploy):
+# the actions: lock, plan, steps, commit or abort, unlock
+def test_a_release_runs_its_plan_and_records_it(deploy):
+    deploy.orchestrate_returns = recorded("release-first")
     result = deploy.release(app="app", version="1.0")
-    assert deploy.calls == [(("orch.release",), {
-        "pillar": {"pigeon": {"app": "app", "version": "1.0", "source": "cli"}},
-        "orchestration_jid": JID})]
-    assert result == deploy.orchestrate_returns
+    [(args, kwargs)] = deploy.calls
+    assert args == ("orch.release",) and kwargs["orchestration_jid"] == JID
+    [plan] = plans(deploy.calls)
+    assert plan["action"] == "release" and plan["version"] == "1.0" and plan["start"]["slot"] == "a"
+    assert [s["step"] for s in plan["steps"]] == ["loadbal", "containers", "routes", "cleanup"]
+    outcome = result["outcome"]
+    assert outcome["ok"] is True and outcome["error"] is None and outcome["refused"] is False
+    assert [s["step"] for s in outcome["steps"] if not s["skipped"]] == ["containers", "routes"]  # as recorded
+    assert outcome["changed"]["message"] == "app 1.0 released in slot a"
+    assert outcome["revision"] == 1 == outcome["changed"]["revision"]
+    assert stacks(deploy) == {"1.0": "release"}
+    [entry] = history(deploy)
+    assert (entry["action"], entry["version"], entry["result"], entry["user"], entry["source"]) == (
+        "release", "1.0", "success", "deployer", "cli")
+    assert lock_free(deploy)
     assert "retcode" not in deploy.__context__
-    assert deploy.fired == []
 
 
-@pytest.mark.parametrize("action, kwargs", [
-    ("release", {"app": "app", "version": "1.4", "keep_failed": True, "wait": 30}),
-    ("activate", {"app": "app", "version": "1.4", "wait": 0}),
-    ("activate", {"app": "app"}),
-    ("deactivate", {"app": "app", "version": "1.3", "force": True}),
-    ("rollback", {"app": "app", "wait": 3600}),
+def test_a_failed_step_is_recorded_with_its_error_and_changes_no_stack(deploy):
+    deploy.orchestrate_returns = recorded("release-unhealthy")
+    outcome = deploy.release(app="app", version="unhealthy")["outcome"]
+    assert outcome["ok"] is False and outcome["failed_step"] == "containers"
+    assert outcome["error"].startswith("step containers failed: lab-minion: app unhealthy not healthy")
+    assert one_line(outcome["error"])
+    assert stacks(deploy) == {}
+    [entry] = history(deploy)
+    assert entry["result"] == "failed" and entry["error"] == outcome["error"] and entry["step"] == "containers"
+    assert lock_free(deploy)
+    assert deploy.__context__["retcode"] == 1
+
+
+def test_an_orchestration_that_raises_leaves_the_lock_free(deploy):
+    deploy.orchestrate_returns = RuntimeError("the master's minion died")
+    with pytest.raises(RuntimeError):
+        deploy.release(app="app", version="1.0")
+    assert lock_free(deploy) and stacks(deploy) == {}
+
+
+def test_an_action_the_state_machine_refuses_runs_nothing(deploy):
+    outcome = deploy.activate(app="app")["outcome"]
+    assert outcome["refused"] is True and outcome["ok"] is False and outcome["steps"] == []
+    assert one_line(outcome["error"]) and "release" in outcome["error"]
+    assert deploy.calls == []
+    assert [h["result"] for h in history(deploy)] == ["refused"]
+    assert lock_free(deploy)
+    assert deploy.__context__["retcode"] == 1
+
+
+def test_an_action_refused_at_the_lock_runs_nothing(deploy):
+    held = threading.Event()
+    done = threading.Event()
+
+    def holder():
+        deploy.registry.lock("app", "release", "0.9", "alice")
+        held.set()
+        done.wait(10)
+        deploy.registry.unlock("app")
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert held.wait(10)
+        outcome = deploy.release(app="app", version="1.0")["outcome"]
+    finally:
+        done.set()
+        thread.join(10)
+    assert outcome["refused"] is True
+    assert outcome["error"].startswith("app is locked by release 0.9 of alice since ")
+    assert deploy.calls == [] and stacks(deploy) == {}
+
+
+def test_a_plan_with_no_step_commits_without_an_orchestration(deploy):
+    deploy.orchestrate_returns = recorded("release-first")
+    deploy.release(app="app", version="1.0")
+    deploy.calls.clear()
+    outcome = deploy.release(app="app", version="1.0")["outcome"]  # already released: nothing to do
+    assert outcome["ok"] is True and outcome["steps"] == [] and outcome["changed"]["noop"] is True
+    assert deploy.calls == []
+    assert [h["result"] for h in history(deploy)] == ["success", "success"]
+
+
+def test_a_stale_expected_revision_is_refused(deploy):
+    outcome = deploy.release(app="app", version="1.0", expect_revision=7)["outcome"]
+    assert outcome["refused"] is True and "at revision 0, not 7" in outcome["error"]
+    assert deploy.calls == [] and stacks(deploy) == {}
+
+
+def test_keep_failed_leaves_out_the_cleanup_step(deploy):
+    deploy.orchestrate_returns = recorded("release-unhealthy-kept")
+    deploy.release(app="app", version="unhealthy", keep_failed=True)
+    [plan] = plans(deploy.calls)
+    assert [s["step"] for s in plan["steps"]] == ["loadbal", "containers", "routes"]
+
+
+@pytest.mark.parametrize("action, kwargs, registry", [
+    ("release", {"app": "app", "version": "1.4", "wait": 30}, {}),
+    ("activate", {"app": "app", "version": "1.4", "wait": 0}, {"1.4": "release"}),
+    ("activate", {"app": "app"}, {"1.4": "release"}),
+    ("deactivate", {"app": "app", "version": "1.3", "force": True}, {"1.3": "active"}),
+    ("rollback", {"app": "app", "wait": 3600}, {"1.3": "inactive", "1.4": "active"}),
 ])
-def test_each_action_runs_orch_of_its_name(deploy, action, kwargs):
+def test_each_action_runs_orch_of_its_name(deploy, action, kwargs, registry):
+    _registry(deploy, registry)
     getattr(deploy, action)(**kwargs)
     assert [args for args, _ in deploy.calls] == [(f"orch.{action}",)]
-    assert pigeon(deploy.calls) == [dict(kwargs, source="cli")]
+    [plan] = plans(deploy.calls)
+    assert plan["action"] == action and plan["app"] == "app"
 
 
-def test_a_whole_float_wait_reaches_the_pillar_as_an_integer(deploy):
-    deploy.release(app="app", wait=5.0)
-    wait = pigeon(deploy.calls)[0]["wait"]
-    assert wait == 5 and type(wait) is int
+def _registry(deploy, states):
+    """The registry of app with these stacks (version: state), in slots a, b, c."""
+    entry = deploy.registry.load("app")
+    entry["stacks"] = {v: {"state": s, "slot": "abc"[i], "since": "2024-01-01T00:00:00.000+00:00", "by": "t"}
+                       for i, (v, s) in enumerate(sorted(states.items()))}
+    sm = PURE[2]
+    entry["routes"] = sm.routes("app", entry["stacks"])
+    deploy.registry.store(entry)
 
 
 def test_salts_own_keyword_arguments_are_ignored(deploy):
-    deploy.release(app="app", version="1.0", __pub_user="deploy", __pub_fun="deploy.release",
-                   __pub_jid="1", __pub_arg=[], __user__="deploy")
-    assert pigeon(deploy.calls) == [{"app": "app", "version": "1.0", "source": "cli"}]
+    result = deploy.release(app="app", version="1.0", __pub_user="deploy", __pub_fun="deploy.release",
+                            __pub_jid="1", __pub_arg=[], __user__="deploy")
+    assert result["outcome"]["ok"] is True
 
 
 def test_the_sender_cannot_choose_the_source(deploy):
     result = deploy.release(app="app", source="reactor")
     assert "unknown key 'source'" in result["refused"] and deploy.calls == []
-
 
 @pytest.mark.parametrize("action, args, kwargs, named", [
     ("release", ("app",), {}, "positional"),
@@ -173,9 +306,10 @@ def rejected(deploy, event, tag=ci.WEBHOOK_TAG, why=""):
 
 def test_a_signed_webhook_runs_the_orchestration_and_publishes_the_outcome(deploy):
     outcome = deploy.ci_event(event=signed(), tag=ci.WEBHOOK_TAG)
-    assert deploy.calls == [(("orch.release",), {
-        "pillar": {"pigeon": {"app": "app", "version": "1.4", "source": "reactor"}},
-        "orchestration_jid": JID})]
+    assert [args for args, _ in deploy.calls] == [("orch.release",)]
+    [plan] = plans(deploy.calls)
+    assert (plan["action"], plan["app"], plan["version"]) == ("release", "app", "1.4")
+    assert [h["source"] for h in history(deploy)] == ["reactor"]
     assert len(deploy.fired) == 1
     tag, data = deploy.fired[0]
     assert tag == "pigeon/deploy/app/release"
@@ -186,14 +320,15 @@ def test_a_signed_webhook_runs_the_orchestration_and_publishes_the_outcome(deplo
     assert "retcode" not in deploy.__context__
 
 
-@pytest.mark.parametrize("action, version", [("activate", ...), ("rollback", ...),
-                                             ("deactivate", "1.3"), ("activate", "1.4")])
-def test_each_action_from_a_webhook(deploy, action, version):
+@pytest.mark.parametrize("action, version, registry", [
+    ("activate", ..., {"1.4": "release"}), ("rollback", ..., {"1.3": "inactive", "1.4": "active"}),
+    ("deactivate", "1.3", {"1.3": "release"}), ("activate", "1.4", {"1.4": "release"})])
+def test_each_action_from_a_webhook(deploy, action, version, registry):
+    _registry(deploy, registry)
     deploy.ci_event(event=signed(action=action, version=version), tag=ci.WEBHOOK_TAG)
     assert [args for args, _ in deploy.calls] == [(f"orch.{action}",)]
-    expected = {"app": "app", "source": "reactor"} if version is ... else {
-        "app": "app", "version": version, "source": "reactor"}
-    assert pigeon(deploy.calls) == [expected]
+    [plan] = plans(deploy.calls)
+    assert plan["action"] == action and (version is ... or plan["version"] == version)
     assert deploy.fired[0][0] == f"pigeon/deploy/app/{action}"
 
 
@@ -297,7 +432,7 @@ def test_a_listed_minions_event_runs_without_nonce(deploy):
                                     "_stamp": "2025-12-02T08:00:00.000000", "cmd": "_minion_event",
                                     "tok": "x", "tag": "pigeon/ci/deploy"}}
     outcome = deploy.ci_event(event=event, tag="pigeon/ci/deploy")
-    assert pigeon(deploy.calls) == [{"app": "app", "version": "1.4", "source": "reactor"}]
+    assert [p["version"] for p in plans(deploy.calls)] == ["1.4"]
     assert outcome["via"] == "minion ci-1" and outcome["ok"] is True
     assert deploy.fired == [("pigeon/deploy/app/release", outcome)]
 
@@ -308,13 +443,11 @@ def test_an_unlisted_minions_event_is_rejected(deploy):
 
 
 def test_a_failed_orchestration_is_published_as_not_ok(deploy):
-    deploy.orchestrate_returns = {"retcode": 1, "data": {"master": {
-        "step_a": {"result": True, "__run_num__": 0},
-        "step_b": {"result": False, "__run_num__": 1, "comment": "x",
-                   "changes": {"return": {"Error": "app is locked by release 1.3 of bob"}}},
-        "step_c": {"result": False, "__run_num__": 2, "comment": "One or more requisite failed: b"}}}}
+    deploy.orchestrate_returns = recorded("release-unhealthy")
     outcome = deploy.ci_event(event=signed(), tag=ci.WEBHOOK_TAG)
-    assert outcome["ok"] is False and outcome["error"] == "app is locked by release 1.3 of bob"
+    # the failed step's own error, as docs/ci.md promises (not "Run failed on minions")
+    assert outcome["ok"] is False and outcome["step"] == "containers"
+    assert outcome["error"].startswith("step containers failed: lab-minion: app unhealthy not healthy")
     assert deploy.fired == [("pigeon/deploy/app/release", outcome)]
     assert deploy.__context__["retcode"] == 1
 
@@ -378,41 +511,27 @@ def test_the_same_webhook_delivered_twice_at_once_runs_once(deploy, monkeypatch)
 
 
 # ---------------------------------------------------------------------------
-# --dry-run: the plan, from stacks.plan without the lock; nothing runs
-def _with_plan(deploy, answer):
-    asked = []
-
-    def plan(**kwargs):
-        asked.append(kwargs)
-        return copy.deepcopy(answer)
-
-    deploy.__salt__["stacks.plan"] = plan
-    return asked
-
-
-@pytest.mark.parametrize("action, kwargs", [
-    ("release", {"app": "app", "version": "1.4", "dry_run": True}),
-    ("activate", {"app": "app", "dry_run": True, "expect_revision": 12}),
-    ("deactivate", {"app": "app", "version": "1.3", "force": True, "dry_run": True}),
-    ("rollback", {"app": "app", "dry_run": True, "wait": 5}),
+# --dry-run: the plan, from pigeon_plan.make without the lock; nothing runs or is recorded
+@pytest.mark.parametrize("action, kwargs, registry", [
+    ("release", {"app": "app", "version": "1.4", "dry_run": True}, {}),
+    ("activate", {"app": "app", "dry_run": True, "expect_revision": 0}, {"1.4": "release"}),
+    ("deactivate", {"app": "app", "version": "1.3", "force": True, "dry_run": True}, {"1.3": "active"}),
+    ("rollback", {"app": "app", "dry_run": True, "wait": 5}, {"1.3": "inactive", "1.4": "active"}),
 ])
-def test_dry_run_plans_without_the_lock_and_runs_nothing(deploy, action, kwargs):
-    planned = {"action": action, "app": "app", "generation": 12, "noop": False, "stop": []}
-    asked = _with_plan(deploy, planned)
-    result = getattr(deploy, action)(**kwargs)
-    assert result == {"dry_run": planned}
+def test_dry_run_plans_without_the_lock_and_runs_nothing(deploy, action, kwargs, registry):
+    _registry(deploy, registry)
+    before = deploy.registry.load("app")
+    result = deploy.__getattribute__(action)(**kwargs)
+    plan = result["dry_run"]
+    assert plan["action"] == action and plan["app"] == "app" and plan["steps"]
+    assert plan["version"] == kwargs.get("version", plan["version"])
     assert deploy.calls == []  # no orchestration
-    assert len(asked) == 1 and asked[0]["lock"] is False
-    assert asked[0]["action"] == action and asked[0]["app"] == "app"
-    assert asked[0]["version"] == kwargs.get("version")
-    assert asked[0]["force"] == kwargs.get("force", False)
-    assert asked[0]["expect_revision"] == kwargs.get("expect_revision")
+    assert deploy.registry.load("app") == before and history(deploy) == [] and lock_free(deploy)
     assert "retcode" not in deploy.__context__
 
 
 def test_dry_run_refused_is_the_actions_own_line(deploy):
-    line = "app has no released stack to activate; release one first"
-    _with_plan(deploy, {"error": line})
+    line = deploy.activate(app="app")["outcome"]["error"]
     assert deploy.activate(app="app", dry_run=True) == {"refused": line}
     assert deploy.__context__["retcode"] == 1
     assert deploy.calls == []
@@ -424,12 +543,15 @@ def test_dry_run_refused_is_the_actions_own_line(deploy):
     {"app": "app", "expect_revision": 2.5}, {"app": "app", "expect_revision": True},
 ])
 def test_dry_run_and_expect_revision_are_checked_at_the_door(deploy, kwargs):
-    asked = _with_plan(deploy, {})
     result = deploy.rollback(**kwargs)
     assert one_line(result["refused"]) and result["refused"].split()[0] in kwargs
-    assert asked == [] and deploy.calls == []
+    assert deploy.calls == [] and history(deploy) == []
 
 
-def test_expect_revision_reaches_the_orchestration(deploy):
-    deploy.activate(app="app", expect_revision=4)
-    assert pigeon(deploy.calls) == [{"app": "app", "expect_revision": 4, "source": "cli"}]
+def test_the_expected_revision_is_checked_on_the_locked_registry(deploy):
+    _registry(deploy, {"1.4": "release"})
+    revision = deploy.registry.load("app")["generation"]
+    assert deploy.activate(app="app", expect_revision=revision + 1)["outcome"]["refused"] is True
+    assert deploy.calls == []
+    assert deploy.activate(app="app", expect_revision=revision)["outcome"]["ok"] is True
+    assert len(deploy.calls) == 1

@@ -455,17 +455,110 @@ def test_start_refuses_an_unknown_docker_config_key_before_touching_docker(monke
     assert fakes.clients == [] and fakes.networks == [] and fakes.started == []
 
 
-# --- forget_docker_client ---------------------------------------------------------------
+# --- removing stacks (remove, remove_leftovers) ---------------------------------------------
 
 
-def test_forget_docker_client_closes_and_forgets(monkeypatch):
-    client = FakeClient(None)
-    context = {"docker.client": client, "other": 1}
-    monkeypatch.setattr(sc, "__context__", context, raising=False)
+class DockerFake:
+    """The docker daemon as docker-py's APIClient sees it, for the removal functions: the
+    containers (name -> labels), networks, and what was stopped/removed, from any thread."""
 
-    assert sc.forget_docker_client() is True
-    assert client.closed and context == {"other": 1}
-    assert sc.forget_docker_client() is True
+    def __init__(self, monkeypatch, containers, networks=()):
+        self.containers_ = dict(containers)
+        self.networks_ = set(networks)
+        self.stopped, self.removed, self.removed_networks, self.timeouts = [], [], [], []
+        self.lock = threading.Lock()
+        fake = self
+
+        class Client:
+            def __init__(self, timeout):
+                fake.timeouts.append(timeout)
+
+            def containers(self, **kwargs):
+                assert kwargs["all"] is True  # stopped containers too
+                wanted = dict(f.split("=", 1) for f in kwargs["filters"]["label"])
+                return [{"Names": [f"/{name}"], "Labels": marks}
+                        for name, marks in sorted(fake.containers_.items())
+                        if all(marks.get(k) == v for k, v in wanted.items())]
+
+            def stop(self, name):
+                with fake.lock:
+                    fake.stopped.append(name)
+
+            def remove_container(self, name, force=False):
+                with fake.lock:
+                    fake.removed.append((name, force))
+                    fake.containers_.pop(name, None)
+
+            def remove_network(self, name):
+                import docker  # pylint: disable=import-outside-toplevel
+
+                if name not in fake.networks_:
+                    raise docker.errors.NotFound("no such network")
+                fake.networks_.discard(name)
+                fake.removed_networks.append(name)
+
+            def close(self):
+                pass
+
+        monkeypatch.setattr(sc, "_client", lambda url, timeout=60: Client(timeout))
+        monkeypatch.setattr(sc, "_docker_url", lambda: None)
+
+
+def labels(app, version, network=True):
+    marks = {"pigeon.app": app, "pigeon.version": version}
+    if network:
+        marks["pigeon.network"] = f"pigeon-{app}-{version}"
+    return marks
+
+
+def test_remove_stops_and_removes_one_stack_and_its_network(monkeypatch):
+    fake = DockerFake(monkeypatch, {
+        "app-1.2-web-1": labels("app", "1.2"), "app-1.2-web-2": labels("app", "1.2"),
+        "app-1.3-web-1": labels("app", "1.3"), "other-1.2-web-1": labels("other", "1.2")},
+        networks={"pigeon-app-1.2", "pigeon-app-1.3"})
+    assert sc.remove("app", "1.2", "pigeon-app-1.2") == ["app-1.2-web-1", "app-1.2-web-2"]
+    assert sorted(fake.stopped) == ["app-1.2-web-1", "app-1.2-web-2"]  # gracefully, first
+    assert sorted(fake.containers_) == ["app-1.3-web-1", "other-1.2-web-1"]
+    assert fake.removed_networks == ["pigeon-app-1.2"]
+    assert None in fake.timeouts  # a stop waits for the container's own stop timeout
+
+
+def test_remove_of_a_stack_that_is_gone_removes_its_network_only(monkeypatch):
+    fake = DockerFake(monkeypatch, {}, networks={"pigeon-app-1.2"})
+    assert sc.remove("app", "1.2", "pigeon-app-1.2") == []
+    assert fake.removed_networks == ["pigeon-app-1.2"]
+    assert sc.remove("app", "1.2", "pigeon-app-1.2") == []  # and again: nothing, no error
+
+
+def test_remove_leftovers_keeps_the_registrys_versions(monkeypatch):
+    fake = DockerFake(monkeypatch, {
+        "app-1.1-web-1": labels("app", "1.1"), "app-1.2-web-1": labels("app", "1.2"),
+        "app-bad-web-1": labels("app", "bad"), "app-bad-web-2": labels("app", "bad"),
+        "app-old-web-1": labels("app", "old", network=False), "other-9-web-1": labels("other", "9")},
+        networks={"pigeon-app-bad"})
+    removed = sc.remove_leftovers("app", ["1.1", "1.2"])
+    assert removed == {"bad": ["app-bad-web-1", "app-bad-web-2"], "old": ["app-old-web-1"]}
+    assert fake.stopped == []  # they never took traffic: removed at once
+    assert all(force for _, force in fake.removed)
+    assert sorted(fake.containers_) == ["app-1.1-web-1", "app-1.2-web-1", "other-9-web-1"]
+    assert fake.removed_networks == ["pigeon-app-bad"]
+    assert sc.remove_leftovers("app", ["1.1", "1.2"]) == {}
+
+
+def test_a_container_docker_will_not_remove_fails_in_one_line(monkeypatch):
+    import docker  # pylint: disable=import-outside-toplevel
+
+    fake = DockerFake(monkeypatch, {"app-1.2-web-1": labels("app", "1.2")})
+
+    def refuse(url, name, graceful):
+        raise sc.CommandExecutionError(f"{name}: removal of container is already in progress")
+
+    monkeypatch.setattr(sc, "_remove_one", refuse)
+    with pytest.raises(sc.CommandExecutionError) as info:
+        sc.remove("app", "1.2")
+    assert str(info.value) == ("1 of 1 containers could not be removed: app-1.2-web-1: removal of "
+                               "container is already in progress")
+    assert "\n" not in str(info.value) and fake.removed == [] and docker
 
 
 # --- the state -----------------------------------------------------------------------------
@@ -506,7 +599,7 @@ def test_state_running_with_changes(monkeypatch):
     ret = run_state(monkeypatch, salt)
 
     assert ret == {"name": "app 1.2 containers", "result": True,
-                   "changes": {"app-1.2-web-1": "created", "app-1.2-db-1": "started"},
+                   "changes": {"containers": {"app-1.2-web-1": "created", "app-1.2-db-1": "started"}},
                    "comment": "3 containers of app 1.2 running"}
     assert salt.calls == [("start", APP, VERSION, NET, 3)]
 
@@ -524,7 +617,7 @@ def test_state_healthy_timeout_waits_and_uses_its_message(monkeypatch):
 
     assert ret["result"] is True
     assert ret["comment"] == "3 of 3 containers healthy"
-    assert ret["changes"] == {"app-1.2-web-1": "created"}
+    assert ret["changes"] == {"containers": {"app-1.2-web-1": "created"}}
     assert salt.calls == [("start", APP, VERSION, NET, 3), ("wait_healthy", APP, VERSION, 3, 30)]
 
 
@@ -548,7 +641,7 @@ def test_state_failing_health(monkeypatch):
 
     assert ret["result"] is False
     assert ret["comment"] == message
-    assert ret["changes"] == {"app-1.2-db-1": "created"}
+    assert ret["changes"] == {"containers": {"app-1.2-db-1": "created"}}
     assert [call[0] for call in salt.calls] == ["start", "wait_healthy"]
 
 
@@ -560,3 +653,28 @@ def test_state_test_mode_calls_nothing(monkeypatch):
     assert ret == {"name": "app 1.2 containers", "result": None, "changes": {},
                    "comment": "3 containers of app 1.2 would be running"}
     assert salt.calls == []
+
+
+def test_state_running_removes_leftovers_first_and_says_so(monkeypatch):
+    salt = StateSalt(start={"app-1.2-web-1": "created"})
+    salt["stack_containers.remove_leftovers"] = lambda app, keep: (
+        salt.calls.append(("leftovers", app, keep)) or {"bad": ["app-bad-web-1"]})
+
+    ret = run_state(monkeypatch, salt, keep=["1.1"])
+
+    assert ret["result"] is True
+    assert ret["changes"] == {"leftovers_removed": {"bad": ["app-bad-web-1"]},
+                              "containers": {"app-1.2-web-1": "created"}}
+    # the registry's versions and this one are kept; then the stack starts
+    assert salt.calls == [("leftovers", APP, ["1.1", VERSION]), ("start", APP, VERSION, NET, 3)]
+
+
+def test_state_absent(monkeypatch):
+    monkeypatch.setattr(sc_state, "__opts__", {"test": False}, raising=False)
+    removed = []
+    monkeypatch.setattr(sc_state, "__salt__", {"stack_containers.remove": lambda app, version, network: (
+        removed.append((app, version, network)) or ["app-1.2-web-1"])}, raising=False)
+    ret = sc_state.absent("app 1.2", "app", "1.2", "pigeon-app-1.2")
+    assert ret == {"name": "app 1.2", "result": True, "changes": {"removed": ["app-1.2-web-1"]},
+                   "comment": "1 containers of app 1.2 removed"}
+    assert removed == [("app", "1.2", "pigeon-app-1.2")]

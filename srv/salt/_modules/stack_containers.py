@@ -112,11 +112,11 @@ def _docker_url():
     return __salt__["config.option"]("docker.url", None) or os.environ.get("DOCKER_HOST")
 
 
-def _client(url):
+def _client(url, timeout=60):
     """A docker client of our own (docker-py's APIClient is not shared between threads)."""
     import docker  # pylint: disable=import-outside-toplevel
 
-    kwargs = {"version": "auto", "timeout": 60}
+    kwargs = {"version": "auto", "timeout": timeout}
     if url:
         kwargs["base_url"] = url
     return docker.APIClient(**kwargs)
@@ -274,22 +274,111 @@ def wait_healthy(app, version, count, timeout=60, interval=0.1):
         time.sleep(interval)
 
 
-def forget_docker_client():
+# ---------------------------------------------------------------------------
+# removing stacks
+def _found(client, app, version=None):
+    """{name: (version, stack network or None)} of the app's containers (one version's, or all)."""
+    wanted = [f"pigeon.app={app}"] + ([f"pigeon.version={version}"] if version is not None else [])
+    result = {}
+    for info in client.containers(all=True, filters={"label": wanted}):
+        labels = info.get("Labels") or {}
+        name = info["Names"][0].lstrip("/")
+        result[name] = (labels.get("pigeon.version", "?"), labels.get("pigeon.network"))
+    return result
+
+
+def _remove_one(url, name, graceful):
+    """Stop (gracefully: the container's stop signal and timeout) and remove one container.
+    Runs in a thread: it uses no Salt dunder."""
+    import docker  # pylint: disable=import-outside-toplevel
+
+    client = _client(url, timeout=None)  # a stop waits for the container's own stop timeout
+    try:
+        if graceful:
+            client.stop(name)
+        client.remove_container(name, force=True)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        raise CommandExecutionError(f"{name}: {exc.explanation or exc}") from exc
+    finally:
+        client.close()
+
+
+def _remove(url, found, networks, graceful):
+    """Remove ``found`` containers at once, then ``networks``; the names removed."""
+    import docker  # pylint: disable=import-outside-toplevel
+
+    failed = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(len(found), 1)) as pool:
+        futures = {pool.submit(_remove_one, url, name, graceful): name for name in found}
+        for future in concurrent.futures.as_completed(futures):
+            try:
+                future.result()
+            except Exception as exc:  # pylint: disable=broad-except
+                failed.append(str(exc))
+    if failed:
+        raise CommandExecutionError(f"{len(failed)} of {len(found)} containers could not be "
+                                    "removed: " + "; ".join(sorted(failed)))
+    client = _client(url)
+    try:
+        for network in sorted(n for n in networks if n):
+            try:
+                client.remove_network(network)
+            except docker.errors.NotFound:
+                pass
+    except docker.errors.APIError as exc:
+        raise CommandExecutionError(f"network {network}: {exc.explanation or exc}") from exc
+    finally:
+        client.close()
+    return sorted(found)
+
+
+def remove(app, version, network=None):
     """
-    Close and forget the docker client this state run holds, so that states run with
-    ``parallel: True`` after this one (forked processes) each open a client of their own
-    instead of sharing the parent's connection (stacks/absent.sls).
+    Remove one stack from this minion: its containers (found by their labels, so a partly
+    started stack goes too) stop gracefully, all at once, and are removed; then the stack's
+    network. Returns the names of the containers removed.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt '*' stack_containers.forget_docker_client
+        salt '*' stack_containers.remove app 1.2 pigeon-app-1.2
     """
-    client = __context__.pop("docker.client", None)
-    if client is not None:
-        try:
-            client.close()
-        except Exception:  # pylint: disable=broad-except
-            pass
-    return True
+    url = _docker_url()
+    client = _client(url)
+    try:
+        found = _found(client, app, str(version))
+    finally:
+        client.close()
+    networks = {net for _, net in found.values()} | ({network} if network else set())
+    return _remove(url, found, networks, graceful=True)
+
+
+def remove_leftovers(app, keep):
+    """
+    Remove the containers of ``app`` whose version is not in ``keep`` (the versions the
+    registry knows): left by an interrupted action or a release kept with --keep-failed.
+    They never took traffic: removed at once, without a graceful stop. Returns {version:
+    [names]} of what was removed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' stack_containers.remove_leftovers app '["1.1", "1.2"]'
+    """
+    url = _docker_url()
+    client = _client(url)
+    try:
+        found = {name: seen for name, seen in _found(client, app).items() if seen[0] not in keep}
+    finally:
+        client.close()
+    if not found:
+        return {}
+    _remove(url, found, {net for _, net in found.values()}, graceful=False)
+    removed = {}
+    for name, (version, _) in sorted(found.items()):
+        removed.setdefault(version, []).append(name)
+    return removed

@@ -7,12 +7,15 @@ them, and so does the reactor for CI events (``deploy.ci_event``).
 Each function checks what it was given against the declared schema
 (``_utils/pigeon_schema.py``): exact keys, types, patterns, bounds; no
 positional arguments. A refused request returns ``{"refused": "one line"}``
-with retcode 1 and changes nothing. An accepted one runs the action's
-orchestration (``orch/<action>.sls``) with the checked values as pillar
-``pigeon:`` and returns what ``state.orchestrate`` returns; with ``dry_run``,
-the plan it would make (``{"dry_run": plan}``) without running it. Nothing the
-sender chose reaches ``state.orchestrate`` but those values: not ``test``,
-``exclude``, ``saltenv``, ``pillar_enc``, nor another SLS.
+with retcode 1 and changes nothing. An accepted one is carried out here
+(``_run``): the app's deploy lock, the plan (``_utils/pigeon_plan.py``), its
+steps (``orch/<action>.sls``, given the plan as pillar ``pigeon_plan``), the
+record of its end, the lock released; it returns ``{"outcome": ...}`` in the
+shape of ``_utils/pigeon_outcome.py`` (retcode 1 when not ok). With
+``dry_run``, the plan it would make (``{"dry_run": plan}``) without running it.
+Nothing the sender chose reaches ``state.orchestrate`` but the plan made from
+the checked values: not ``test``, ``exclude``, ``saltenv``, ``pillar_enc``,
+nor another SLS.
 
 CLI Example:
 
@@ -50,11 +53,12 @@ def _checked(kind, args, kwargs):
     return values, None
 
 
-def _orchestrate(action, values, source):
-    """Run orch.<action> with the checked values as pillar pigeon: (and nothing else)."""
-    pillar = {"pigeon": dict(values, source=source)}
-    jid = globals().get("__jid__")  # the progress events of the steps carry this job's id
-    return __salt__["state.orchestrate"](f"orch.{action}", pillar=pillar, orchestration_jid=jid)
+def _user():
+    return str(globals().get("__user__") or "unknown")
+
+
+def _utils(name):
+    return __utils__[name]
 
 
 def _action(action, args, kwargs):
@@ -64,16 +68,71 @@ def _action(action, args, kwargs):
         return _refuse(refusal)
     if values.pop("dry_run", False):
         return _dry_run(action, values)
-    return _orchestrate(action, values, "cli")
+    outcome = _run(action, values, "cli")
+    if not outcome["ok"]:
+        __context__["retcode"] = 1
+    return {"outcome": outcome}
+
+
+def _run(action, values, source):
+    """
+    Carry out an action: take the app's deploy lock (waiting ``wait`` seconds), make the
+    plan on the registry it now holds, run the plan's steps (orch/<action>.sls, the plan as
+    pillar ``pigeon_plan``), record the end (commit or abort), release the lock. Returns the
+    outcome (``pigeon_outcome``). A process that dies on the way holds no lock: the kernel
+    releases it (``pigeon_lock``).
+    """
+    app, version, user = values["app"], values.get("version"), _user()
+    request = {"action": action, "app": app, "version": version}
+    held, refusal = _utils("pigeon_registry.lock")(app, action, version, user, values.get("wait", 0))
+    if refusal:
+        _utils("pigeon_plan.refused")(app, action, version, refusal, user=user, source=source)
+        return _utils("pigeon_outcome.refused")(request, refusal)
+    try:
+        planned = _utils("pigeon_plan.make")(
+            app, action, version=version, force=values.get("force", False),
+            definition=_utils("pigeon_registry.definitions")().get(app),
+            expect_revision=values.get("expect_revision"), keep_failed=values.get("keep_failed", False))
+        if planned.get("error"):
+            _utils("pigeon_plan.refused")(app, action, version, planned["error"], user=user, source=source)
+            return _utils("pigeon_outcome.refused")(request, planned["error"])
+        outcome = _utils("pigeon_outcome.nothing_ran")(planned)
+        if planned["steps"]:
+            _announce(planned)
+            ret = __salt__["state.orchestrate"](f"orch.{action}", pillar={"pigeon_plan": planned},
+                                                orchestration_jid=globals().get("__jid__"))
+            outcome = _utils("pigeon_outcome.build")(planned, ret)
+        if outcome["ok"]:
+            outcome["changed"] = _utils("pigeon_plan.commit")(app, planned, held, source=source)
+            outcome["revision"] = outcome["changed"]["revision"]
+            outcome["version"] = planned.get("version")
+        else:
+            _utils("pigeon_plan.abort")(app, planned, held, outcome, source=source)
+        return outcome
+    finally:
+        _utils("pigeon_registry.unlock")(app)
+
+
+def _announce(planned):
+    """Tell the client which state is which step before they run (event salt/run/<jid>/steps):
+    the progress events of the orchestration name states, the client shows steps."""
+    event = globals().get("__jid_event__")
+    if event is None:
+        return
+    try:
+        event.fire_event({"steps": {s["id"]: s["step"] for s in planned["steps"]}}, "steps")
+    except Exception:  # pylint: disable=broad-except
+        log.debug("deploy: could not announce the steps", exc_info=True)
 
 
 def _dry_run(action, values):
     """What the action would do: the plan its orchestration would make, from the same planning
-    code (stacks.plan) on the registry as it is, without the lock; nothing is changed or
+    code (pigeon_plan.make) on the registry as it is, without the lock; nothing is changed or
     recorded. {"dry_run": plan}, or {"refused": the line the action would give}."""
-    planned = __salt__["stacks.plan"](
-        app=values["app"], action=action, version=values.get("version"),
-        force=values.get("force", False), expect_revision=values.get("expect_revision"), lock=False)
+    planned = _utils("pigeon_plan.make")(
+        values["app"], action, version=values.get("version"), force=values.get("force", False),
+        definition=_utils("pigeon_registry.definitions")().get(values["app"]),
+        expect_revision=values.get("expect_revision"), keep_failed=values.get("keep_failed", False))
     if planned.get("error"):
         return _refuse(planned["error"])
     return {"dry_run": planned}
@@ -177,24 +236,6 @@ def _seen_nonce(nonce, window):
         os.close(fd)
 
 
-def _orchestration_error(data):
-    """The first failed step of an orchestration's data, on one line."""
-    steps = next(iter(data.values())) if isinstance(data, dict) and data else data
-    if isinstance(steps, list):
-        return " ".join(str(s) for s in steps).splitlines()[0]
-    if not isinstance(steps, dict):
-        return None
-    failed = [s for s in steps.values() if isinstance(s, dict) and s.get("result") is False
-              and not str(s.get("comment", "")).startswith("One or more requisite failed")]
-    if not failed:
-        return None
-    first = min(failed, key=lambda s: s.get("__run_num__", 0))
-    ret = (first.get("changes") or {}).get("return")
-    if isinstance(ret, dict) and "Error" in ret:
-        return str(ret["Error"])
-    return " ".join(str(first.get("comment", "")).split())[:300]
-
-
 def _reject(tag, reason):
     log.warning("pigeon: CI event %s ignored: %s", tag, reason)
     _fire({"tag": tag, "reason": reason}, f"{OUTCOME_TAG}/rejected")
@@ -244,13 +285,12 @@ def ci_event(event=None, tag="", **kwargs):
     if refusal:
         return _reject(tag, refusal)
     started = time.monotonic()
-    value = _orchestrate(action, checked, "reactor")
-    data = value.get("data") if isinstance(value, dict) else value
-    ok = isinstance(value, dict) and value.get("retcode", 1) == 0
-    outcome = {"app": checked["app"], "version": checked.get("version"), "action": action,
-               "via": via, "ok": ok, "error": None if ok else (_orchestration_error(data) or "failed"),
-               "seconds": round(time.monotonic() - started, 3), "source": "reactor"}
+    done = _run(action, checked, "reactor")
+    outcome = {"app": checked["app"], "version": done.get("version") or checked.get("version"),
+               "action": action, "via": via, "ok": done["ok"], "error": done["error"],
+               "step": done.get("failed_step"), "seconds": round(time.monotonic() - started, 3),
+               "source": "reactor"}
     _fire(outcome, f"{OUTCOME_TAG}/{checked['app']}/{action}")
-    if not ok:
+    if not done["ok"]:
         __context__["retcode"] = 1
     return outcome

@@ -69,6 +69,7 @@ def containers(app, version, slot, definition):
             marks.update({
                 "pigeon.managed": "true", "pigeon.app": app, "pigeon.version": version,
                 "pigeon.slot": slot, "pigeon.service": service, "pigeon.replica": str(replica),
+                "pigeon.network": network,  # what removes the stack removes this too
             })
             networks = [{network: [{"aliases": [service]}]}]
             if registered:

@@ -1,0 +1,118 @@
+"""
+The plan of an action, and its end: what an action will do, checked against
+the registry and the state machine; what the registry records when it ends.
+
+Called by the deploy runner (``_runners/deploy.py``), which holds the app's
+deploy lock from before ``make`` to after ``commit`` or ``abort``:
+
+- ``make``: the definition checked (``pigeon_schema.check_definition``), the
+  action checked against the state machine (``pigeon_statemachine.plan``) on
+  the registry, expanded into what the steps need (``pigeon_definition.expand``)
+  with the steps the orchestration runs (``pigeon_steps.steps``). Also the dry
+  run: it writes nothing.
+- ``commit``: the stacks' new states and routes recorded, a history entry.
+- ``abort``: the failure recorded in the history, with the failed step's error.
+- ``refused``: a refusal recorded in the history.
+
+Reached as ``__utils__["pigeon_plan.<fun>"]``; unit tests load it by path and set ``_LOADER``.
+"""
+
+_LOADER = None
+
+
+def _utils(name):
+    """A function of another utils module. Salt's loader gives utils modules no ``__utils__``:
+    these share a utils loader of their own, made on first use (tests set ``_LOADER``)."""
+    global _LOADER  # pylint: disable=global-statement
+    if _LOADER is None:
+        import salt.loader  # pylint: disable=import-outside-toplevel
+
+        _LOADER = salt.loader.utils(__opts__)
+    return _LOADER[name]
+
+
+def _is_transition_error(exc):
+    # TransitionError is defined in pigeon_statemachine, loaded by Salt's loader under
+    # another module name: matched by name, in this one place
+    return type(exc).__name__ == "TransitionError"
+
+
+def make(app, action, version=None, force=False, definition=None, expect_revision=None, keep_failed=False):
+    """
+    The plan of ``action`` on the registry as it is now, or {"error": one line}.
+    ``definition`` is the app's ``stacks:<app>`` pillar.
+    """
+    try:
+        _utils("pigeon_schema.check_app")(app)
+        _utils("pigeon_schema.check_definition")(app, definition)
+    except ValueError as exc:  # pigeon_schema.Invalid
+        return {"error": str(exc)}
+    try:
+        count, services = _utils("pigeon_definition.services")(definition)
+    except (TypeError, ValueError):
+        return {"error": f"broken pillar: stacks:{app}:task_definitions:count is not a number"}
+    if not services or count < 1:
+        return {"error": f"broken pillar: stacks:{app}:task_definitions has no service"}
+    if action == "release" and not version:
+        version = str(definition.get("version") or "") or None
+        if not version:
+            return {"error": f"no version given and no stacks:{app}:version in pillar; add --version"}
+    version = str(version) if version is not None else None
+    entry = _utils("pigeon_registry.load")(app)
+    if expect_revision is not None and int(expect_revision) != entry["generation"]:
+        return {"error": f"the registry of {app} is at revision {entry['generation']}, not "
+                         f"{expect_revision}: it changed since you looked; see ./stacks.py status"}
+    try:
+        if version is not None:
+            _utils("pigeon_statemachine.check_version")(version)
+        planned = _utils("pigeon_statemachine.plan")(entry, action, version=version, force=bool(force))
+    except Exception as exc:  # pylint: disable=broad-except
+        if not _is_transition_error(exc):
+            raise
+        return {"error": str(exc)}
+    planned = _utils("pigeon_definition.expand")(app, action, version, definition, entry, planned,
+                                                 _utils("pigeon_statemachine.backend"))
+    if planned.get("error"):
+        return planned
+    planned["keep_failed"] = bool(keep_failed)
+    planned["steps"] = _utils("pigeon_steps.steps")(planned)
+    return planned
+
+
+def refused(app, action, version, message, user=None, source="cli"):
+    """Record a refused action (nothing ran)."""
+    registry = _utils("pigeon_registry.record")
+    _utils("pigeon_registry.history_add")(app, registry(action, version, "refused", user=user,
+                                                        source=source, message=message))
+
+
+def commit(app, planned, held, source="cli"):
+    """
+    Record a finished action: the stacks' new states and routes, a history entry.
+    ``held`` is the lock's content (who, since when). Returns what changed: {"message",
+    "noop", "stacks", "routes"}.
+    """
+    load, store = _utils("pigeon_registry.load"), _utils("pigeon_registry.store")
+    entry = load(app)
+    who = held.get("user") or "unknown"
+    if not planned.get("noop"):
+        converged = planned.get("converge_loadbal") and planned["action"] == "release"
+        applied = _utils("pigeon_statemachine.apply")(entry, planned, _utils("pigeon_registry.now")(), who)
+        entry = dict(applied, loadbal_hash=planned["loadbal_hash"] if converged else entry.get("loadbal_hash"))
+        store(entry)
+    record = _utils("pigeon_registry.record")(
+        planned["action"], planned.get("version"), "success", user=who, source=source,
+        when=held.get("since"), started=held.get("started"), noop=planned.get("noop", False),
+        message=planned.get("message"), states=planned.get("states"))
+    _utils("pigeon_registry.history_add")(app, record)
+    return {"message": planned.get("message") or "", "noop": planned.get("noop", False),
+            "stacks": entry["stacks"], "routes": entry["routes"], "revision": entry["generation"]}
+
+
+def abort(app, planned, held, outcome, source="cli"):
+    """Record a failed action in the history: the failed step and its error, what was cleaned."""
+    record = _utils("pigeon_registry.record")(
+        planned.get("action"), planned.get("version"), "failed", user=held.get("user"), source=source,
+        when=held.get("since"), started=held.get("started"), error=outcome.get("error"),
+        step=outcome.get("failed_step"), cleaned=outcome.get("cleaned") or None)
+    _utils("pigeon_registry.history_add")(app, record)

@@ -1,0 +1,147 @@
+"""
+Pigeon's registry, on the master: which version of each app is in which state
+(an entry per app), the history of every action, and the per-app deploy lock.
+
+Storage: entries and history are in Salt's cache (``salt.cache``, banks
+``pigeon/registry`` and ``pigeon/history``, the master's ``cache:`` backend);
+the lock is an ``flock`` on a file in the master's cachedir (``pigeon_lock``),
+so two runs on one master cannot both take it, and a run that dies releases it.
+
+Used by the actions (``pigeon_plan``, called by the deploy runner) and the
+views (``_runners/stacks.py``) as ``__utils__["pigeon_registry.<fun>"]``;
+the ext_pillar ``_pillar/pigeon_registry.py`` reads the same bank.
+"""
+
+import datetime
+import logging
+import os
+import time
+
+import salt.cache
+
+log = logging.getLogger(__name__)
+
+_LOADER = None
+
+
+def _utils(name):
+    """A function of another utils module. Salt's loader gives utils modules no ``__utils__``:
+    these share a utils loader of their own, made on first use (tests set ``_LOADER``)."""
+    global _LOADER  # pylint: disable=global-statement
+    if _LOADER is None:
+        import salt.loader  # pylint: disable=import-outside-toplevel
+
+        _LOADER = salt.loader.utils(__opts__)
+    return _LOADER[name]
+
+
+HISTORY_KEEP = 500
+REGISTRY, HISTORY = "pigeon/registry", "pigeon/history"
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _cache():
+    return salt.cache.factory(__opts__)
+
+
+def apps():
+    """The apps the registry has an entry for."""
+    return sorted(_cache().list(REGISTRY) or [])
+
+
+def load(app):
+    """The app's entry (an empty one when the app has none)."""
+    entry = _cache().fetch(REGISTRY, app)
+    return entry if entry else _utils("pigeon_statemachine.empty")(app)
+
+
+def store(entry):
+    _cache().store(REGISTRY, entry["app"], entry)
+
+
+# ---------------------------------------------------------------------------
+# history
+def record(action, version, result, user=None, source="cli", when=None, started=None, **fields):
+    """One history entry: every entry is made here."""
+    finished = now()
+    entry = {"action": action, "version": version, "result": result, "user": user or "unknown",
+             "source": source, "when": when or finished, "finished": finished,
+             "duration": _duration(started)}
+    entry.update({k: v for k, v in fields.items() if v is not None})
+    return entry
+
+
+def _duration(started):
+    """Seconds since ``started`` (epoch seconds); 0 when not known."""
+    try:
+        return round(time.time() - float(started), 3)
+    except (TypeError, ValueError):
+        return 0
+
+
+def history_add(app, entry):
+    cache = _cache()
+    items = cache.fetch(HISTORY, app) or []
+    items.append(entry)
+    cache.store(HISTORY, app, items[-HISTORY_KEEP:])
+
+
+def history(app, limit=20):
+    """The last ``limit`` entries of the app's history (all with 0), oldest first."""
+    items = _cache().fetch(HISTORY, app) or []
+    return items[-limit:] if limit else items
+
+
+# ---------------------------------------------------------------------------
+# the deploy lock
+def _lock_dir():
+    return os.path.join(__opts__["cachedir"], "pigeon", "locks")
+
+
+def lock(app, action, version, user, wait=0):
+    """
+    Take the app's deploy lock for this thread, waiting up to ``wait`` seconds.
+    Returns (held, None) with what the lock now says, or (None, why not: one line).
+    """
+    me = {"action": action, "version": version, "user": user or "unknown",
+          "since": now(), "started": time.time()}
+    taken = _utils("pigeon_lock.acquire")(_lock_dir(), app, me, wait=wait)
+    held = taken["held"]
+    if held:
+        doing = " ".join(str(x) for x in (held.get("action"), held.get("version")) if x)
+        return None, (f"{app} is locked by {doing or 'an action'} of {held.get('user', 'unknown')} "
+                      f"since {held.get('since', '?')}; try again when it ends, or add --wait SECONDS")
+    if taken["stale"]:
+        # its holder died without ending its action: the kernel released the lock
+        log.warning("pigeon: the lock of %s was left by an action that died: %s", app, taken["stale"])
+        history_add(app, record("unlock", None, "stale lock released", source="pigeon", lock=taken["stale"]))
+    return me, None
+
+
+def unlock(app):
+    _utils("pigeon_lock.release")(_lock_dir(), app)
+
+
+def holder(app):
+    """Who holds the app's deploy lock now, or None (the kernel's word: see pigeon_lock)."""
+    return _utils("pigeon_lock.holder")(_lock_dir(), app)
+
+
+def mine(app):
+    """The lock's content when this thread holds the app's lock, else {}."""
+    return _utils("pigeon_lock.mine")(_lock_dir(), app) or {}
+
+
+# ---------------------------------------------------------------------------
+# the definitions
+def definitions():
+    """The ``stacks:`` pillar as the master's orchestrations see it (its pillar as minion
+    ``<id>_master``)."""
+    import salt.pillar  # pylint: disable=import-outside-toplevel
+
+    pillar = salt.pillar.get_pillar(__opts__, {}, __opts__["id"] + "_master",
+                                    saltenv="base").compile_pillar()
+    return pillar.get("stacks") or {}
