@@ -358,7 +358,7 @@ def main(argv=None):
         print(f"stacks.py: {error}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
-        print("stacks.py: interrupted; the orchestration may still run on the master: "
+        print("stacks.py: interrupted; the action may still run on the master: "
               "see ./stacks.py status", file=sys.stderr)
         return EXIT_FAILED
     if args.json:

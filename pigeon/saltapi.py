@@ -281,8 +281,8 @@ class SaltApi:
             stream.close()
 
     def _lock_free(self, app, deadline):
-        """Whether no action holds the deploy lock of ``app`` (the orchestration holds it from
-        its plan to its commit or abort; the kernel frees it when its process dies). Asked of
+        """Whether no action holds the deploy lock of ``app`` (the deploy runner holds it from
+        before its plan to after its commit or abort; the kernel frees it when its process dies). Asked of
         the registry, without looking at the minions; a master that does not answer is one line."""
         timeout, self.timeout = self.timeout, max(1.0, min(30.0, deadline - time.monotonic()))
         try:

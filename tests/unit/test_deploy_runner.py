@@ -555,3 +555,11 @@ def test_the_expected_revision_is_checked_on_the_locked_registry(deploy):
     assert deploy.calls == []
     assert deploy.activate(app="app", expect_revision=revision)["outcome"]["ok"] is True
     assert len(deploy.calls) == 1
+
+
+def test_an_unknown_app_is_refused_before_the_lock(deploy, tmp_path):
+    outcome = deploy.release(app="ghost", version="1.0")["outcome"]
+    assert outcome["refused"] is True and one_line(outcome["error"]) and "ghost" in outcome["error"]
+    locks = tmp_path / "cache" / "pigeon" / "locks"
+    assert not (locks / "ghost.lock").exists()  # no lock file per name an attacker invents
+    assert deploy.registry.history("ghost", 0) == [] and deploy.calls == []

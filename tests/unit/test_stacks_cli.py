@@ -2,9 +2,16 @@
 Unit tests for stacks.py, the command line client of salt-api (the pigeon package behind it).
 
 The salt-api side is FakeSaltApi: a real HTTP server (http.server, plain http
-on 127.0.0.1, an ephemeral port) in a thread, answering /login and / like
-rest_cherrypy does, with canned state.orchestrate returns shaped like the ones
-the master gives for the orch.* SLS files.
+on 127.0.0.1, an ephemeral port) in a thread, answering /login, / and /events
+like rest_cherrypy does. The deploy runner's answers are its outcomes
+({"outcome": ...}, srv/salt/_utils/pigeon_outcome.py): those the lab recorded
+(tests/fixtures/orchestrate), or pigeon_outcome.build over a recorded return
+changed into a failure the lab did not record. With runner_async, the fake
+streams what the master publishes for an action: the runner's table of steps
+(salt/run/<jid>/steps), the orchestration's progress (salt/job/<jid>/prog/...),
+the runner's return (salt/run/<jid>/ret).
+
+What the outcome says of an orchestration's return is tested in test_outcome.py.
 """
 
 import atexit
@@ -21,11 +28,13 @@ import time
 
 import pytest
 
+from srv_modules import load
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pigeon import cli, errors, outcome, saltapi  # noqa: E402  pylint: disable=wrong-import-position
+from pigeon import cli, errors, saltapi  # noqa: E402  pylint: disable=wrong-import-position
 
 ENV_VARS = ("SALTAPI_URL", "SALTAPI_USER", "SALTAPI_PASS", "SALTAPI_EAUTH", "REQUESTS_CA_BUNDLE",
             "CURL_CA_BUNDLE", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY",
@@ -42,444 +51,93 @@ def clean_env(monkeypatch):
 
 
 # ---------------------------------------------------------------------------
-# canned orchestration returns, shaped like the master's (Salt 3008) for the orch.* SLS
-# files: a release is containers -> routes -> commit, with cleanup and abort on failure
+# the deploy runner's answers: the outcomes the lab recorded (tests/fixtures/record.py)
+pigeon_outcome = load("_utils/pigeon_outcome.py", "pigeon_outcome_for_cli")
+pigeon_steps = load("_utils/pigeon_steps.py", "pigeon_steps_for_cli")
+FIXTURES = REPO / "tests" / "fixtures" / "orchestrate"
 MASTER = "lab"
 MINION = "lab-minion"
+JID = "20261203225048123456"
 
 
-def _step(sid, run_num, kind="runner", name=None, result=True, comment=None, changes=None,
-          duration=100.0, module="salt"):
-    """One state's return in an orchestration, keyed the way Salt keys it."""
-    name = name or sid
-    if comment is None:
-        comment = {"runner": f"Runner function '{name}' executed.",
-                   "function": f"Function ran successfully. Function {name} ran on {MINION}.",
-                   "state": f"States ran successfully. Updating {MINION}."}.get(kind, "Success!")
-    value = {"name": name, "result": result, "comment": comment, "changes": changes or {},
-             "__run_num__": run_num, "__id__": sid, "__sls__": "orch." + sid.split("-")[1],
-             "start_time": "12:00:00.000000", "duration": duration}
-    return f"{module}_|-{sid}_|-{name}_|-{kind}", value
+def recorded(name):
+    """{"plan", "ret", "outcome"} of one action the lab ran."""
+    return json.loads((FIXTURES / f"{name}.json").read_text())
 
 
-def _skipped(sid, run_num, name=None, kind="state"):
-    """An onfail step that did not run because nothing failed."""
-    key, value = _step(sid, run_num, kind=kind, name=name,
-                       comment="State was not run because none of the onfail reqs changed",
-                       duration=0.01)
-    value["__state_ran__"] = False
-    return key, value
+def answer(name):
+    """What deploy.<action> returned for a recorded action."""
+    return {"outcome": recorded(name)["outcome"]}
 
 
-def _requisite_failed(sid, run_num, *failed, name=None, kind="runner"):
-    """A step that did not run because a step it requires failed."""
-    sls = "orch." + sid.split("-")[1]
-    failed = failed or ("pigeon-release-containers-state",)
-    key, value = _step(sid, run_num, kind=kind, name=name, result=False, duration=0.02,
-                       comment="One or more requisite failed: " + ", ".join(f"{sls}.{f}" for f in failed))
-    value["__state_ran__"] = False
-    return key, value
-
-
-def _orch(*steps, retcode=0):
-    return {"data": {MASTER: dict(steps)}, "outputter": "highstate", "retcode": retcode}
-
-
-def _minion_state(sid, name, fun, run_num, result=True, comment="", changes=None):
-    """One state of a salt.state step on the minion: (key, return)."""
-    module, function = fun.split(".")
-    return (f"{module}_|-{sid}_|-{name}_|-{function}",
-            {"__id__": sid, "name": name, "result": result, "comment": comment, "changes": changes or {},
-             "__run_num__": run_num, "duration": 10.0})
-
-
-STACK_KEY = "stack_containers_|-stacks-running-stack-containers-running_|-app 1.0_|-running"
-
-
-def _containers(result=True, comment="4 of 4 containers healthy", changes=None, extra=()):
-    """The changes of the containers step (stacks.running on the app minion)."""
-    states = dict(extra)
-    states.update([_minion_state(
-        "stacks-running-stack-containers-running", "app 1.0", "stack_containers.running", 9,
-        result=result, comment=comment,
-        changes={} if changes is None else changes)])
-    return {"out": "highstate", "ret": {MINION: states}}
-
-
-CREATED = {f"app-1.0-{service}-{replica}": "created" for service in ("web", "api") for replica in (1, 2)}
-COMMIT_RETURN = {
-    "app": "app", "version": "1.0", "message": "app 1.0 released in slot b", "noop": False,
-    "stacks": {"0.9": {"state": "active", "slot": "a", "since": "2024-05-01T11:00:00Z", "by": "deployer"},
-               "1.0": {"state": "release", "slot": "b", "since": "2024-05-01T12:00:03Z", "by": "deployer"}},
-    "routes": {"app/production": "app_a", "app/internal": "app_b"},
-}
-ROUTES_RETURN = {"changes": {"app/internal": {"old": "app_a", "new": "app_b"}},
-                 "map": {"app/production": "app_a", "app/internal": "app_b"}}
-
-
-def success_payload(commit_return=None, loadbal=False):
-    """A release that went through (with the loadbal step when the app is new)."""
-    first = []
-    if loadbal:
-        first = [_step("pigeon-release-loadbal-state", 0, kind="state", duration=1800.0,
-                       comment=f"States ran successfully. No changes made to {MINION}.")]
-    n = len(first)
-    return _orch(
-        *first,
-        _step("pigeon-release-containers-state", n, kind="state", duration=2603.5,
-              changes=_containers(changes=CREATED)),
-        _step("pigeon-release-routes-function", n + 1, kind="function", name="haproxy_runtime.set_routes",
-              duration=180.0, changes={"ret": {MINION: ROUTES_RETURN}}),
-        _skipped("pigeon-release-cleanup-state", n + 2),
-        _step("pigeon-release-commit-runner", n + 3, name="stacks.commit", duration=60.0,
-              changes={"return": commit_return or COMMIT_RETURN}),
-        _skipped("pigeon-release-abort-runner", n + 4, name="stacks.abort", kind="runner"),
-    )
-
-
-def activate_payload(commit_return):
-    """An activate: production to the release's slot, the old inactive stack (0.8) removed."""
-    return _orch(
-        _step("pigeon-activate-routes-function", 0, kind="function", name="haproxy_runtime.set_routes",
-              duration=40.0, changes={"ret": {MINION: {
-                  "changes": {"app/production": {"old": "app_a", "new": "app_b"}},
-                  "map": {"app/production": "app_b", "app/internal": "app_b"}}}}),
-        _step("pigeon-activate-remove-0.8-state", 1, kind="state", duration=1500.0),
-        _step("pigeon-activate-commit-runner", 2, name="stacks.commit", duration=60.0,
-              changes={"return": commit_return}),
-        _skipped("pigeon-activate-abort-runner", 3, name="stacks.abort", kind="runner"),
-    )
-
-
-def _cleanup_ran(run_num):
-    """The release's cleanup after a failure: stacks.absent removed what the release started."""
-    return _step("pigeon-release-cleanup-state", run_num, kind="state", duration=3100.0,
-                 changes={"out": "highstate", "ret": {MINION: dict([
-                     _minion_state("stacks-absent-docker-container-absent", "app-1.0-web-1",
-                                   "docker_container.absent", 2, comment="Removed container 'app-1.0-web-1'",
-                                   changes={"removed": {"comment": "Removed container 'app-1.0-web-1'"}}),
-                     _minion_state("stacks-absent-docker-network-absent", "pigeon-app-1.0",
-                                   "docker_network.absent", 6, comment="Removed network 'pigeon-app-1.0'",
-                                   changes={"removed": True}),
-                 ])}})
-
-
-def _aborted(run_num, action="release"):
-    return _step(f"pigeon-{action}-abort-runner", run_num, name="stacks.abort",
-                 changes={"return": {"app": "app", "lock": "released"}})
-
-
-def _after_failed_containers():
-    """What a release runs after its containers step failed: routes and commit skipped on
-    their requisites, cleanup and abort on their onfail."""
-    return (
-        _requisite_failed("pigeon-release-routes-function", 1, name="haproxy_runtime.set_routes", kind="function"),
-        _cleanup_ran(2),
-        _requisite_failed("pigeon-release-commit-runner", 3, "pigeon-release-containers-state",
-                          "pigeon-release-routes-function", name="stacks.commit"),
-        _aborted(4),
-    )
-
-
-# docker's health gate, in the containers step (stack_containers.wait_healthy)
-UNHEALTHY = ("app 1.0 not healthy (docker marked it unhealthy after 3s): 3 of 4 containers healthy; "
-             "app-1.0-web-1 unhealthy (curl: (22) The requested URL returned error: 500)")
-
-
-def containers_failure_payload():
-    """A release whose containers docker marked unhealthy: routes and commit never ran."""
-    return _orch(
-        _step("pigeon-release-containers-state", 0, kind="state", result=False, duration=3420.7,
-              comment=f"Run failed on minions: {MINION}",
-              changes=_containers(result=False, comment=UNHEALTHY, changes=CREATED)),
-        *_after_failed_containers(),
-        retcode=1,
-    )
+def _state_of(plan, ret, step):
+    """The return of ``step`` in an orchestration's return (found by the plan's state ID)."""
+    sid = next(s["id"] for s in plan["steps"] if s["step"] == step)
+    return next(v for v in ret["data"][MASTER].values() if v["__id__"] == sid)
 
 
 # HAProxy's gate, in the routes step (haproxy_runtime.set_routes with require_up and wait)
-GATE_ERROR = ("backend app_b: 1 of 2 servers UP and checked after 30s (s2 172.18.0.7:8080 DOWN L7STS); "
+GATE_ERROR = ("backend app_a: 1 of 2 servers UP and checked after 30s (s2 172.18.0.7:8080 DOWN L7STS); "
               "that stack is not healthy (see ./stacks.py status)")
 
 
-def routes_failure_payload():
-    """A release whose containers docker found healthy, but not all of them UP in HAProxy."""
-    return _orch(
-        _step("pigeon-release-containers-state", 0, kind="state", duration=2603.5,
-              changes=_containers(changes=CREATED)),
-        _step("pigeon-release-routes-function", 1, kind="function", name="haproxy_runtime.set_routes",
-              result=False, duration=30012.5,
-              comment=(f"Running function haproxy_runtime.set_routes failed on minions: {MINION} "
-                       f"Function haproxy_runtime.set_routes ran on {MINION}."),
-              changes={"ret": {MINION: f"ERROR: {GATE_ERROR}"}}),
-        _cleanup_ran(2),
-        _requisite_failed("pigeon-release-commit-runner", 3, "pigeon-release-routes-function", name="stacks.commit"),
-        _aborted(4),
-        retcode=1,
-    )
+def routes_failure():
+    """A release whose containers docker found healthy, but not all of them UP in HAProxy (the lab
+    recorded none): release-first's return with its routes step failed and its cleanup run.
+    (plan, ret, the runner's answer)."""
+    case = recorded("release-first")
+    plan, ret = case["plan"], copy.deepcopy(case["ret"])
+    _state_of(plan, ret, "routes").update(
+        result=False, duration=30012.0, changes={"ret": {MINION: f"ERROR: {GATE_ERROR}"}},
+        comment=(f"Running function haproxy_runtime.set_routes failed on minions: {MINION} "
+                 f"Function haproxy_runtime.set_routes ran on {MINION}."))
+    cleanup = _state_of(plan, ret, "cleanup")
+    cleanup.pop("__state_ran__")
+    cleanup.update(result=True, duration=1719.4, comment=f"States ran successfully. Updating {MINION}.")
+    ret["retcode"] = 1
+    return plan, ret, {"outcome": pigeon_outcome.build(plan, ret)}
 
 
-REFUSAL = "app 1.0 is already active; release a new version, or deactivate it first"
+def with_loadbal():
+    """release-first as the first release of a new app: the loadbal step (HAProxy's states on
+    the load balancer) runs beside the containers. (plan, ret, the runner's answer)."""
+    case = recorded("release-first")
+    plan, ret = dict(case["plan"], converge_loadbal=True), copy.deepcopy(case["ret"])
+    plan["steps"] = pigeon_steps.steps(plan)
+    states = ret["data"][MASTER]
+    for value in states.values():
+        value["__run_num__"] += 1
+    sid = next(s["id"] for s in plan["steps"] if s["step"] == "loadbal")
+    states[f"salt_|-{sid}_|-{sid}_|-state"] = {
+        "__id__": sid, "__run_num__": 0, "__sls__": "orch.release", "name": sid, "result": True,
+        "changes": {}, "comment": f"States ran successfully. No changes made to {MINION}.",
+        "start_time": "22:50:48.760754", "duration": 1800.0}
+    done = pigeon_outcome.build(plan, ret)
+    done.update({k: case["outcome"][k] for k in ("changed", "revision", "version")})  # the runner's commit
+    return plan, ret, {"outcome": done}
+
+
+REFUSAL = "app rec-1 is already active; release a new version, or deactivate it first"
 LOCK_HELD = ("app is locked by release 2.0 of alice since 2024-05-01T12:00:00Z; try again when it ends, "
              "or add --wait SECONDS")
 
 
-def refused_payload(message=REFUSAL, action="release"):
-    """The plan refused (made at render time): the orchestration is one failed test state."""
-    return _orch(
-        _step(f"pigeon-{action}-refused", 0, kind="configurable_test_state", module="test",
-              name=f"{action} refused", result=False, comment=message, duration=0.5),
-        retcode=1,
-    )
+def refused(message=REFUSAL, action="release", version="rec-1"):
+    """The runner refused after its door: the lock is held, or the plan refused."""
+    return {"outcome": pigeon_outcome.refused({"action": action, "app": "app", "version": version}, message)}
 
 
-# ---------------------------------------------------------------------------
-# orchestration_outcome
-RELEASE_STEPS = ["containers", "routes", "cleanup", "commit", "abort"]
-
-
-def test_outcome_success():
-    out = outcome.orchestration_outcome(success_payload())
-    assert out["ok"] is True
-    assert out["error"] is None
-    assert out["result"] == COMMIT_RETURN
-    assert [s["step"] for s in out["steps"]] == RELEASE_STEPS
-    assert [s["skipped"] for s in out["steps"]] == [False, False, True, False, True]
-    assert all(s["result"] is True for s in out["steps"])
-    assert out["steps"][0] == {"step": "containers", "result": True, "skipped": False,
-                               "comment": "States ran successfully. Updating lab-minion.", "duration_ms": 2603.5}
-    assert out["steps"][1]["duration_ms"] == 180.0
-    assert "raw" not in out["steps"][0]
-    assert not out.get("refused")
-    assert out["cleaned"] == []
-
-
-def test_outcome_success_with_loadbal_step():
-    out = outcome.orchestration_outcome(success_payload(loadbal=True))
-    assert out["ok"] is True
-    assert [s["step"] for s in out["steps"]] == ["loadbal"] + RELEASE_STEPS
-    assert out["steps"][0]["duration_ms"] == 1800.0
-
-
-def test_outcome_activate():
-    done = {"app": "app", "version": "1.0", "message": "app 1.0 is active; 0.9 is inactive"}
-    out = outcome.orchestration_outcome(activate_payload(done))
-    assert out["ok"] is True
-    assert [s["step"] for s in out["steps"]] == ["routes", "remove-0.8", "commit", "abort"]
-    assert out["result"] == done
-
-
-def test_outcome_steps_follow_run_num_not_dict_order():
-    ret = success_payload()
-    ret["data"][MASTER] = dict(reversed(list(ret["data"][MASTER].items())))
-    out = outcome.orchestration_outcome(ret)
-    assert [s["step"] for s in out["steps"]] == RELEASE_STEPS
-
-
-def test_outcome_step_name_from_key_without_id():
-    ret = success_payload()
-    for value in ret["data"][MASTER].values():
-        del value["__id__"]
-    out = outcome.orchestration_outcome(ret)
-    assert [s["step"] for s in out["steps"]] == RELEASE_STEPS
-
-
-@pytest.mark.parametrize("sid, name", [
-    ("pigeon-release-loadbal-state", "loadbal"),
-    ("pigeon-release-containers-state", "containers"),
-    ("pigeon-release-routes-function", "routes"),
-    ("pigeon-release-cleanup-state", "cleanup"),
-    ("pigeon-release-abort-runner", "abort"),
-    ("pigeon-activate-routes-function", "routes"),
-    ("pigeon-activate-remove-0.9-state", "remove-0.9"),
-    ("pigeon-deactivate-drain-1.0-function", "drain-1.0"),
-    ("pigeon-deactivate-remove-1.0-rc-2-state", "remove-1.0-rc-2"),
-    ("pigeon-rollback-commit-runner", "commit"),
-    ("pigeon-release-refused", "pigeon-release-refused"),
-    ("something-else", "something-else"),
-    (None, "?"),
-])
-def test_step_name(sid, name):
-    assert outcome.step_name(sid) == name
-
-
-def test_outcome_nonzero_retcode_without_failed_step():
-    ret = success_payload()
-    ret["retcode"] = 2
-    out = outcome.orchestration_outcome(ret)
-    assert out["ok"] is False
-    assert out["error"] == "the orchestration returned retcode 2; see the master's log"
-
-
-@pytest.mark.parametrize("action, message", [
-    ("release", REFUSAL),
-    ("release", LOCK_HELD),  # the plan takes the lock: another action holding it is a refusal
-    ("deactivate", "app 1.0 is active: deactivating it leaves production answering 503; add --force to do it "
-                   "anyway, or activate another version first"),
-])
-def test_outcome_refused(action, message):
-    out = outcome.orchestration_outcome(refused_payload(message, action))
-    assert out["ok"] is False
-    assert out["refused"] is True
-    assert out["error"] == message
-    assert out["steps"] == []
-    assert out["result"] is None
-
-
-def test_outcome_runner_step_error():
-    message = "app: this orchestration does not hold the lock; nothing recorded"
-    ret = _orch(
-        _step("pigeon-release-containers-state", 0, kind="state", changes=_containers(changes=CREATED)),
-        _step("pigeon-release-routes-function", 1, kind="function", name="haproxy_runtime.set_routes",
-              changes={"ret": {MINION: ROUTES_RETURN}}),
-        _skipped("pigeon-release-cleanup-state", 2),
-        _step("pigeon-release-commit-runner", 3, name="stacks.commit", result=False,
-              comment="Runner function 'stacks.commit' failed.", changes={"return": {"Error": message}}),
-        _aborted(4),
-        retcode=1,
-    )
-    out = outcome.orchestration_outcome(ret)
-    assert out["ok"] is False
-    assert out["error"] == f"step commit failed: {message}"
-    assert not out.get("refused")
-    assert [s["result"] for s in out["steps"]] == [True, True, True, False, True]
-
-
-def test_outcome_containers_failure():
-    out = outcome.orchestration_outcome(containers_failure_payload())
-    assert out["ok"] is False
-    assert out["error"] == f"step containers failed: {MINION}: {UNHEALTHY}"
-    assert out["result"] is None
-    assert [(s["step"], s["result"], s["skipped"]) for s in out["steps"]] == [
-        ("containers", False, False), ("routes", False, False), ("cleanup", True, False),
-        ("commit", False, False), ("abort", True, False)]
-    assert out["steps"][0]["comment"] == f"Run failed on minions: {MINION}"
-    assert out["steps"][0]["duration_ms"] == 3420.7
-    assert out["steps"][1]["comment"].startswith("One or more requisite failed")
-
-
-def test_outcome_routes_failure():
-    out = outcome.orchestration_outcome(routes_failure_payload())
-    assert out["ok"] is False
-    assert out["error"] == f"step routes failed: {MINION}: {GATE_ERROR}"
-    assert out["result"] is None
-    assert [(s["step"], s["result"]) for s in out["steps"]] == [
-        ("containers", True), ("routes", False), ("cleanup", True), ("commit", False), ("abort", True)]
-    assert out["steps"][1]["comment"].startswith(
-        "Running function haproxy_runtime.set_routes failed on minions: lab-minion")
-    assert out["steps"][1]["duration_ms"] == 30012.5
-
-
-def test_outcome_requisite_failure_is_never_the_reported_step():
-    ret = containers_failure_payload()
-    # even when a requisite failure comes first in the run order
-    for value in ret["data"][MASTER].values():
-        if value["__id__"] == "pigeon-release-routes-function":
-            value["__run_num__"] = 0
-        elif value["__id__"] == "pigeon-release-containers-state":
-            value["__run_num__"] = 1
-    out = outcome.orchestration_outcome(ret)
-    assert out["steps"][0]["step"] == "routes" and out["steps"][0]["result"] is False
-    assert out["error"] == f"step containers failed: {MINION}: {UNHEALTHY}"
-    assert "requisite" not in out["error"]
-
-
-def test_outcome_function_failure_from_comment_only():
-    # activate: its first step is the routes switch, on the load balancer
-    ret = _orch(
-        _step("pigeon-activate-routes-function", 0, kind="function", name="haproxy_runtime.set_routes",
-              result=False, comment="No minions matched the target. No command was sent, no jid was assigned."),
-        _requisite_failed("pigeon-activate-commit-runner", 1, "pigeon-activate-routes-function",
-                          name="stacks.commit"),
-        _aborted(2, action="activate"),
-        retcode=1,
-    )
-    out = outcome.orchestration_outcome(ret)
-    assert out["error"] == ("step routes failed: No minions matched the target. No command was sent, "
-                            "no jid was assigned.; is the minion up? (salt-run manage.status)")
-
-
-def test_outcome_function_failure_without_minion_return():
-    # no usable changes.ret (minion answered True/None): the ERROR line of the comment, as
-    # a Salt that lists the failures in the comment gives it (rollback's gate, checked once)
-    error = ("backend app_a: 1 of 2 servers UP and checked (s1 172.18.0.5:8080 DOWN L4CON); "
-             "that stack is not healthy (see ./stacks.py status)")
-    ret = _orch(
-        _step("pigeon-rollback-routes-function", 0, kind="function", name="haproxy_runtime.set_routes",
-              result=False, changes={"ret": {MINION: True, "other-minion": None}},
-              comment=(f"Running function haproxy_runtime.set_routes failed on minions: {MINION} "
-                       f"Function haproxy_runtime.set_routes ran on {MINION}, other-minion.\n"
-                       f"Failures:\n    {MINION}:\n        ERROR: {error}\n")),
-        retcode=1,
-    )
-    out = outcome.orchestration_outcome(ret)
-    assert out["error"] == f"step routes failed: {error}"
-
-
-def test_outcome_state_failure():
-    # the config formula's image failed to build: the minion's first real failure (by
-    # __run_num__, not dict order) is named, not the states that only required it
-    formula_failed = "One or more requisite failed: demoapp.image.build.demoapp-image-build-docker-image-present"
-    ret = _orch(
-        _step("pigeon-release-containers-state", 0, kind="state", result=False,
-              comment=f"Run failed on minions: {MINION}",
-              changes=_containers(result=False, comment=formula_failed, extra=[
-                  # the minion's states come in no particular order: __run_num__ tells
-                  _minion_state("stacks-running-leftover-0.8-docker-network-absent", "pigeon-app-0.8",
-                                "docker_network.absent", 8, result=False,
-                                comment="Failed to remove network 'pigeon-app-0.8': network has active endpoints"),
-                  _minion_state("demoapp-config-file-build-dir-file-directory", "/srv/demoapp/1.0",
-                                "file.directory", 0, comment="The directory /srv/demoapp/1.0 is in the correct state"),
-                  _minion_state("demoapp-image-build-docker-image-present", "pigeon/demoapp",
-                                "docker_image.present", 3, result=False,
-                                comment=("Encountered error building pigeon/demoapp:1.0 as pigeon/demoapp:1.0: "
-                                         "The command '/bin/sh -c apk add curl' returned a non-zero code: 1\n"
-                                         "fetch https://dl-cdn.alpinelinux.org/...: temporary error")),
-                  _minion_state("stacks-running-leftover-0.8-docker-container-absent", "app-0.8-web-1",
-                                "docker_container.absent", 7, comment="Removed container 'app-0.8-web-1'",
-                                changes={"removed": {"comment": "Removed container 'app-0.8-web-1'"}}),
-              ])),
-        *_after_failed_containers(),
-        retcode=1,
-    )
-    out = outcome.orchestration_outcome(ret)
-    assert out["ok"] is False
-    assert out["error"] == (f"step containers failed: {MINION}: Encountered error building pigeon/demoapp:1.0 "
-                            "as pigeon/demoapp:1.0: The command '/bin/sh -c apk add curl' returned a non-zero code: 1")
-    # the leftovers removed before the failure are still found (stacks.py names them only on success)
-    assert out["cleaned"] == ["0.8"]
-    # a state that only required the failed one is never named, even numbered first
-    states = ret["data"][MASTER]["salt_|-pigeon-release-containers-state_|-pigeon-release-containers-state_|-state"]
-    states["changes"]["ret"][MINION][STACK_KEY]["__run_num__"] = 1
-    assert outcome.orchestration_outcome(ret)["error"] == out["error"]
-
-
-def test_outcome_render_error():
-    ret = {"data": {MASTER: ["Rendering SLS 'base:orch.release' failed: Jinja variable 'dict object' "
-                             "has no attribute 'start'\n/srv/salt/orch/release.sls(22):\n---\n..."]},
-           "outputter": "highstate", "retcode": 1}
-    out = outcome.orchestration_outcome(ret)
-    assert out["ok"] is False
-    assert out["steps"] == []
-    assert out["result"] is None
-    assert out["error"] == ("the orchestration could not be rendered: Jinja variable 'dict object' has no "
-                            "attribute 'start'; check the pillar (salt-run pillar.show_pillar) and the "
-                            "master's log")
-
-
-@pytest.mark.parametrize("ret, shown", [
-    ("'state.orchestrate' is not available.", "'state.orchestrate' is not available."),
-    (None, "null"),
-    (["a", "b"], '["a", "b"]'),
-    ({"return": "no data key"}, '{"return": "no data key"}'),
-    ("ERROR: something broke\nTraceback ...", "something broke"),
-])
-def test_outcome_not_an_orchestration(ret, shown):
-    out = outcome.orchestration_outcome(ret)
-    assert out["ok"] is False
-    assert out["steps"] == []
-    assert out["result"] is None
-    assert out["error"] == f"unexpected answer from the master: {shown}"
+def test_the_answers_are_the_runners():
+    """The answers the fake gives are what the runner returns (test_outcome.py shows build does)."""
+    for name in ("release-first", "release-unhealthy", "activate-remove-inactive"):
+        case = recorded(name)
+        built = pigeon_outcome.build(case["plan"], case["ret"])
+        assert {k: v for k, v in built.items() if k not in ("changed", "revision")} == \
+            {k: v for k, v in case["outcome"].items() if k not in ("changed", "revision")}
+    plan, _, done = routes_failure()
+    assert done["outcome"]["failed_step"] == "routes" and plan["steps"] == pigeon_steps.steps(plan)
+    assert [s["step"] for s in with_loadbal()[2]["outcome"]["steps"]] == ["loadbal", "containers", "routes",
+                                                                          "cleanup"]
 
 
 # ---------------------------------------------------------------------------
@@ -588,7 +246,11 @@ def test_make_client_verify(monkeypatch):
 # ---------------------------------------------------------------------------
 # a fake salt-api
 class FakeSaltApi:
-    """rest_cherrypy's /login and / (low-state runs), plain http on an ephemeral port."""
+    """rest_cherrypy's /login, / (low-state runs) and /events, plain http on an ephemeral port.
+
+    Without a script, runner_async is refused (400: a master without it) and /events says
+    nothing: stacks.py falls back to the runner client, which gets ``payload``. With
+    ``script(...)``, runner_async starts the action (jid JID) and /events publishes its events."""
 
     PASSWORD = "secret"
     TOKEN = "t"
@@ -609,6 +271,27 @@ class FakeSaltApi:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def do_GET(self):  # noqa: N802
+                fake.streams.append({"path": self.path, "headers": dict(self.headers)})
+                if self.path != "/events":
+                    self._send(404, b"not found", "text/plain")
+                    return
+                if self.headers.get("X-Auth-Token") != fake.TOKEN:
+                    self._send(401, b"<html><body>401 Unauthorized</body></html>", "text/html")
+                    return
+                self.send_response(200)  # server-sent events, until the connection closes
+                self.send_header("Content-Type", "text/event-stream;charset=utf-8")
+                self.send_header("Cache-Control", "no-cache")
+                self.end_headers()
+                self.wfile.write(b"retry: 400\n\n")
+                self.wfile.flush()
+                if fake.events is None or not fake.started.wait(5):
+                    return
+                for tag, data in fake.events:
+                    event = {"tag": tag, "data": dict(data, _stamp="2026-12-03T22:50:48.000000")}
+                    self.wfile.write(f"tag: {tag}\ndata: {json.dumps(event)}\n\n".encode())
+                    self.wfile.flush()
+
             def do_POST(self):  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
@@ -625,9 +308,13 @@ class FakeSaltApi:
                     if self.headers.get("X-Auth-Token") != fake.TOKEN:
                         self._send(401, b"<html><body>401 Unauthorized</body></html>", "text/html")
                     elif isinstance(body, list) and body and body[0].get("client") == "runner_async":
-                        # a master without runner_async: stacks.py falls back to the runner client
-                        self._send(400, b"<html><body>400 Bad Request: Client disabled</body></html>",
-                                   "text/html")
+                        if fake.events is None:
+                            # a master without runner_async: stacks.py falls back to the runner client
+                            self._send(400, b"<html><body>400 Bad Request: Client disabled</body></html>",
+                                       "text/html")
+                        else:
+                            self._send(200, {"return": [{"jid": JID, "tag": f"salt/run/{JID}/new"}]})
+                            fake.started.set()
                     elif fake.not_json:
                         self._send(200, b"<html><body>500 Internal Server Error</body></html>", "text/html")
                     else:
@@ -636,15 +323,36 @@ class FakeSaltApi:
                     self._send(404, b"not found", "text/plain")
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
                                        daemon=True)
         self.thread.start()
 
     def reset(self):
-        self.payload = success_payload()
+        self.payload = answer("release-first")
+        self.events = None
+        self.started = threading.Event()
         self.not_json = False
         self.requests = []
+        self.streams = []
+
+    def script(self, plan, ret, done, order=None, extra=()):
+        """An action through runner_async: the runner announces the plan's steps, the orchestration
+        ``ret`` reports each state as it ends (in run order, or the steps named in ``order``), the
+        runner returns ``done``. ``extra``: more events, published before the return."""
+        self.payload = done
+        table = {s["id"]: s["step"] for s in plan["steps"]}
+        states = sorted(ret["data"][MASTER].values(), key=lambda s: s["__run_num__"]) if ret else []
+        if order is not None:
+            by_step = {table[s["__id__"]]: s for s in states}
+            states = [by_step[step] for step in order]
+        self.events = [(f"salt/run/{JID}/steps", {"steps": table})] if table else []
+        self.events += [(f"salt/job/{JID}/prog/{MASTER}/{s['__run_num__']}", {"ret": s, "len": len(states)})
+                        for s in states]
+        self.events += list(extra)
+        self.events.append((f"salt/run/{JID}/ret", {"fun": f"runner.deploy.{plan['action']}", "jid": JID,
+                                                    "user": "deployer", "success": True, "return": done}))
 
     def close(self):
         self.server.shutdown()
@@ -683,7 +391,7 @@ def test_saltapi_login_and_runner(api):
     assert client.url == api.url
     ret = client.runner("state.orchestrate", arg=["orch.release"],
                         kwarg={"pillar": {"pigeon": {"app": "app", "version": "1.0"}}})
-    assert ret == success_payload()
+    assert ret == answer("release-first")
     assert client.token == "t"
     login, run = api.requests
     assert login["path"] == "/login"
@@ -752,9 +460,10 @@ def _password_file(password):
 
 
 PASSWORD_FILE = _password_file(FakeSaltApi.PASSWORD)
+RELEASE = ("release", "--app-name", "app", "--version", "rec-1")  # release-first's
 
 
-def _argv(api, *extra, action=("release", "--app-name", "app", "--version", "1.0")):
+def _argv(api, *extra, action=RELEASE):
     return [*action, "--saltapi-url", api.url, "--saltapi-user", "deployer",
             "--saltapi-pass-file", PASSWORD_FILE, "--timeout", "5", *extra]
 
@@ -764,25 +473,24 @@ def test_main_success(api, capsys):
     captured = capsys.readouterr()
     assert captured.err == ""
     lines = captured.out.splitlines()
-    assert lines[0] == f"release app 1.0 through {api.url}"
-    assert lines[-2] == "app 1.0 released in slot b"
-    assert lines[-1].startswith("Finished release app 1.0 in ")
+    assert lines[0] == f"release app rec-1 through {api.url}"
+    assert lines[-2] == "app rec-1 released in slot a"
+    assert lines[-1].startswith("Finished release app rec-1 in ")
     assert lines[-1].endswith(" s")
     step_lines = [ln.split() for ln in lines[1:-2]]
-    # skipped steps (cleanup, abort) are not shown
-    assert step_lines == [["containers", "ok", "2.6", "s"], ["routes", "ok", "0.2", "s"],
-                          ["commit", "ok", "0.1", "s"]]
+    # skipped steps (cleanup) are not shown
+    assert step_lines == [["containers", "ok", "4.1", "s"], ["routes", "ok", "0.3", "s"]]
     run = api.requests[-1]
     # the deploy runner, with exactly the request's keys (its schema refuses any other)
     assert run["body"] == [{"client": "runner", "fun": "deploy.release", "arg": [],
-                            "kwarg": {"app": "app", "version": "1.0"}}]
+                            "kwarg": {"app": "app", "version": "rec-1"}}]
 
 
 def test_main_settings_from_env_and_pillar_flags(api, capsys, monkeypatch):
     monkeypatch.setenv("SALTAPI_URL", api.url)
     monkeypatch.setenv("SALTAPI_USER", "deployer")
     monkeypatch.setenv("SALTAPI_PASS", FakeSaltApi.PASSWORD)
-    api.payload = activate_payload({"app": "app", "version": "2.0", "message": "app 2.0 is active; 1.0 is inactive"})
+    api.payload = answer("activate")
     assert cli.main(["--app-name", "app", "--action", "release", "--wait", "30", "--keep-failed", "-q"]) == 0
     assert capsys.readouterr().out == ""
     kwarg = api.requests[-1]["body"][0]["kwarg"]
@@ -792,113 +500,147 @@ def test_main_settings_from_env_and_pillar_flags(api, capsys, monkeypatch):
 
 
 def test_main_reports_the_version_the_orchestration_chose(api, capsys):
-    api.payload = activate_payload({"app": "app", "version": "2.0", "message": "app 2.0 is active"})
+    api.payload = answer("activate-remove-inactive")
     assert cli.main(_argv(api, action=("activate", "--app-name", "app"))) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"activate app through {api.url}"
-    assert [ln.split()[:2] for ln in lines[1:-2]] == [["routes", "ok"], ["remove-0.8", "ok"], ["commit", "ok"]]
-    assert lines[-2] == "app 2.0 is active"
-    assert lines[-1].startswith("Finished activate app 2.0 in ")
+    assert [ln.split() for ln in lines[1:-2]] == [["routes", "ok", "0.5", "s"], ["remove", "rec-1", "ok", "2.5", "s"]]
+    assert lines[1:-2] == [cli.step_line(s) for s in api.payload["outcome"]["steps"]]
+    assert lines[-2] == "app rec-3 is active; rec-2 is inactive"
+    assert lines[-1].startswith("Finished activate app rec-3 in ")
+    assert api.requests[-1]["body"][0]["kwarg"] == {"app": "app"}
 
 
+def test_step_line():
+    assert cli.step_line({"step": "routes", "result": True, "skipped": False, "seconds": 0.284}) == \
+        "  routes                   ok      0.3 s"
+    assert cli.step_line({"step": "remove 1.0-rc-2", "result": False, "seconds": 30.012}) == \
+        "  remove 1.0-rc-2          FAILED  30.0 s"
+    assert cli.step_line({"step": "cleanup", "result": None, "seconds": None}).split() == \
+        ["cleanup", "FAILED", "0.0", "s"]
+
+
+def unhealthy():
+    """The lab's release whose containers docker marked unhealthy: (plan, ret, the runner's answer)."""
+    case = recorded("release-unhealthy")
+    return case["plan"], case["ret"], {"outcome": case["outcome"]}
+
+
+UNHEALTHY_ERROR = recorded("release-unhealthy")["outcome"]["error"]
 FAILURES = [
-    # docker's health gate: containers fails, routes and commit never run
-    (containers_failure_payload, f"step containers failed: {MINION}: {UNHEALTHY}",
-     [["containers", "FAILED", "3.4"], ["routes", "FAILED", "0.0"], ["cleanup", "ok", "3.1"],
-      ["commit", "FAILED", "0.0"], ["abort", "ok", "0.1"]]),
-    # HAProxy's gate: routes fails after its wait, commit never runs
-    (routes_failure_payload, f"step routes failed: {MINION}: {GATE_ERROR}",
-     [["containers", "ok", "2.6"], ["routes", "FAILED", "30.0"], ["cleanup", "ok", "3.1"],
-      ["commit", "FAILED", "0.0"], ["abort", "ok", "0.1"]]),
+    # docker's health gate: containers fails, routes never runs, cleanup removes what started
+    pytest.param(unhealthy, "unhealthy", UNHEALTHY_ERROR,
+                 [["containers", "FAILED", "5.9"], ["cleanup", "ok", "1.7"]],
+                 [("containers", False), ("routes", None), ("cleanup", True)], id="containers"),
+    # HAProxy's gate: routes fails after its wait, cleanup removes what started
+    pytest.param(routes_failure, "rec-1", f"step routes failed: {MINION}: {GATE_ERROR}",
+                 [["containers", "ok", "4.1"], ["routes", "FAILED", "30.0"], ["cleanup", "ok", "1.7"]],
+                 [("containers", True), ("routes", False), ("cleanup", True)], id="routes"),
 ]
 
 
-@pytest.mark.parametrize("payload, error, step_lines", FAILURES)
-def test_main_failed_orchestration(api, capsys, payload, error, step_lines):
-    api.payload = payload()
-    assert cli.main(_argv(api)) == 1
+@pytest.mark.parametrize("payload, version, error, step_lines, steps", FAILURES)
+def test_main_failed_orchestration(api, capsys, payload, version, error, step_lines, steps):
+    api.payload = payload()[2]
+    assert cli.main(_argv(api, action=("release", "-a", "app", "-V", version))) == 1
     captured = capsys.readouterr()
-    assert captured.err.splitlines() == [f"stacks.py: release app 1.0 failed: {error}"]
+    assert captured.err.splitlines() == [f"stacks.py: release app {version} failed: {error}"]
     assert "Finished" not in captured.out
     assert [ln.split()[:3] for ln in captured.out.splitlines()[1:]] == step_lines
 
 
 @pytest.mark.parametrize("message", [REFUSAL, LOCK_HELD])
-def test_main_refused(api, capsys, message):
-    api.payload = refused_payload(message)
+@pytest.mark.parametrize("by", ["runner", "door"])
+def test_main_refused(api, capsys, message, by):
+    # the runner (the lock, the plan) refuses with an outcome; its door (the schema) with one line
+    api.payload = refused(message) if by == "runner" else {"refused": message}
     assert cli.main(_argv(api)) == 1
     captured = capsys.readouterr()
-    assert captured.err.splitlines() == [f"stacks.py: release app 1.0 refused: {message}"]
-    assert captured.out.splitlines() == [f"release app 1.0 through {api.url}"]  # no step lines
+    assert captured.err.splitlines() == [f"stacks.py: release app rec-1 refused: {message}"]
+    assert captured.out.splitlines() == [f"release app rec-1 through {api.url}"]  # no step lines
 
 
-class ProgressClient:
-    """Stands for SaltApi in run_action: passes each step to on_step as salt-api's progress
-    events would (in the order the steps end), then returns the orchestration's return."""
-
-    url = "https://salt.example:8000"
-
-    def __init__(self, ret, order=None):
-        self.ret, self.order, self.calls = ret, order, []
-
-    def deploy(self, action, kwarg, on_step=None):
-        self.calls.append({"action": action, "kwarg": kwarg, "progress": on_step is not None})
-        if on_step is not None:
-            values = sorted(self.ret["data"][MASTER].values(), key=lambda v: v["__run_num__"])
-            by_id = {v["__id__"]: v for v in values}
-            for sid in self.order or [v["__id__"] for v in values]:
-                on_step(copy.deepcopy(by_id[sid]))
-        return copy.deepcopy(self.ret)
+def test_main_no_outcome(api, capsys):
+    api.payload = "'deploy.release' is not available."
+    assert cli.main(_argv(api)) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "stacks.py: deploy.release returned no outcome: 'deploy.release' is not available."]
 
 
-def _run(client, *extra, action=("release", "--app-name", "app", "--version", "1.0")):
+def _run(api, *extra, action=RELEASE):
+    """run_action against the fake salt-api: (lines, report or StacksError)."""
     lines = []
-    args = cli.parse_args([*action, "--saltapi-url", client.url, *extra])
+    args = cli.parse_args([*action, "--saltapi-url", api.url, *extra])
     try:
-        report = cli.run_action(client, args, lines.append)
+        report = cli.run_action(_client(api.url), args, lines.append)
     except errors.StacksError as exc:
         return lines, exc
     return lines, report
 
 
-def test_progress_lines_as_steps_end():
+def _async_runs(api):
+    return [r["body"][0] for r in api.requests if r["path"] == "/" and r["body"][0]["client"] == "runner_async"]
+
+
+def test_progress_lines_as_steps_end(api):
     # loadbal runs in parallel with the containers and ends after them
-    client = ProgressClient(success_payload(loadbal=True), order=[
-        "pigeon-release-containers-state", "pigeon-release-loadbal-state", "pigeon-release-routes-function",
-        "pigeon-release-cleanup-state", "pigeon-release-commit-runner", "pigeon-release-abort-runner"])
-    lines, report = _run(client)
-    assert client.calls[0]["progress"] is True and client.calls[0]["action"] == "release"
-    assert lines[0] == "release app 1.0 through https://salt.example:8000"
-    # one line per step that ran, as it ended; skipped onfail steps (cleanup, abort) not shown,
+    api.script(*with_loadbal(), order=["containers", "loadbal", "routes", "cleanup"])
+    lines, report = _run(api)
+    assert _async_runs(api) == [{"client": "runner_async", "fun": "deploy.release",
+                                 "kwarg": {"app": "app", "version": "rec-1"}}]
+    assert [s["path"] for s in api.streams] == ["/events"]
+    assert lines[0] == f"release app rec-1 through {api.url}"
+    # one line per step that ran, as it ended; the skipped onfail step (cleanup) not shown,
     # and no second list of the steps at the end
     assert [ln.split() for ln in lines[1:-2]] == [
-        ["containers", "ok", "2.6", "s"], ["loadbal", "ok", "1.8", "s"], ["routes", "ok", "0.2", "s"],
-        ["commit", "ok", "0.1", "s"]]
-    assert lines[-2] == "app 1.0 released in slot b"
-    assert [s["step"] for s in report["steps"]] == ["loadbal"] + RELEASE_STEPS  # run order
+        ["containers", "ok", "4.1", "s"], ["loadbal", "ok", "1.8", "s"], ["routes", "ok", "0.3", "s"]]
+    assert lines[-2] == "app rec-1 released in slot a"
+    assert [s["step"] for s in report["steps"]] == ["loadbal", "containers", "routes", "cleanup"]  # run order
+    assert report["ok"] is True and report["changed"] == recorded("release-first")["outcome"]["changed"]
 
 
-def test_progress_lines_of_a_failed_release():
-    lines, error = _run(ProgressClient(routes_failure_payload()))
-    assert [ln.split()[:3] for ln in lines[1:]] == FAILURES[1][2]
-    assert str(error) == f"release app 1.0 failed: {FAILURES[1][1]}"
-    assert error.code == errors.EXIT_FAILED
+def test_progress_shows_only_the_steps_of_its_action(api):
+    """Progress events of other jobs, and states that are not a step of the plan's table, show nothing."""
+    plan, ret, done = routes_failure()
+    stranger = dict(_state_of(plan, ret, "containers"), __id__="stacks-running-stack-containers-running")
+    api.script(plan, ret, done, extra=[
+        ("salt/job/20261203225048999999/prog/lab/0", {"ret": _state_of(plan, ret, "routes"), "len": 3}),
+        (f"salt/job/{JID}/prog/{MASTER}/7", {"ret": stranger, "len": 3}),
+        ("salt/run/20261203225048999999/ret", {"return": answer("release-unhealthy")})])
+    lines, error = _run(api)
+    assert [ln.split()[:3] for ln in lines[1:]] == FAILURES[1].values[3]
+    assert str(error) == f"release app rec-1 failed: {FAILURES[1].values[2]}"
 
 
-def test_progress_lines_of_a_refusal():
-    lines, error = _run(ProgressClient(refused_payload(LOCK_HELD)))
-    assert lines == ["release app 1.0 through https://salt.example:8000"]  # the refused state is no step
-    assert str(error) == f"release app 1.0 refused: {LOCK_HELD}"
-    assert error.report["steps"] == []
+@pytest.mark.parametrize("payload, version, error, step_lines, steps", FAILURES)
+def test_progress_lines_of_a_failed_release(api, payload, version, error, step_lines, steps):
+    api.script(*payload())
+    lines, raised = _run(api, action=("release", "-a", "app", "-V", version))
+    assert len(_async_runs(api)) == 1 and [s["path"] for s in api.streams] == ["/events"]
+    assert [ln.split()[:3] for ln in lines[1:]] == step_lines
+    assert str(raised) == f"release app {version} failed: {error}"
+    assert raised.code == errors.EXIT_FAILED
+    assert [(s["step"], s["result"]) for s in raised.report["steps"]] == steps
+
+
+def test_progress_lines_of_a_refusal(api):
+    # refused under the lock: no step ran, the runner announced none
+    api.script({"action": "release", "steps": []}, None, refused(LOCK_HELD))
+    lines, error = _run(api)
+    assert [tag for tag, _ in api.events] == [f"salt/run/{JID}/ret"]
+    assert lines == [f"release app rec-1 through {api.url}"]
+    assert str(error) == f"release app rec-1 refused: {LOCK_HELD}"
+    assert error.report["steps"] == [] and error.report["refused"] is True
 
 
 @pytest.mark.parametrize("flag", ["--no-progress", "--json", "--quiet"])
-def test_no_progress_lines_asked(flag):
-    client = ProgressClient(success_payload())
-    lines, report = _run(client, flag)
-    assert client.calls[0]["progress"] is False
+def test_no_progress_lines_asked(api, flag):
+    api.script(*with_loadbal())
+    lines, report = _run(api, flag)
+    assert _async_runs(api) == [] and api.streams == []  # the runner client, no event stream
+    assert api.requests[-1]["body"][0]["client"] == "runner"
     assert report["ok"] is True
-    assert [ln.split()[0] for ln in lines[1:-2]] == ["containers", "routes", "commit"]  # at the end
+    assert [ln.split()[0] for ln in lines[1:-2]] == ["loadbal", "containers", "routes"]  # at the end
 
 
 def test_main_wrong_password(api, capsys):
@@ -922,7 +664,9 @@ def test_main_without_url(capsys):
     assert len(err) == 1 and "no salt-api URL" in err[0]
 
 
-JSON_KEYS = {"action", "app", "version", "ok", "error", "seconds", "steps"}
+# the outcome's keys (pigeon_outcome), and the CLI's seconds
+JSON_KEYS = {"action", "app", "version", "ok", "refused", "error", "failed_step", "seconds", "steps", "cleaned",
+             "changed", "revision"}
 
 
 def test_main_json_success(api, capsys):
@@ -930,92 +674,79 @@ def test_main_json_success(api, capsys):
     captured = capsys.readouterr()
     assert captured.err == ""
     doc = json.loads(captured.out)
-    assert JSON_KEYS <= set(doc)
+    assert set(doc) == JSON_KEYS
     assert (doc["action"], doc["app"], doc["version"], doc["ok"], doc["error"]) == (
-        "release", "app", "1.0", True, None)
+        "release", "app", "rec-1", True, None)
     assert isinstance(doc["seconds"], float) and 0 <= doc["seconds"] < 3
-    assert doc["result"] == COMMIT_RETURN
-    assert [s["step"] for s in doc["steps"]] == RELEASE_STEPS
-    assert [s["duration_ms"] for s in doc["steps"]] == [2603.5, 180.0, 0.01, 60.0, 0.01]
-    assert set(doc["steps"][0]) == {"step", "result", "comment", "duration_ms"}
+    assert doc["changed"] == recorded("release-first")["outcome"]["changed"]
+    assert doc["revision"] == doc["changed"]["revision"] == 17
+    assert (doc["refused"], doc["failed_step"], doc["cleaned"]) == (False, None, [])
+    assert [s["step"] for s in doc["steps"]] == ["containers", "routes", "cleanup"]
+    assert [s["seconds"] for s in doc["steps"]] == [4.145, 0.284, 0.0]
+    assert [s["skipped"] for s in doc["steps"]] == [False, False, True]
+    assert set(doc["steps"][0]) == {"step", "result", "skipped", "seconds", "comment"}
 
 
-@pytest.mark.parametrize("payload, error, step_lines", FAILURES)
-def test_main_json_failure(api, capsys, payload, error, step_lines):
-    api.payload = payload()
-    assert cli.main(_argv(api, "--json")) == 1
+def test_main_json_reports_the_version_the_orchestration_chose(api, capsys):
+    api.payload = answer("rollback")
+    assert cli.main(_argv(api, "--json", action=("rollback", "--app-name", "app"))) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["action"], doc["version"], doc["changed"]["message"]) == (
+        "rollback", "rec-2", "app rec-2 is active again; rec-3 is inactive")
+
+
+@pytest.mark.parametrize("payload, version, error, step_lines, steps", FAILURES)
+def test_main_json_failure(api, capsys, payload, version, error, step_lines, steps):
+    api.payload = payload()[2]
+    assert cli.main(_argv(api, "--json", action=("release", "-a", "app", "-V", version))) == 1
     captured = capsys.readouterr()
     doc = json.loads(captured.out)
-    assert JSON_KEYS <= set(doc)
-    assert doc["ok"] is False
-    assert (doc["action"], doc["app"], doc["version"]) == ("release", "app", "1.0")
-    assert doc["error"] == f"release app 1.0 failed: {error}"
-    assert doc["result"] is None
-    # every step, skipped or not, with its result
-    assert [(s["step"], s["result"]) for s in doc["steps"]] == [
-        (line[0], line[1] == "ok") for line in step_lines]
+    assert set(doc) == JSON_KEYS
+    assert doc["ok"] is False and doc["refused"] is False
+    assert (doc["action"], doc["app"], doc["version"]) == ("release", "app", version)
+    assert doc["error"] == f"release app {version} failed: {error}"
+    assert doc["failed_step"] == error.split()[1]
+    assert doc["changed"] is None
+    # every step, skipped or not, with its result (None: it did not run)
+    assert [(s["step"], s["result"]) for s in doc["steps"]] == steps
     assert captured.err.splitlines() == [f"stacks.py: {doc['error']}"]
 
 
-def test_main_json_refused(api, capsys):
-    api.payload = refused_payload(LOCK_HELD)
+@pytest.mark.parametrize("by", ["runner", "door"])
+def test_main_json_refused(api, capsys, by):
+    api.payload = refused(LOCK_HELD) if by == "runner" else {"refused": LOCK_HELD}
     assert cli.main(_argv(api, "--json")) == 1
     doc = json.loads(capsys.readouterr().out)
-    assert (doc["ok"], doc["steps"], doc["result"]) == (False, [], None)
-    assert doc["error"] == f"release app 1.0 refused: {LOCK_HELD}"
-
-
-def _with_leftovers():
-    """A release whose containers step first removed what interrupted actions left: two
-    containers of 1.1-rc-1 (one state per name), and a 0.7 whose containers were gone already
-    (only its network was left)."""
-    ret = success_payload()
-    steps = ret["data"][MASTER]
-    key = next(k for k in steps if "-containers-" in k)
-    removed = {"removed": {"comment": "Forcibly removed container"}}
-    steps[key]["changes"] = _containers(changes=CREATED, extra=[
-        _minion_state("stacks-running-leftover-1.1-rc-1-docker-container-absent", "app-1.1-rc-1-api-1",
-                      "docker_container.absent", 0, changes=removed),
-        _minion_state("stacks-running-leftover-1.1-rc-1-docker-container-absent", "app-1.1-rc-1-web-1",
-                      "docker_container.absent", 1, changes=removed),
-        _minion_state("stacks-running-leftover-1.1-rc-1-docker-network-absent", "pigeon-app-1.1-rc-1",
-                      "docker_network.absent", 2, changes={"removed": True}),
-        _minion_state("stacks-running-leftover-0.7-docker-container-absent", "app-0.7-web-1",
-                      "docker_container.absent", 3, comment="Container 'app-0.7-web-1' does not exist"),
-        # a network alone is not named: what counts is containers removed
-        _minion_state("stacks-running-leftover-0.7-docker-network-absent", "pigeon-app-0.7",
-                      "docker_network.absent", 4, changes={"removed": True}),
-    ])
-    return ret
-
-
-def test_outcome_names_the_leftovers_a_release_removed():
-    result = outcome.orchestration_outcome(_with_leftovers())
-    assert result["ok"] is True
-    assert result["cleaned"] == ["1.1-rc-1"]
-    assert outcome.orchestration_outcome(success_payload())["cleaned"] == []
+    assert (doc["ok"], doc["refused"], doc["steps"], doc.get("changed")) == (False, True, [], None)
+    assert doc["error"] == f"release app rec-1 refused: {LOCK_HELD}"
+    assert (doc["action"], doc["app"], doc["version"]) == ("release", "app", "rec-1")
 
 
 def test_main_names_the_leftovers_a_release_removed(api, capsys):
-    api.payload = _with_leftovers()
-    assert cli.main(_argv(api)) == 0
+    api.payload = answer("release-cleans-leftovers")
+    assert cli.main(_argv(api, action=("release", "-a", "app", "-V", "rec-2"))) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-3] == "removed what interrupted actions left of 1.1-rc-1"
-    assert cli.main(_argv(api, "--json")) == 0
-    assert json.loads(capsys.readouterr().out)["cleaned"] == ["1.1-rc-1"]
+    assert lines[-3] == "removed what interrupted actions left of unhealthy"
+    assert cli.main(_argv(api, "--json", action=("release", "-a", "app", "-V", "rec-2"))) == 0
+    assert json.loads(capsys.readouterr().out)["cleaned"] == ["unhealthy"]
+    api.payload = answer("release-unhealthy")  # named only on success
+    api.payload["outcome"]["cleaned"] = ["0.8"]
+    assert cli.main(_argv(api, action=("release", "-a", "app", "-V", "unhealthy"))) == 1
+    assert "removed what" not in capsys.readouterr().out
 
 
 def test_connect_timeout_is_unreachable_not_deadline(monkeypatch):
     api = saltapi.SaltApi("https://salt.invalid:8000", "u", "p", timeout=5)
 
     def refuse(*args, **kwargs):
-        raise stacks.requests.exceptions.ConnectTimeout("connect timed out")
+        raise saltapi.requests.exceptions.ConnectTimeout("connect timed out")
 
-    monkeypatch.setattr(api.session, "post", refuse)
+    monkeypatch.setattr(api.session, "request", refuse)
     with pytest.raises(errors.StacksError) as error:
         api.login()
     assert error.value.code == errors.EXIT_API
     assert "cannot reach salt-api" in str(error.value)
+    assert "connection timed out" in str(error.value)
 
 
 # ---------------------------------------------------------------------------
@@ -1054,7 +785,7 @@ def test_token_cache_refused_token_logs_in_again(api, tmp_path):
     _cached_client(api.url, path).runner("stacks.status")
     api.TOKEN = "t2"  # salt-api no longer knows the cached token (a new master)
     try:
-        assert _cached_client(api.url, path).runner("stacks.status") == success_payload()
+        assert _cached_client(api.url, path).runner("stacks.status") == answer("release-first")
         assert [r["path"] for r in api.requests] == ["/login", "/", "/", "/login", "/"]
         assert json.loads(path.read_text()).popitem()[1]["token"] == "t2"
     finally:
@@ -1242,7 +973,7 @@ def test_dry_run_prints_the_plan_and_sends_dry_run(api, capsys):
 def test_dry_run_refused_exits_1_with_the_actions_line(api, capsys):
     api.payload = {"refused": REFUSAL}
     assert cli.main(_argv(api, "--dry-run")) == 1
-    assert capsys.readouterr().err.splitlines() == [f"stacks.py: release app 1.0 refused: {REFUSAL}"]
+    assert capsys.readouterr().err.splitlines() == [f"stacks.py: release app rec-1 refused: {REFUSAL}"]
 
 
 def test_dry_run_json(api, capsys):
@@ -1255,7 +986,7 @@ def test_dry_run_json(api, capsys):
 def test_expect_revision_is_sent(api, capsys):
     assert cli.main(_argv(api, "--expect-revision", "12", "--no-progress")) == 0
     sent = [r["body"][0]["kwarg"] for r in api.requests if r["path"] == "/"]
-    assert sent[-1] == {"app": "app", "version": "1.0", "expect_revision": 12}
+    assert sent[-1] == {"app": "app", "version": "rec-1", "expect_revision": 12}
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -84,14 +84,18 @@ def _run(action, values, source):
     """
     app, version, user = values["app"], values.get("version"), _user()
     request = {"action": action, "app": app, "version": version}
-    held, refusal = _utils("pigeon_registry.lock")(app, action, version, user, values.get("wait", 0))
+    definition = _utils("pigeon_registry.definitions")().get(app)
+    checked, refusal = _utils("pigeon_plan.check")(app, action, version, definition)
+    if refusal:  # an unknown app or a broken pillar: no lock taken, nothing recorded
+        return _utils("pigeon_outcome.refused")(request, refusal)
+    request["version"] = checked
+    held, refusal = _utils("pigeon_registry.lock")(app, action, checked, user, values.get("wait", 0))
     if refusal:
-        _utils("pigeon_plan.refused")(app, action, version, refusal, user=user, source=source)
+        _utils("pigeon_plan.refused")(app, action, checked, refusal, user=user, source=source)
         return _utils("pigeon_outcome.refused")(request, refusal)
     try:
         planned = _utils("pigeon_plan.make")(
-            app, action, version=version, force=values.get("force", False),
-            definition=_utils("pigeon_registry.definitions")().get(app),
+            app, action, version=version, force=values.get("force", False), definition=definition,
             expect_revision=values.get("expect_revision"), keep_failed=values.get("keep_failed", False))
         if planned.get("error"):
             _utils("pigeon_plan.refused")(app, action, version, planned["error"], user=user, source=source)
@@ -249,9 +253,10 @@ def ci_event(event=None, tag="", **kwargs):
 
     Checks the event (a signed, fresh, never-seen webhook; or an event of a
     minion listed in pigeon_ci_minions), then the request against the schema,
-    then runs the orchestration with source "reactor", and publishes the
-    outcome as the event ``pigeon/deploy/<app>/<action>`` ({app, version,
-    action, ok, error, via}). An invalid or unauthenticated event is logged,
+    then carries out the action with source "reactor" (as ``_run`` does for
+    stacks.py), and publishes the outcome as the event
+    ``pigeon/deploy/<app>/<action>`` ({app, version, action, via, ok, error,
+    step: the failed step or None, seconds, source}). An invalid or unauthenticated event is logged,
     published as ``pigeon/deploy/rejected`` ({tag, reason}) and changes nothing.
 
     CLI Example:

@@ -19,8 +19,8 @@ def __virtual__():
 def running(name, app, version, network, containers, keep=None, healthy_timeout=None):
     """
     The containers of one stack exist and run. First, with ``keep`` (the versions the
-    registry knows), the app's containers of any other version are removed: left by an
-    interrupted action, they never took traffic (``changes["leftovers_removed"]``:
+    registry knows), the app's containers of any other version are removed, this one's
+    included: left by an interrupted action or a failed release, they never took traffic (``changes["leftovers_removed"]``:
     {version: [names]}). Then the stack's containers are created on the stack's network (and the
     app's default network for load-balanced services), all at once. With
     ``healthy_timeout`` (seconds), also healthy: the state waits for every container's
@@ -44,7 +44,8 @@ def running(name, app, version, network, containers, keep=None, healthy_timeout=
         return ret
     try:
         if keep is not None:
-            leftovers = __salt__["stack_containers.remove_leftovers"](app, list(keep) + [str(version)])
+            # this version's own containers too, when an earlier try left them: it starts clean
+            leftovers = __salt__["stack_containers.remove_leftovers"](app, list(keep))
             if leftovers:
                 ret["changes"]["leftovers_removed"] = leftovers
         changed = __salt__["stack_containers.start"](app, version, network, containers)

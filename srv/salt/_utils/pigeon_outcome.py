@@ -20,6 +20,9 @@ the unit tests.
 import json
 import re
 
+RENDER_PREFIX = r"^Rendering SLS '[^']+' failed: "
+REQUISITE_FAILED = "One or more requisite failed: "
+
 
 def first_line(text):
     """The first non-empty line of ``text``, without Salt's "ERROR: " prefixes."""
@@ -60,6 +63,9 @@ def _minion_failure(step):
                 real = [v for v in failed if not str(v.get("comment", "")).startswith("One or more requisite")]
                 if real or failed:
                     return f"{minion}: {first_line((real or failed)[0].get('comment', ''))}"
+            elif isinstance(value, (list, tuple)):  # errors before any state ran (render, pillar)
+                message = first_line(next((str(x) for x in value if x), ""))
+                return f"{minion}: {re.sub(RENDER_PREFIX, '', message)}"
             elif value is False:  # salt.state: the minion returned no state result
                 return f"{minion} did not return a result; is the minion up? (salt-run manage.status)"
             elif value not in (None, True) and value != "":
@@ -96,7 +102,7 @@ def build(plan, ret):
     if isinstance(per_master, list) or not isinstance(per_master, dict):  # render errors: strings
         message = first_line(" ".join(str(x) for x in per_master) if isinstance(per_master, list)
                              else str(per_master))
-        message = re.sub(r"^Rendering SLS '[^']+' failed: ", "", message)
+        message = re.sub(RENDER_PREFIX, "", message)
         return _base(plan, ok=False, error=f"the orchestration could not be rendered: {message}; "
                                            "see the master's log")
     names = {s["id"]: s["step"] for s in plan.get("steps") or []}
@@ -105,9 +111,9 @@ def build(plan, ret):
     steps, cleaned, failures = [], set(), []
     for state in states:
         name = names.get(state.get("__id__"), state.get("__id__") or "?")
-        comment = str(state.get("comment", ""))
+        comment = _requisites_named(str(state.get("comment", "")), state.get("__sls__"), names)
         # did not run: its onfail had nothing to do, or a step it requires failed
-        skipped = comment.startswith(("State was not run because", "One or more requisite failed"))
+        skipped = comment.startswith(("State was not run because", REQUISITE_FAILED))
         step = {"step": name, "result": None if skipped else state.get("result"), "skipped": skipped,
                 "seconds": round((state.get("duration") or 0) / 1000, 3), "comment": first_line(comment)}
         if state.get("result") is False:
@@ -126,6 +132,19 @@ def build(plan, ret):
         error = f"the orchestration returned retcode {ret.get('retcode')}; see the master's log"
     return _base(plan, ok=ok, error=error, failed_step=failed["step"] if failed else None,
                  steps=steps, cleaned=sorted(cleaned))
+
+
+def _requisites_named(comment, sls, names):
+    """Salt's "One or more requisite failed: orch.release.<state ID>, ..." with the steps'
+    names instead of their state IDs (looked up in the plan's table)."""
+    if not comment.startswith(REQUISITE_FAILED):
+        return comment
+    named = []
+    for ref in comment[len(REQUISITE_FAILED):].split(","):
+        ref = ref.strip()
+        state_id = ref[len(sls) + 1:] if sls and ref.startswith(f"{sls}.") else ref
+        named.append(names.get(state_id, ref))
+    return REQUISITE_FAILED + ", ".join(named)
 
 
 def _error(state):

@@ -37,34 +37,53 @@ def _is_transition_error(exc):
     return type(exc).__name__ == "TransitionError"
 
 
-def make(app, action, version=None, force=False, definition=None, expect_revision=None, keep_failed=False):
+def check(app, action, version=None, definition=None):
     """
-    The plan of ``action`` on the registry as it is now, or {"error": one line}.
-    ``definition`` is the app's ``stacks:<app>`` pillar.
+    What can be checked without the registry: the app's definition (the ``stacks:<app>``
+    pillar, through the schema) and the version. Returns (version, None), the version to
+    act on (a release without one takes the pillar's), or (None, why not: one line). The
+    deploy runner asks this before it takes the lock, so that an unknown app or a broken
+    pillar neither waits for a lock nor leaves a lock file.
     """
     try:
         _utils("pigeon_schema.check_app")(app)
         _utils("pigeon_schema.check_definition")(app, definition)
     except ValueError as exc:  # pigeon_schema.Invalid
-        return {"error": str(exc)}
+        return None, str(exc)
     try:
         count, services = _utils("pigeon_definition.services")(definition)
     except (TypeError, ValueError):
-        return {"error": f"broken pillar: stacks:{app}:task_definitions:count is not a number"}
+        return None, f"broken pillar: stacks:{app}:task_definitions:count is not a number"
     if not services or count < 1:
-        return {"error": f"broken pillar: stacks:{app}:task_definitions has no service"}
+        return None, f"broken pillar: stacks:{app}:task_definitions has no service"
     if action == "release" and not version:
         version = str(definition.get("version") or "") or None
         if not version:
-            return {"error": f"no version given and no stacks:{app}:version in pillar; add --version"}
+            return None, f"no version given and no stacks:{app}:version in pillar; add --version"
     version = str(version) if version is not None else None
+    if version is not None:
+        try:
+            _utils("pigeon_statemachine.check_version")(version)
+        except Exception as exc:  # pylint: disable=broad-except
+            if not _is_transition_error(exc):
+                raise
+            return None, str(exc)
+    return version, None
+
+
+def make(app, action, version=None, force=False, definition=None, expect_revision=None, keep_failed=False):
+    """
+    The plan of ``action`` on the registry as it is now, or {"error": one line}.
+    ``definition`` is the app's ``stacks:<app>`` pillar.
+    """
+    version, refusal = check(app, action, version, definition)
+    if refusal:
+        return {"error": refusal}
     entry = _utils("pigeon_registry.load")(app)
     if expect_revision is not None and int(expect_revision) != entry["generation"]:
         return {"error": f"the registry of {app} is at revision {entry['generation']}, not "
                          f"{expect_revision}: it changed since you looked; see ./stacks.py status"}
     try:
-        if version is not None:
-            _utils("pigeon_statemachine.check_version")(version)
         planned = _utils("pigeon_statemachine.plan")(entry, action, version=version, force=bool(force))
     except Exception as exc:  # pylint: disable=broad-except
         if not _is_transition_error(exc):
