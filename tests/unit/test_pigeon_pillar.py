@@ -5,17 +5,19 @@ import copy
 import pytest
 import yaml
 
-from srv_modules import SALT_DIR, load
+from srv_modules import SALT_DIR, load, utils_dunder
 
 schema = load("_utils/pigeon_schema.py", "pigeon_schema_for_pillar")
+UTILS = utils_dunder(schema, load("_utils/pigeon_definition.py", "pigeon_definition_for_pillar"),
+                     load("_utils/pigeon_statemachine.py", "pigeon_statemachine_for_pillar"),
+                     load("_utils/haproxy_maps.py", "haproxy_maps_for_pillar"))
 LAB = yaml.safe_load((SALT_DIR.parent / "pillar" / "stacks.sls").read_text())["stacks"]
 
 
 @pytest.fixture
 def module():
     mod = load("_modules/pigeon_pillar.py", "pigeon_pillar_under_test")
-    mod.__utils__ = {"pigeon_schema.check_app": schema.check_app,
-                     "pigeon_schema.check_definition": schema.check_definition}
+    mod.__utils__ = UTILS
     mod.__pillar__ = {"stacks": copy.deepcopy(LAB)}
     return mod
 
@@ -24,8 +26,22 @@ def test_the_apps_of_our_frontends(module):
     other = copy.deepcopy(LAB["app"])
     other["loadbal"]["frontend"] = "elsewhere"
     module.__pillar__["stacks"]["other"] = other
-    assert module.loadbal_apps(["www"]) == {"app": LAB["app"]["loadbal"]}
+    backends = [{"slot": s, "name": f"app_{s}", "alias": f"pigeon-app-{s}", "servers": 10} for s in "abc"]
+    assert module.loadbal_apps(["www"]) == {"app": dict(LAB["app"]["loadbal"], backends=backends)}
     assert module.loadbal_apps(["nothing"]) == {}
+
+
+def test_the_backends_are_named_as_the_plan_names_them(module):
+    """One source: the formula's backend and server names are the plan's (pigeon_definition)."""
+    definition = load("_utils/pigeon_definition.py", "pigeon_definition_check")
+    sm = load("_utils/pigeon_statemachine.py", "pigeon_statemachine_check")
+    [app] = module.loadbal_apps(["www"]).values()
+    for b in app["backends"]:
+        assert b["name"] == sm.backend("app", b["slot"])
+        cts = definition.containers("app", "1.0", b["slot"], copy.deepcopy(LAB["app"]))
+        aliases = {a for c in cts if c["registered"] for net in c["networks"] for items in net.values()
+                   for item in items for a in item.get("aliases", [])}
+        assert b["alias"] in aliases and b["servers"] == definition.MAX_REPLICAS
 
 
 @pytest.mark.parametrize("change, word", [
@@ -49,3 +65,15 @@ def test_an_app_name_that_is_not_one_fails(module):
     with pytest.raises(module.CommandExecutionError) as refused:
         module.loadbal_apps(["www"])
     assert "\n" not in str(refused.value)
+
+
+def test_routes_map_holds_our_apps_routes_in_the_runtime_writers_format(module):
+    module.__pillar__["pigeon"] = {"routes": {"app/production": "app_a", "app/internal": "app_b",
+                                              "other/production": "other_a", "gone/internal": None}}
+    text = module.routes_map(["app", "gone"])
+    assert text == ("# managed by Salt (haproxy_runtime); changes will be overwritten\n"
+                    "app/internal app_b\napp/production app_a\n")
+    maps = load("_utils/haproxy_maps.py", "haproxy_maps_check")
+    assert text == maps.map_text({"app/production": "app_a", "app/internal": "app_b"})
+    module.__pillar__.pop("pigeon")
+    assert module.routes_map(["app"]) == maps.MAP_HEADER + "\n"

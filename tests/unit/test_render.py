@@ -14,33 +14,51 @@ How Salt is driven (as the master does it, no daemon):
   so Jinja's ``import 'orch/steps.jinja'`` / ``import_yaml`` go through Salt's SaltCacheLoader and
   its local file client (files cached under a temporary cachedir).
 
-``__salt__`` holds only what the files call at render time: ``pigeon_runner.call`` (returns the
-plan built here, and records its arguments), ``docker.ps`` (fake containers) and Salt's real
-``pillar.get`` (the execution module, loaded by Salt's loader over the same pillar). The pillar of
-the SLS files that run on the app minion is wrapped as Salt's RemotePillar wraps it
-(``salt.utils.secret.hide``).
+``__salt__`` of the renderers is Salt's real ``pillar.get`` (the execution module, loaded by
+Salt's loader over the same pillar) and nothing else: no file here calls Salt, docker or the
+registry while it renders, and a call to any other function fails the render
+(test_renderers_call_nothing_but_pillar_get). The pillar of the SLS files that run on the app
+minion is wrapped as Salt's RemotePillar wraps it (``salt.utils.secret.hide``).
 
-The plans are the real ones: the state machine (_utils/pigeon_statemachine.py) and
-``stacks._expand`` (_runners/stacks.py) on registry entries made here, with the lab's stack
-definition (srv/pillar/stacks.sls). Each hostile string then replaces every string and number of
-a plan (booleans and None stay: they select branches, as does ``stop[].state``, which has a test
+What drives each file:
+
+- ``orch/<action>.sls`` reads pillar ``pigeon_plan`` only: the plan as the deploy runner makes it
+  under the app's lock (``pigeon_plan.make``), here from the real pure modules loaded by path:
+  the state machine's plan (_utils/pigeon_statemachine.py) on a registry entry made here,
+  ``pigeon_definition.expand`` with the lab's stack definition (srv/pillar/stacks.sls),
+  ``keep_failed``, and the step table ``pigeon_steps.steps`` (test_the_plans_are_the_runners
+  checks that composition against ``pigeon_plan.make`` itself). A refused plan, or one with no
+  steps, never reaches an orchestration (the runner stops before): those are not rendered, but
+  an orchestration rendered without a plan must give exactly its one refusal state
+  (``steps.without_plan``).
+- ``stacks/running.sls`` and ``stacks/absent.sls`` read pillar ``pigeon_stack``, as the
+  orchestrations' steps pass it (taken from the expected orchestrations, which the renders check).
+- ``reactor/deploy.sls`` reads the event's tag and data; the demoapp formula reads
+  ``pigeon_stack`` and ``demoapp:``.
+
+Hostile copies: each hostile string replaces every string and number of a plan (booleans and
+None stay: they select branches, as do the plan's action and ``stop[].state``, which has a test
 of its own), and every key of the free-form maps (routes, states, labels, docker_config, ...).
+The step table is then made from the hostile plan as the runner would make it, so the state IDs
+that embed a version (``pigeon-activate-remove-<version>``) embed the hostile one; a variant
+also makes the step IDs themselves hostile (the orchestrations take them from the plan:
+test_orch_hostile_step_ids, on shapes with every kind of step and requisite).
 
 What is asserted, for each file and shape: the rendered data equals, type for type (``"on"`` is
 not ``True``, ``"1.0"`` not ``1.0``, ``"null"`` not ``None``), the data the file is meant to
-give, built below from the same values (``expected_*``): so the state IDs and their functions are
-exactly those of the non-hostile plan, with the version in the IDs that embed one, and every
-hostile value comes back as the same string wherever it is rendered (no Jinja evaluated in it).
+give, built below from the same values (``expected_*``): for an orchestration, one state per
+step of the plan, in the plan's order, with the step's ID from the plan and requisites naming
+the IDs of the steps the plan has; every hostile value comes back as the same string wherever it
+is rendered (no Jinja evaluated in it).
 
-Cases that fail on purpose (SLS defects, left unfixed; see the failure messages, which name the
-line of Jinja's output that YAML refused):
+Fails closed (``fails_closed``): for the values Pigeon's door (pigeon_schema) never lets through,
+Salt's renderer may refuse the file instead (the failure message names the line of Jinja's
+output that YAML refused), never give another structure:
 - a character beyond the BMP ("\U0001F600"): ``tojson`` writes it as a surrogate pair
-  ("\ud83d\ude00"), which libyaml (Salt's CSafeLoader) refuses, in every file; reachable through a
-  stack definition that passes pigeon_schema (test_release_with_definition_that_passes_the_schema);
-- a key of more than 1024 characters once escaped ("x" * 5000, 200 x "\u00fc"): YAML's limit on
-  a simple key, in the state IDs that embed a version and in the flow mappings' keys (routes,
-  require_up, states, labels, docker_config, the event data);
-- an empty plan.error: the refused branch is not taken, the render fails on plan.noop/lb.target.
+  ("\ud83d\ude00"), which libyaml (Salt's CSafeLoader) refuses, in every file;
+- a key of more than 1024 characters once escaped ("x" * 5000): YAML's limit on a simple key,
+  in the state IDs that embed a version and in the flow mappings' keys (routes, require_up,
+  states, labels, docker_config, the event data); long values render (``*_long_values``).
 """
 
 import copy
@@ -58,7 +76,7 @@ import salt.utils.secret
 import yaml
 from salt.exceptions import SaltRenderError
 
-from srv_modules import SALT_DIR, load
+from srv_modules import SALT_DIR, load, utils_dunder
 
 REPO = SALT_DIR.parents[1]
 
@@ -155,20 +173,12 @@ def opts(tmp_path_factory):
     return opts
 
 
-def _functions(opts, pillar, plan=None, containers=None, calls=None):
-    """__salt__ of the renderers: the fakes and Salt's real pillar.get (over ``pillar``)."""
-    calls = [] if calls is None else calls
+def _functions(opts, pillar):
+    """__salt__ of the renderers: Salt's real pillar.get (over ``pillar``), and nothing else.
+    The jinja renderer copies it into ``salt``: a call to any other function there is a call
+    of Jinja's Undefined, which fails the render (test_renderers_call_nothing_but_pillar_get)."""
     mods = salt.loader.minion_mods(opts, whitelist=["pillar"], pillar=pillar)
-
-    def call(fun, **kwargs):
-        calls.append(("pigeon_runner.call", fun, kwargs))
-        return copy.deepcopy(plan)
-
-    def ps(**kwargs):
-        calls.append(("docker.ps", kwargs))
-        return copy.deepcopy(containers or {})
-
-    return {"pillar.get": mods["pillar.get"], "pigeon_runner.call": call, "docker.ps": ps}
+    return {"pillar.get": mods["pillar.get"]}
 
 
 def _sls(relpath):
@@ -267,14 +277,32 @@ def check(high, want):
     assert_same(high, want)
 
 
+@pytest.mark.parametrize("call", ["salt['docker.ps'](all=True)", "salt.docker.ps(all=True)",
+                                  "salt['pigeon_runner.call']('stacks.plan', app='app')",
+                                  "salt['cmd.run']('id')"])
+def test_renderers_call_nothing_but_pillar_get(opts, call):
+    """__salt__ as every render here has it: Salt's pillar.get answers, a call to anything else
+    fails the render. So a file that renders above called nothing else while it rendered."""
+    pillar = {"a": "b"}
+    rend = salt.loader.render(opts, _functions(opts, pillar), pillar=pillar)
+
+    def compile_text(text):
+        return salt.template.compile_template(
+            ":string:", rend, opts["renderer"], opts["renderer_blacklist"], opts["renderer_whitelist"],
+            "base", "t", input_data=text)
+
+    assert compile_text("a: {{ salt['pillar.get']('a') | tojson }}") == {"a": "b"}
+    with pytest.raises(SaltRenderError):
+        compile_text("a: {{ " + call + " | tojson }}")
+
+
 # ---------------------------------------------------------------------------
-# the plans: the state machine and stacks._expand, on registries made here
+# the plans: as the deploy runner makes them (pigeon_plan.make), on registries made here
 sm = load("_utils/pigeon_statemachine.py", "pigeon_statemachine_render")
 definition_utils = load("_utils/pigeon_definition.py", "pigeon_definition_render")
-stacks_runner = load("_runners/stacks.py", "stacks_runner_render")
-stacks_runner.__utils__ = {
-    **{f"pigeon_statemachine.{n}": getattr(sm, n) for n in ("plan", "backend", "check_version", "empty", "routes")},
-    **{f"pigeon_definition.{n}": getattr(definition_utils, n) for n in ("services", "containers", "expand")}}
+steps_utils = load("_utils/pigeon_steps.py", "pigeon_steps_render")
+schema = load("_utils/pigeon_schema.py", "pigeon_schema_render")
+plan_utils = load("_utils/pigeon_plan.py", "pigeon_plan_render")
 DEFINITION = yaml.safe_load((REPO / "srv" / "pillar" / "stacks.sls").read_text())["stacks"]["app"]
 APP = "app"
 
@@ -289,18 +317,25 @@ def _entry(stacks, loadbal_seen):
     return entry
 
 
-def real_plan(action, version, stacks, force=False, loadbal_seen=True):
-    """The plan stacks.plan returns (without its lock) for this registry."""
+def real_plan(action, version, stacks, force=False, loadbal_seen=True, keep_failed=False, definition=None):
+    """The plan the deploy runner makes (pigeon_plan.make, under the app's lock) on this registry:
+    the state machine's plan, expanded with the stack definition, ``keep_failed``, the steps."""
     entry = _entry(stacks, loadbal_seen)
-    definition = copy.deepcopy(DEFINITION)
+    definition = copy.deepcopy(DEFINITION if definition is None else definition)
     try:
-        result = sm.plan(copy.deepcopy(entry), action, version=version, force=force)
+        planned = sm.plan(copy.deepcopy(entry), action, version=version, force=force)
     except sm.TransitionError as exc:
         return {"error": str(exc)}
-    return stacks_runner._expand(APP, action, version, definition, entry, result)
+    planned = definition_utils.expand(APP, action, version, definition, entry, planned, sm.backend)
+    if planned.get("error"):
+        return planned
+    planned["keep_failed"] = keep_failed
+    planned["steps"] = steps_utils.steps(planned)
+    return planned
 
 
-# (shape, action, request version, registry, force, loadbal seen, keep_failed)
+# (action, request version, registry, force, loadbal seen, keep_failed)
+# the plans the runner orchestrates: no error, at least one step
 ORCH_SHAPES = {
     "release-new-app": ("release", "1.0", {}, False, False, False),
     "release-keep-failed": ("release", "2.0", {"1.0": ("active", "a")}, False, True, True),
@@ -308,11 +343,9 @@ ORCH_SHAPES = {
                                     False, False, True),
     "release-cleanup": ("release", "3.0", {"1.0": ("inactive", "a"), "2.0": ("active", "b")},
                         False, True, False),
-    "release-noop": ("release", "2.0", {"1.0": ("active", "a"), "2.0": ("release", "b")}, False, True, False),
     "activate-first": ("activate", None, {"1.0": ("release", "a")}, False, True, False),
     "activate-remove-inactive": ("activate", "3.0", {"1.0": ("inactive", "a"), "2.0": ("active", "b"),
                                                      "3.0": ("release", "c")}, False, True, False),
-    "activate-noop": ("activate", "2.0", {"2.0": ("active", "a")}, False, True, False),
     "deactivate-release": ("deactivate", "2.0", {"1.0": ("active", "a"), "2.0": ("release", "b")},
                            False, True, False),
     "deactivate-active-forced": ("deactivate", "1.0", {"1.0": ("active", "a")}, True, True, False),
@@ -320,35 +353,90 @@ ORCH_SHAPES = {
                             False, True, False),
     "deactivate-noop": ("deactivate", "9.9", {"1.0": ("active", "a")}, False, True, False),
     "rollback": ("rollback", None, {"1.0": ("inactive", "a"), "2.0": ("active", "b")}, False, True, False),
+}
+# plans with no steps: the runner records them without an orchestration
+NOT_ORCHESTRATED = {
+    "release-noop": ("release", "2.0", {"1.0": ("active", "a"), "2.0": ("release", "b")}, False, True, False),
+    "activate-noop": ("activate", "2.0", {"2.0": ("active", "a")}, False, True, False),
+}
+# refused plans: the runner records the refusal, nothing is orchestrated
+REFUSED_SHAPES = {
     "refused-release": ("release", "1.0", {"1.0": ("active", "a")}, False, True, False),
     "refused-activate": ("activate", None, {}, False, True, False),
     "refused-deactivate": ("deactivate", "1.0", {"1.0": ("active", "a")}, False, True, False),
     "refused-rollback": ("rollback", None, {"1.0": ("active", "a")}, False, True, False),
 }
+SHAPES = {**ORCH_SHAPES, **NOT_ORCHESTRATED, **REFUSED_SHAPES}
+ACTIONS = ["release", "activate", "deactivate", "rollback"]
+
+
+def plan_of(shape):
+    action, version, stacks, force, seen, keep_failed = SHAPES[shape]
+    return action, real_plan(action, version, stacks, force=force, loadbal_seen=seen, keep_failed=keep_failed)
 
 
 def orch_case(shape):
-    action, version, stacks, force, seen, keep_failed = ORCH_SHAPES[shape]
-    plan = real_plan(action, version, stacks, force=force, loadbal_seen=seen)
-    assert bool(plan.get("error")) == shape.startswith("refused"), plan
-    args = {"app": APP, "version": version, "force": force, "wait": 0, "source": "cli",
-            "keep_failed": keep_failed, "expect_revision": 3}
-    return action, plan, args
+    """(action, plan) of a shape the runner orchestrates."""
+    assert shape in ORCH_SHAPES, shape
+    action, plan = plan_of(shape)
+    assert not plan.get("error") and plan["steps"], plan
+    return action, plan
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_the_plans_are_the_runners(monkeypatch, shape):
+    """real_plan is pigeon_plan.make (what the deploy runner calls), its __utils__ built as Salt's
+    loader builds it from the same pure modules, the registry being the entry made here: same
+    data, type for type."""
+    action, version, stacks, force, seen, keep_failed = SHAPES[shape]
+    entry = _entry(stacks, seen)
+
+    def registry_load(app):
+        assert app == APP
+        return copy.deepcopy(entry)
+
+    loader = utils_dunder(schema, definition_utils, sm, steps_utils)
+    loader["pigeon_registry.load"] = registry_load
+    monkeypatch.setattr(plan_utils, "_LOADER", loader)
+    made = plan_utils.make(APP, action, version=version, force=force, definition=copy.deepcopy(DEFINITION),
+                           expect_revision=3, keep_failed=keep_failed)
+    assert_same(made, plan_of(shape)[1])
+    if shape in REFUSED_SHAPES:
+        assert list(made) == ["error"] and made["error"], made
+    else:
+        assert bool(made["steps"]) == (shape in ORCH_SHAPES), made["steps"]
 
 
 def test_the_shapes_are_what_they_say():
     def plan(shape):
-        return orch_case(shape)[1]
+        return plan_of(shape)[1]
     assert plan("release-new-app")["converge_loadbal"] is True
+    assert plan("release-new-app")["keep_failed"] is False
     assert plan("release-keep-failed")["converge_loadbal"] is False
+    assert plan("release-keep-failed")["keep_failed"] is True
     assert plan("release-loadbal-keep-failed")["converge_loadbal"] is True
-    assert plan("release-noop")["noop"] is True
+    assert plan("release-loadbal-keep-failed")["keep_failed"] is True
+    assert plan("release-cleanup")["start"]["keep"] == ["1.0", "2.0"]
     assert plan("activate-first")["stop"] == []
     assert [s["state"] for s in plan("activate-remove-inactive")["stop"]] == ["inactive"]
-    assert plan("activate-noop")["noop"] is True
     assert [s["state"] for s in plan("deactivate-release")["stop"]] == ["release"]
     assert [s["state"] for s in plan("deactivate-active-forced")["stop"]] == ["active"]
+    assert [s["state"] for s in plan("deactivate-inactive")["stop"]] == ["inactive"]
     assert plan("deactivate-noop")["noop"] is True and plan("deactivate-noop")["stop"][0]["state"] is None
+    assert plan("release-noop")["noop"] is True
+    assert plan("activate-noop")["noop"] is True
+    for shape in REFUSED_SHAPES:
+        assert list(plan(shape)) == ["error"], shape
+
+
+@pytest.mark.parametrize("shape", list(NOT_ORCHESTRATED))
+def test_plans_without_steps_are_not_orchestrated(shape):
+    """A plan that changes nothing has no step: the runner records it and runs no orchestration
+    (test_deploy_runner), so no orchestration ever renders it."""
+    action, plan = plan_of(shape)
+    assert not plan.get("error") and plan["noop"] is True
+    assert plan["steps"] == []
+    assert steps_utils.steps(plan) == []
 
 
 # ---------------------------------------------------------------------------
@@ -362,7 +450,7 @@ def hkey(h, i):
     return h if i == 0 else f"{h}-{i}"
 
 
-def hostile(value, h, where=None, keep_enums=True, keep_keys=False):
+def hostile(value, h, where=None, keep_keys=False):
     """``value`` with every string and number replaced by ``h`` (booleans and None kept).
     ``keep_keys``: ``h`` only where a value is rendered, never in a YAML key (the keys of the
     maps and stop[].version, which the state IDs embed, stay)."""
@@ -372,200 +460,269 @@ def hostile(value, h, where=None, keep_enums=True, keep_keys=False):
         return h
     if isinstance(value, list):
         item = "networks[]" if where == "networks" else None
-        return [hostile(v, h, item, keep_enums, keep_keys) for v in value]
+        return [hostile(v, h, item, keep_keys) for v in value]
     if isinstance(value, dict):
         if where in MAP_KEYS:
-            return {(k if keep_keys else hkey(h, i)): hostile(v, h, None, keep_enums, keep_keys)
+            return {(k if keep_keys else hkey(h, i)): hostile(v, h, None, keep_keys)
                     for i, (k, v) in enumerate(value.items())}
         out = {}
         for k, v in value.items():
-            if where == "stop[]" and (keep_enums and k == "state" or keep_keys and k == "version"):
+            if where == "stop[]" and (k == "state" or keep_keys and k == "version"):
                 out[k] = v  # state selects the drain step (see test_orch_hostile_stop_state)
             elif keep_keys and where in ("start", "gate") and k == "backend":
                 out[k] = v  # the key of require_up
             else:
-                out[k] = hostile(v, h, "stop" if k == "stop" else k, keep_enums, keep_keys)
+                out[k] = hostile(v, h, k, keep_keys)
         return out
     raise TypeError(type(value))
 
 
-def hostile_plan(plan, h, keep_enums=True, keep_keys=False):
-    out = hostile(plan, h, keep_enums=keep_enums, keep_keys=keep_keys)
-    if "stop" in plan:
-        out["stop"] = [hostile(s, h, "stop[]", keep_enums, keep_keys) for s in plan["stop"]]
-    return out
+def with_steps(plan):
+    """``plan`` with its step table made from it, as pigeon_plan.make makes it."""
+    return dict(plan, steps=steps_utils.steps(plan))
 
 
-def hostile_args(args, h):
-    return {k: (v if isinstance(v, bool) or v is None else h) for k, v in args.items()}
+def hostile_plan(plan, h, keep_keys=False):
+    """The plan made of ``h``; its action stays (the runner's, which names the orchestration and
+    its steps), and its step table is made again from the hostile plan, as the runner would."""
+    plan = {k: v for k, v in plan.items() if k != "steps"}
+    out = hostile(plan, h, keep_keys=keep_keys)
+    out["action"] = plan["action"]
+    out["stop"] = [hostile(s, h, "stop[]", keep_keys) for s in plan["stop"]]
+    return with_steps(out)
+
+
+def hostile_ids(plan, h):
+    """The plan with hostile step IDs: distinct strings made of ``h`` (and its steps' fields that
+    no file reads, kind and does). The step names stay: the orchestrations look the steps up by
+    name; the names that embed a version embed the plan's."""
+    return dict(plan, steps=[dict(s, id=hkey(h, i), kind=h, does=h) for i, s in enumerate(plan["steps"])])
 
 
 # ---------------------------------------------------------------------------
 # what the orchestrations are meant to render (orch/*.sls, orch/steps.jinja), from their values
-def _requires(key, ids):
-    return [{key: [{"salt": r} for r in ids]}] if ids else []
+def step_ids(plan):
+    """{step name: state ID}, from the plan's step table."""
+    return {s["step"]: s["id"] for s in plan["steps"]}
 
 
-def exp_refused(action, plan):
-    return {f"pigeon-{action}-refused": {"test.configurable_test_state": [
+def _requisites(kind, ids, names):
+    return [{kind: [{"salt": ids[n]} for n in names]}] if names else []
+
+
+def exp_without_plan(action):
+    return {f"{action} refused: no plan": {"test.configurable_test_state": [
         {"name": f"{action} refused"}, {"changes": False}, {"result": False},
-        {"comment": plan["error"]}]}}
+        {"comment": f"run actions through the deploy runner (salt-run deploy.{action} app=...): "
+                    "it takes the lock and makes the plan"}]}}
 
 
-def exp_routes(action, lb, plan, requires=(), gate=None, wait=0):
+def exp_routes(ids, lb, plan, requires=(), gate=None, wait=0):
     kwarg = {"routes": plan["routes"]}
     if gate:
         kwarg["require_up"] = {gate["backend"]: gate["expected_up"]}
         if wait:
             kwarg["wait"] = wait
-    return {f"pigeon-{action}-routes-function": {"salt.function": [
+    return {ids["routes"]: {"salt.function": [
         {"name": "haproxy_runtime.set_routes"}, {"tgt": lb["target"]}, {"tgt_type": lb["target_type"]},
-        {"kwarg": kwarg}] + _requires("require", list(requires))}}
+        {"kwarg": kwarg}] + _requisites("require", ids, list(requires))}}
 
 
-def exp_remove(action, app, lb, cfg, stops, require):
+def exp_remove(ids, app, lb, cfg, plan, routed):
+    """The stacks leaving: drained first when they took traffic, then removed; both after the
+    routes step when there is one (``routed``), the removal after its drain."""
     out = {}
-    for stop in stops:
-        remove_id = f"pigeon-{action}-remove-{stop['version']}-state"
-        if stop["state"] in ("active", "release"):
-            out[f"pigeon-{action}-drain-{stop['version']}-function"] = {"salt.function": [
+    before = ["routes"] if routed else []
+    for stop in plan["stop"]:
+        drained = stop["state"] in ("active", "release")
+        drain = f"drain {stop['version']}"
+        if drained:
+            out[ids[drain]] = {"salt.function": [
                 {"name": "haproxy_runtime.wait_drained"}, {"tgt": lb["target"]},
                 {"tgt_type": lb["target_type"]}, {"arg": [stop["backend"]]},
-                {"kwarg": {"timeout": lb["drain_timeout"]}}]
-                + _requires("require", [require] if require else [])
-                + [{"require_in": [{"salt": remove_id}]}]}
-        out[remove_id] = {"salt.state": [
+                {"kwarg": {"timeout": lb["drain_timeout"]}}] + _requisites("require", ids, before)}
+        out[ids[f"remove {stop['version']}"]] = {"salt.state": [
             {"tgt": cfg["target"]}, {"tgt_type": cfg["target_type"]}, {"sls": "stacks.absent"},
             {"concurrent": True},
             {"pillar": {"pigeon_stack": {"app": app, "version": stop["version"], "network": stop["network"]}}}]
-            + _requires("require", [require] if require else [])}
+            + _requisites("require", ids, before + ([drain] if drained else []))}
     return out
 
 
-def exp_commit(action, app, plan, source, requires, user):
-    commit_id = f"pigeon-{action}-commit-runner"
-    return {
-        commit_id: {"salt.runner": [
-            {"name": "stacks.commit"}, {"app": app}, {"planned": plan}, {"source": source},
-            {"user": user}] + _requires("require", requires)},
-        f"pigeon-{action}-abort-runner": {"salt.runner": [
-            {"name": "stacks.abort"}, {"app": app},
-            {"planned": {"action": plan["action"], "version": plan["version"]}}, {"source": source},
-            {"user": user}, {"onfail_any": [{"salt": r} for r in requires + [commit_id]]}]},
-    }
-
-
-def expected_orch(action, plan, args, user=USER):
-    app, source = args.get("app"), args.get("source", "cli")
-    lb, cfg = plan.get("loadbal", {}), plan.get("config", {})
-    if plan.get("error"):
-        return exp_refused(action, plan)
-    out, done = {}, []
+def expected_orch(action, plan):
+    """The states of orch/<action>.sls for ``plan``, in their order; which steps there are
+    follows the plan's values (the IDs are the plan's: a step missing from its table fails)."""
+    ids, app = step_ids(plan), plan["app"]
+    lb, cfg = plan["loadbal"], plan["config"]
+    out = {}
     if action == "release":
-        if not plan["noop"]:
-            start = plan["start"]
-            if plan["converge_loadbal"]:
-                out["pigeon-release-loadbal-state"] = {"salt.state": [
-                    {"tgt": lb["target"]}, {"tgt_type": lb["target_type"]}, {"sls": ["docker", "haproxy"]},
-                    {"parallel": True}, {"concurrent": True}]}
-            out["pigeon-release-containers-state"] = {"salt.state": [
-                {"tgt": cfg["target"]}, {"tgt_type": cfg["target_type"]}, {"sls": "stacks.running"},
+        start, converge = plan["start"], plan["converge_loadbal"]
+        if converge:
+            out[ids["loadbal"]] = {"salt.state": [
+                {"tgt": lb["target"]}, {"tgt_type": lb["target_type"]}, {"sls": ["docker", "haproxy"]},
+                {"parallel": True}, {"concurrent": True}]}
+        out[ids["containers"]] = {"salt.state": [
+            {"tgt": cfg["target"]}, {"tgt_type": cfg["target_type"]}, {"sls": "stacks.running"},
+            {"concurrent": True},
+            {"pillar": {"pigeon_stack": {
+                "app": app, "version": plan["version"], "formula": cfg["formula"],
+                "network": start["network"], "containers": start["containers"], "keep": start["keep"],
+                "healthy_timeout": lb["healthcheck_timeout"]}}}]}
+        out.update(exp_routes(ids, lb, plan, ["containers"] + (["loadbal"] if converge else []),
+                              gate={"backend": start["backend"], "expected_up": start["expected_up"]},
+                              wait=lb["healthcheck_timeout"]))
+        if not plan["keep_failed"]:
+            out[ids["cleanup"]] = {"salt.state": [
+                {"tgt": cfg["target"]}, {"tgt_type": cfg["target_type"]}, {"sls": "stacks.absent"},
                 {"concurrent": True},
-                {"pillar": {"pigeon_stack": {
-                    "app": app, "version": plan["version"], "formula": cfg["formula"],
-                    "network": start["network"], "containers": start["containers"], "keep": start["keep"],
-                    "healthy_timeout": lb["healthcheck_timeout"]}}}]}
-            requires = ["pigeon-release-containers-state"] + (
-                ["pigeon-release-loadbal-state"] if plan["converge_loadbal"] else [])
-            out.update(exp_routes(action, lb, plan, requires,
-                                  gate={"backend": start["backend"], "expected_up": start["expected_up"]},
-                                  wait=lb["healthcheck_timeout"]))
-            if not args.get("keep_failed"):
-                out["pigeon-release-cleanup-state"] = {"salt.state": [
-                    {"tgt": cfg["target"]}, {"tgt_type": cfg["target_type"]}, {"sls": "stacks.absent"},
-                    {"concurrent": True},
-                    {"pillar": {"pigeon_stack": {"app": app, "version": plan["version"],
-                                                 "network": start["network"]}}},
-                    {"onfail_any": [{"salt": "pigeon-release-containers-state"},
-                                    {"salt": "pigeon-release-routes-function"}]}]}
-            done = ["pigeon-release-containers-state", "pigeon-release-routes-function"] + (
-                ["pigeon-release-loadbal-state"] if plan["converge_loadbal"] else [])
+                {"pillar": {"pigeon_stack": {"app": app, "version": plan["version"], "network": start["network"]}}}]
+                + _requisites("onfail_any", ids, ["containers", "routes"])}
     elif action == "activate":
-        if not plan["noop"]:
-            out.update(exp_routes(action, lb, plan, gate=plan["gate"]))
-            out.update(exp_remove(action, app, lb, cfg, plan["stop"], "pigeon-activate-routes-function"))
-            done = ["pigeon-activate-routes-function"] + [
-                f"pigeon-activate-remove-{s['version']}-state" for s in plan["stop"]]
+        out.update(exp_routes(ids, lb, plan, gate=plan["gate"]))
+        out.update(exp_remove(ids, app, lb, cfg, plan, routed=True))
     elif action == "deactivate":
         if not plan["noop"]:
-            out.update(exp_routes(action, lb, plan))
-            out.update(exp_remove(action, app, lb, cfg, plan["stop"], "pigeon-deactivate-routes-function"))
-            done = ["pigeon-deactivate-routes-function"]
-        else:
-            out.update(exp_remove(action, app, lb, cfg, plan["stop"], None))
-        done += [f"pigeon-deactivate-remove-{s['version']}-state" for s in plan["stop"]]
+            out.update(exp_routes(ids, lb, plan))
+        out.update(exp_remove(ids, app, lb, cfg, plan, routed=not plan["noop"]))
     elif action == "rollback":
-        out.update(exp_routes(action, lb, plan, gate=plan["gate"]))
-        done = ["pigeon-rollback-routes-function"]
-    out.update(exp_commit(action, app, plan, source, done, user))
+        out.update(exp_routes(ids, lb, plan, gate=plan["gate"]))
     return out
 
 
-def _render_orch(opts, action, plan, args, user=USER):
-    pillar = {"pigeon": args, "stacks": {args["app"]: copy.deepcopy(DEFINITION)}}
-    calls = []
-    funcs = _functions(opts, pillar, plan=plan, calls=calls)
-    high = render_file(dict(opts, user=user), f"orch/{action}.sls", pillar, funcs)
-    # the plan was asked with the pillar's values, as they are
-    assert calls == [("pigeon_runner.call", "stacks.plan", {
-        "app": args["app"], "action": action, "version": args["version"], "force": args["force"],
-        "wait": args["wait"], "source": args["source"], "expect_revision": args.get("expect_revision"),
-        "user": user, "definition": pillar["stacks"][args["app"]]})]
-    return high
+def _stack_of(state):
+    """The pigeon_stack pillar a salt.state step passes."""
+    return [a for a in state["salt.state"] if "pillar" in a][0]["pillar"]["pigeon_stack"]
+
+
+def _render_orch(opts, action, plan):
+    pillar = {"pigeon_plan": copy.deepcopy(plan)}
+    return render_file(opts, f"orch/{action}.sls", pillar, _functions(opts, pillar))
+
+
+def check_orch(high, plan, want):
+    """``high`` is ``want``, type for type; its states are the plan's steps, one each, in the
+    plan's order (what the runner announces and pigeon_outcome reads back)."""
+    check(high, want)
+    assert list(high) == list(want) == [s["id"] for s in plan["steps"]], (
+        f"states {_short(list(high))}, steps {_short([s['id'] for s in plan['steps']])}")
 
 
 @pytest.mark.parametrize("shape", list(ORCH_SHAPES))
 def test_orch_plain(opts, shape):
     """The realistic plans: the steps each action is meant to have."""
-    action, plan, args = orch_case(shape)
-    high = _render_orch(opts, action, plan, args)
-    check(high, expected_orch(action, plan, args))
+    action, plan = orch_case(shape)
+    check_orch(_render_orch(opts, action, plan), plan, expected_orch(action, plan))
 
 
 def test_orch_plain_ids():
-    """The expected step sets themselves, spelled out for a few shapes (guards expected_orch)."""
+    """The expected states themselves, spelled out for a few shapes (guards expected_orch and
+    the step table): their IDs and functions, and their requisites."""
+    def want(shape):
+        action, plan = orch_case(shape)
+        return expected_orch(action, plan)
+
     def ids(shape):
-        action, plan, args = orch_case(shape)
-        return {k: list(v)[0] for k, v in expected_orch(action, plan, args).items()}
+        return {k: list(v)[0] for k, v in want(shape).items()}
+
+    def requisites(shape):
+        out = {}
+        for sid, body in want(shape).items():
+            for arg in list(body.values())[0]:
+                kind = list(arg)[0]
+                if kind in ("require", "onfail_any"):
+                    out.setdefault(sid, {})[kind] = [r["salt"] for r in arg[kind]]
+        return out
+
     assert ids("release-new-app") == {
-        "pigeon-release-loadbal-state": "salt.state", "pigeon-release-containers-state": "salt.state",
-        "pigeon-release-routes-function": "salt.function", "pigeon-release-cleanup-state": "salt.state",
-        "pigeon-release-commit-runner": "salt.runner", "pigeon-release-abort-runner": "salt.runner"}
+        "pigeon-release-loadbal": "salt.state", "pigeon-release-containers": "salt.state",
+        "pigeon-release-routes": "salt.function", "pigeon-release-cleanup": "salt.state"}
+    assert requisites("release-new-app") == {
+        "pigeon-release-routes": {"require": ["pigeon-release-containers", "pigeon-release-loadbal"]},
+        "pigeon-release-cleanup": {"onfail_any": ["pigeon-release-containers", "pigeon-release-routes"]}}
     assert ids("release-keep-failed") == {
-        "pigeon-release-containers-state": "salt.state", "pigeon-release-routes-function": "salt.function",
-        "pigeon-release-commit-runner": "salt.runner", "pigeon-release-abort-runner": "salt.runner"}
+        "pigeon-release-containers": "salt.state", "pigeon-release-routes": "salt.function"}
+    assert requisites("release-keep-failed") == {
+        "pigeon-release-routes": {"require": ["pigeon-release-containers"]}}
+    assert ids("release-loadbal-keep-failed") == {
+        "pigeon-release-loadbal": "salt.state", "pigeon-release-containers": "salt.state",
+        "pigeon-release-routes": "salt.function"}
+    assert ids("release-cleanup") == {
+        "pigeon-release-containers": "salt.state", "pigeon-release-routes": "salt.function",
+        "pigeon-release-cleanup": "salt.state"}
+    assert requisites("release-cleanup") == {
+        "pigeon-release-routes": {"require": ["pigeon-release-containers"]},
+        "pigeon-release-cleanup": {"onfail_any": ["pigeon-release-containers", "pigeon-release-routes"]}}
+    assert ids("activate-first") == {"pigeon-activate-routes": "salt.function"}
+    assert requisites("activate-first") == {}
     assert ids("activate-remove-inactive") == {
-        "pigeon-activate-routes-function": "salt.function", "pigeon-activate-remove-1.0-state": "salt.state",
-        "pigeon-activate-commit-runner": "salt.runner", "pigeon-activate-abort-runner": "salt.runner"}
+        "pigeon-activate-routes": "salt.function", "pigeon-activate-remove-1.0": "salt.state"}
+    assert requisites("activate-remove-inactive") == {
+        "pigeon-activate-remove-1.0": {"require": ["pigeon-activate-routes"]}}
     assert ids("deactivate-release") == {
-        "pigeon-deactivate-routes-function": "salt.function",
-        "pigeon-deactivate-drain-2.0-function": "salt.function",
-        "pigeon-deactivate-remove-2.0-state": "salt.state",
-        "pigeon-deactivate-commit-runner": "salt.runner", "pigeon-deactivate-abort-runner": "salt.runner"}
-    assert ids("deactivate-noop") == {
-        "pigeon-deactivate-remove-9.9-state": "salt.state",
-        "pigeon-deactivate-commit-runner": "salt.runner", "pigeon-deactivate-abort-runner": "salt.runner"}
-    assert ids("refused-rollback") == {"pigeon-rollback-refused": "test.configurable_test_state"}
+        "pigeon-deactivate-routes": "salt.function", "pigeon-deactivate-drain-2.0": "salt.function",
+        "pigeon-deactivate-remove-2.0": "salt.state"}
+    assert requisites("deactivate-release") == {
+        "pigeon-deactivate-drain-2.0": {"require": ["pigeon-deactivate-routes"]},
+        "pigeon-deactivate-remove-2.0": {"require": ["pigeon-deactivate-routes", "pigeon-deactivate-drain-2.0"]}}
+    assert ids("deactivate-active-forced") == {
+        "pigeon-deactivate-routes": "salt.function", "pigeon-deactivate-drain-1.0": "salt.function",
+        "pigeon-deactivate-remove-1.0": "salt.state"}
+    assert ids("deactivate-inactive") == {
+        "pigeon-deactivate-routes": "salt.function", "pigeon-deactivate-remove-1.0": "salt.state"}
+    assert requisites("deactivate-inactive") == {
+        "pigeon-deactivate-remove-1.0": {"require": ["pigeon-deactivate-routes"]}}
+    assert ids("deactivate-noop") == {"pigeon-deactivate-remove-9.9": "salt.state"}
+    assert requisites("deactivate-noop") == {}
+    assert ids("rollback") == {"pigeon-rollback-routes": "salt.function"}
+    assert requisites("rollback") == {}
+
+
+# what an orchestration may be given besides the runner's plan: nothing, or an empty plan
+WITHOUT_PLAN = {
+    "no-pillar": {},
+    "none": {"pigeon_plan": None},
+    "empty": {"pigeon_plan": {}},
+    "empty-string": {"pigeon_plan": ""},
+    # the pillar the orchestrations read before the deploy runner made the plan
+    "old-pillar": {"pigeon": {"app": APP, "version": "1.0", "force": True, "source": "cli"},
+                   "stacks": {APP: DEFINITION}},
+}
+
+
+@pytest.mark.parametrize("pillar", list(WITHOUT_PLAN))
+@pytest.mark.parametrize("action", ACTIONS)
+def test_orch_without_plan_is_refused(opts, action, pillar):
+    """Run without the deploy runner (no lock, no plan): one refusal state, nothing else runs."""
+    pillar = copy.deepcopy(WITHOUT_PLAN[pillar])
+    high = render_file(opts, f"orch/{action}.sls", pillar, _functions(opts, pillar))
+    check(high, exp_without_plan(action))
+
+
+@pytest.mark.parametrize("value", [pytest.param(v, id=_hid(v)) for v in (
+    "x", "{{ 7*7 }}", True, 1, ["pigeon-release-routes"], [{"app": APP}])])
+@pytest.mark.parametrize("action", ACTIONS)
+def test_orch_plan_not_a_mapping_fails_closed(opts, action, value):
+    """A pigeon_plan that is not a mapping (never the runner's): the render fails, or gives the
+    refusal (an empty one), never a step."""
+    pillar = {"pigeon_plan": value}
+    try:
+        high = render_file(opts, f"orch/{action}.sls", pillar, _functions(opts, pillar))
+    except RenderRefused:
+        return
+    check(high, exp_without_plan(action))
 
 
 def _orch_ids_with(shape, version):
-    """The state IDs and functions of the plain shape, its version replaced by ``version``."""
-    action, plan, args = orch_case(shape)
+    """The state IDs and functions of the plain shape, its stops' version being ``version``:
+    each ID spelled here as pigeon-<action>-<step>, a step's spaces as dashes."""
+    action, plan = orch_case(shape)
+    plain = expected_orch(action, plan)
     out = {}
-    for sid, body in expected_orch(action, plan, args).items():
-        for stop in plan.get("stop", []):
-            sid = sid.replace(f"-{stop['version']}-", f"-{version}-")
-        out[sid] = sorted(body)
+    for s in plan["steps"]:
+        name = s["step"]
+        if s.get("version") is not None:
+            name = f"{s['kind']} {version}"
+        out[f"pigeon-{action}-{name}".replace(" ", "-")] = sorted(plain[s["id"]])
     return out
 
 
@@ -573,13 +730,31 @@ def _orch_ids_with(shape, version):
 @pytest.mark.parametrize("shape", list(ORCH_SHAPES))
 @fails_closed
 def test_orch_hostile(opts, shape, h):
-    """Every string and number of the plan, the pillar and the master's user replaced by ``h``."""
-    action, plain, args = orch_case(shape)
-    plan, hargs = hostile_plan(plain, h), hostile_args(args, h)
-    high = _render_orch(opts, action, plan, hargs, user=h)
+    """Every string and number of the plan replaced by ``h``, its step table made from it."""
+    action, plain = orch_case(shape)
+    plan = hostile_plan(plain, h)
+    high = _render_orch(opts, action, plan)
     # the steps of the plain plan, the versions in their IDs being ``h``
     assert functions_of(high) == _orch_ids_with(shape, h)
-    check(high, expected_orch(action, plan, hargs, user=h))
+    check_orch(high, plan, expected_orch(action, plan))
+
+
+# every orchestration, every kind of step and requisite (routes after loadbal and containers,
+# cleanup on their failure, drain and remove after routes, remove after its drain, remove alone)
+ID_SHAPES = ["release-new-app", "activate-remove-inactive", "deactivate-release", "deactivate-noop", "rollback"]
+
+
+@pytest.mark.parametrize("h", HOSTILE_PARAMS)
+@pytest.mark.parametrize("shape", ID_SHAPES)
+@fails_closed
+def test_orch_hostile_step_ids(opts, shape, h):
+    """The hostile plan with hostile step IDs: each renders as exactly that state ID, and the
+    requisites name it as it is."""
+    action, plain = orch_case(shape)
+    plan = hostile_ids(hostile_plan(plain, h), h)
+    high = _render_orch(opts, action, plan)
+    assert list(high) == [hkey(h, i) for i in range(len(plan["steps"]))]
+    check_orch(high, plan, expected_orch(action, plan))
 
 
 STOP_SHAPES = ["activate-remove-inactive", "deactivate-release", "deactivate-active-forced"]
@@ -590,15 +765,18 @@ STOP_SHAPES = ["activate-remove-inactive", "deactivate-release", "deactivate-act
 @fails_closed
 def test_orch_hostile_stop_state(opts, shape, h):
     """stop[].state is compared, never rendered: an unknown state is one that took no traffic
-    (no drain step), and nothing of it reaches the rendered data."""
-    action, plain, args = orch_case(shape)
+    (no drain step in the plan's steps, so none rendered), and nothing of it reaches the
+    rendered data."""
+    action, plain = orch_case(shape)
     plan = hostile_plan(plain, "v")
     for stop in plan["stop"]:
         stop["state"] = h
-    high = _render_orch(opts, action, plan, args)
-    want = expected_orch(action, plan, args)
+    plan = with_steps(plan)
+    assert [s["kind"] for s in plan["steps"]] == ["routes", "remove"]
+    high = _render_orch(opts, action, plan)
+    want = expected_orch(action, plan)
     assert not [sid for sid in want if "-drain-" in sid]
-    check(high, want)
+    check_orch(high, plan, want)
 
 
 LONG = [pytest.param("x" * 5000, id="x*5000"),
@@ -610,14 +788,10 @@ LONG = [pytest.param("x" * 5000, id="x*5000"),
 def test_orch_long_values(opts, shape, h):
     """A long string renders anywhere a value goes: what YAML limits is a key (1024 characters
     of the escaped text, see test_orch_hostile with x*5000)."""
-    action, plain, args = orch_case(shape)
+    action, plain = orch_case(shape)
     plan = hostile_plan(plain, h, keep_keys=True)
-    hargs = dict(hostile_args(args, h), app=APP, version=args["version"])
-    high = _render_orch(opts, action, plan, hargs, user=h)
-    check(high, expected_orch(action, plan, hargs, user=h))
-
-
-schema = load("_utils/pigeon_schema.py", "pigeon_schema_render")
+    assert step_ids(plan) == step_ids(plain)
+    check_orch(_render_orch(opts, action, plan), plan, expected_orch(action, plan))
 
 
 def _definition_with(change):
@@ -660,17 +834,11 @@ def test_release_with_definition_that_passes_the_schema(opts, case):
     """Stack definitions that pass pigeon_schema.check_definition, through the real plan, into
     orch/release.sls and then stacks/running.sls."""
     definition = _definition_with(REACHABLE[case])
-    entry = _entry({"1.0": ("active", "a")}, loadbal_seen=True)
-    plan = stacks_runner._expand(APP, "release", "2.0", definition, entry,
-                                 sm.plan(copy.deepcopy(entry), "release", version="2.0"))
+    plan = real_plan("release", "2.0", {"1.0": ("active", "a")}, definition=definition)
     assert not plan.get("error"), plan
-    args = {"app": APP, "version": "2.0", "force": False, "wait": 0, "source": "cli", "keep_failed": False}
-    high = _render_orch(opts, "release", plan, args)
-    want = expected_orch("release", plan, args)
-    check(high, want)
-    state = want["pigeon-release-containers-state"]["salt.state"]
-    stack = [a for a in state if "pillar" in a][0]["pillar"]["pigeon_stack"]
-    _running(opts, stack, {})
+    want = expected_orch("release", plan)
+    check_orch(_render_orch(opts, "release", plan), plan, want)
+    _running(opts, _stack_of(want[step_ids(plan)["containers"]]))
 
 
 # ---------------------------------------------------------------------------
@@ -736,71 +904,30 @@ def test_reactor_hostile_values_only(opts, h):
 
 
 # ---------------------------------------------------------------------------
-# stacks/running.sls and stacks/absent.sls (the app minion): pillar pigeon_stack and docker.ps
+# stacks/running.sls and stacks/absent.sls (the app minion): pillar pigeon_stack only
 def minion_pillar(pillar):
     """The pillar as a minion holds it (RemotePillar.compile_pillar wraps it)."""
     return salt.utils.secret.hide(copy.deepcopy(pillar))
 
 
-def docker_container(name, app, version):
-    return {"Id": f"id-{name}", "Names": ["/" + name], "Image": f"pigeon/demoapp:{version}",
-            "State": "exited", "Labels": {"pigeon.managed": "true", "pigeon.app": app,
-                                          "pigeon.version": version, "pigeon.slot": "c"}}
-
-
 def running_case(shape):
-    """(pigeon_stack as orch/release.sls passes it, docker.ps's containers)."""
-    release = {"first": "release-new-app", "leftovers": "release-cleanup",
-               "no-formula": "release-keep-failed"}[shape]
-    action, plan, args = orch_case(release)
-    state = expected_orch(action, plan, args)["pigeon-release-containers-state"]["salt.state"]
-    stack = [a for a in state if "pillar" in a][0]["pillar"]["pigeon_stack"]
-    found = {}
-    if shape == "leftovers":  # a kept stack, this version's own leftovers, an unknown version's
-        found = {f"c{i}": docker_container(n, APP, v) for i, (n, v) in enumerate([
-            ("app-1.0-web-1", "1.0"), ("app-3.0-web-1", "3.0"), ("app-3.0-api-1", "3.0"),
-            ("app-0.9-web-1", "0.9")])}
-    if shape == "no-formula":
+    """pigeon_stack as orch/release.sls passes it (its containers step)."""
+    release = {"first": "release-new-app", "keep": "release-cleanup", "no-formula": "release-keep-failed"}[shape]
+    action, plan = orch_case(release)
+    stack = _stack_of(expected_orch(action, plan)[step_ids(plan)["containers"]])
+    if shape == "no-formula":  # a pigeon_stack given by hand: no formula, timeout or keep
         stack = dict(stack, formula=None)
-        del stack["healthy_timeout"]
-    return stack, found
+        del stack["healthy_timeout"], stack["keep"]
+    return stack
 
 
-def hostile_running(stack, found, h):
-    stack = hostile(stack, h, "pigeon_stack")
-    # versions: the kept one is h, the leftovers are distinct versions made of h
-    kept = sorted({c["Labels"]["pigeon.version"] for c in found.values()} & {"1.0", "2.0"})
-    versions = sorted({c["Labels"]["pigeon.version"] for c in found.values()})
-    rename = {v: (h if v in kept else hkey(h, i + 1)) for i, v in enumerate(versions)}
-    stack["keep"] = [h] if stack.get("keep") else []
-    out = {}
-    for i, (cid, c) in enumerate(found.items()):
-        v = rename[c["Labels"]["pigeon.version"]]
-        out[hkey(h, i)] = docker_container(hkey(h, i), stack["app"], v)
-    return stack, out
-
-
-def _jsort(values):
-    """Jinja's sort / dictsort (case-insensitive by default)."""
-    return sorted(values, key=lambda s: s.lower() if isinstance(s, str) else s)
-
-
-def expected_running(stack, found):
+def expected_running(stack):
     out = {}
     if stack.get("formula"):
         out["include"] = [stack["formula"]]
-    leftovers = {}
-    for c in found.values():
-        version = c["Labels"].get("pigeon.version")
-        if version not in stack.get("keep", [stack["version"]]):
-            leftovers.setdefault(version, []).append(c["Names"][0].lstrip("/"))
-    for version in _jsort(leftovers):
-        cid = f"stacks-running-leftover-{version}-docker-container-absent"
-        out[cid] = {"docker_container.absent": [{"names": _jsort(leftovers[version])}, {"force": True}]}
-        out[f"stacks-running-leftover-{version}-docker-network-absent"] = {"docker_network.absent": [
-            {"name": f"pigeon-{stack['app']}-{version}"}, {"require": [{"docker_container": cid}]}]}
     args = [{"name": f"{stack['app']} {stack['version']}"}, {"app": stack["app"]},
-            {"version": stack["version"]}, {"network": stack["network"]}, {"containers": stack["containers"]}]
+            {"version": stack["version"]}, {"network": stack["network"]}, {"containers": stack["containers"]},
+            {"keep": stack.get("keep", [])}]
     if stack.get("healthy_timeout"):
         args.append({"healthy_timeout": stack["healthy_timeout"]})
     if stack.get("formula"):
@@ -809,91 +936,97 @@ def expected_running(stack, found):
     return out
 
 
-def _running(opts, stack, found):
+def _running(opts, stack):
     pillar = minion_pillar({"pigeon_stack": stack})
-    calls = []
-    high = render_file(opts, "stacks/running.sls", pillar,
-                       _functions(opts, pillar, containers=found, calls=calls))
-    assert calls == [("docker.ps", {"all": True, "filters": {"label": [f"pigeon.app={stack['app']}"]}})]
-    check(high, expected_running(stack, found))
+    high = render_file(opts, "stacks/running.sls", pillar, _functions(opts, pillar))
+    check(high, expected_running(stack))
 
 
-@pytest.mark.parametrize("shape", ["first", "leftovers", "no-formula"])
+RUNNING_SHAPES = ["first", "keep", "no-formula"]
+
+
+@pytest.mark.parametrize("shape", RUNNING_SHAPES)
 def test_running_plain(opts, shape):
-    _running(opts, *running_case(shape))
+    _running(opts, running_case(shape))
 
 
 def test_running_plain_ids():
-    stack, found = running_case("leftovers")
-    assert set(expected_running(stack, found)) == {
-        "include", "stacks-running-leftover-0.9-docker-container-absent",
-        "stacks-running-leftover-0.9-docker-network-absent",
-        "stacks-running-leftover-3.0-docker-container-absent",
-        "stacks-running-leftover-3.0-docker-network-absent", "stacks-running-stack-containers-running"}
+    """The expected states, spelled out (guards expected_running)."""
+    def args(stack):
+        return [list(a)[0] for a in expected_running(stack)["stacks-running-stack-containers-running"][
+            "stack_containers.running"]]
+    stack = running_case("keep")
+    assert list(expected_running(stack)) == ["include", "stacks-running-stack-containers-running"]
+    assert args(stack) == ["name", "app", "version", "network", "containers", "keep", "healthy_timeout",
+                           "require"]
+    assert stack["keep"] == ["1.0", "2.0"] and stack["version"] == "3.0"
+    assert expected_running(stack)["include"] == ["demoapp"]
+    stack = running_case("no-formula")
+    assert list(expected_running(stack)) == ["stacks-running-stack-containers-running"]
+    assert args(stack) == ["name", "app", "version", "network", "containers", "keep"]
+    assert expected_running(stack)["stacks-running-stack-containers-running"][
+        "stack_containers.running"][5] == {"keep": []}
 
 
 @pytest.mark.parametrize("h", HOSTILE_PARAMS)
-@pytest.mark.parametrize("shape", ["first", "leftovers"])
+@pytest.mark.parametrize("shape", ["first", "keep"])
 @fails_closed
 def test_running_hostile(opts, shape, h):
-    stack, found = hostile_running(*running_case(shape), h)
-    want = expected_running(stack, found)
-    plain = expected_running(*running_case(shape))
+    stack = hostile(running_case(shape), h, "pigeon_stack")
     # the structure of the plain case (include only when the formula is not empty)
-    assert len([k for k in want if k != "include"]) == len([k for k in plain if k != "include"])
-    _running(opts, stack, found)
+    plain = set(expected_running(running_case(shape)))
+    assert set(expected_running(stack)) == (plain - {"include"} if h == "" else plain)
+    _running(opts, stack)
+
+
+@pytest.mark.parametrize("h", LONG)
+@pytest.mark.parametrize("shape", ["first", "keep"])
+def test_running_long_values(opts, shape, h):
+    """Long values everywhere a value goes (the maps' keys stay): they render."""
+    _running(opts, hostile(running_case(shape), h, "pigeon_stack", keep_keys=True))
 
 
 def absent_case(shape):
-    action, plan, args = orch_case("deactivate-release")
-    stop = plan["stop"][0]
-    stack = {"app": APP, "version": stop["version"], "network": stop["network"]}
-    found = {}
-    if shape == "containers":
-        found = {f"c{i}": docker_container(f"app-2.0-{s}-1", APP, "2.0") for i, s in enumerate(("web", "api"))}
-    return stack, found
+    """pigeon_stack as the orchestrations pass it: a stack leaving, a failed release cleaned."""
+    action, plan = orch_case({"remove": "deactivate-release", "cleanup": "release-cleanup"}[shape])
+    step = {"remove": "remove 2.0", "cleanup": "cleanup"}[shape]
+    return _stack_of(expected_orch(action, plan)[step_ids(plan)[step]])
 
 
-def expected_absent(stack, found):
-    names = _jsort(c["Names"][0].lstrip("/") for c in found.values())
-    out = {}
-    if names:
-        out["stacks-absent-docker-client-module-run"] = {
-            "module.run": [{"stack_containers.forget_docker_client": []}]}
-        out["stacks-absent-docker-container-stopped"] = {"docker_container.stopped": [
-            {"names": names}, {"parallel": True},
-            {"require": [{"module": "stacks-absent-docker-client-module-run"}]}]}
-        out["stacks-absent-docker-container-absent"] = {"docker_container.absent": [
-            {"names": names}, {"require": [{"docker_container": "stacks-absent-docker-container-stopped"}]},
-            {"require_in": [{"docker_network": "stacks-absent-docker-network-absent"}]}]}
-    out["stacks-absent-docker-network-absent"] = {"docker_network.absent": [{"name": stack["network"]}]}
-    return out
+def expected_absent(stack):
+    return {"stacks-absent-stack-containers-absent": {"stack_containers.absent": [
+        {"name": f"{stack['app']} {stack['version']}"}, {"app": stack["app"]}, {"version": stack["version"]},
+        {"network": stack["network"]}]}}
 
 
-def _absent(opts, stack, found):
+def _absent(opts, stack):
     pillar = minion_pillar({"pigeon_stack": stack})
-    calls = []
-    high = render_file(opts, "stacks/absent.sls", pillar,
-                       _functions(opts, pillar, containers=found, calls=calls))
-    assert calls == [("docker.ps", {"all": True, "filters": {"label": [
-        f"pigeon.app={stack['app']}", f"pigeon.version={stack['version']}"]}})]
-    check(high, expected_absent(stack, found))
+    high = render_file(opts, "stacks/absent.sls", pillar, _functions(opts, pillar))
+    check(high, expected_absent(stack))
 
 
-@pytest.mark.parametrize("shape", ["containers", "none"])
+ABSENT_SHAPES = ["remove", "cleanup"]
+
+
+@pytest.mark.parametrize("shape", ABSENT_SHAPES)
 def test_absent_plain(opts, shape):
-    _absent(opts, *absent_case(shape))
+    stack = absent_case(shape)
+    assert stack == {"remove": {"app": APP, "version": "2.0", "network": "pigeon-app-2.0"},
+                     "cleanup": {"app": APP, "version": "3.0", "network": "pigeon-app-3.0"}}[shape]
+    _absent(opts, stack)
 
 
 @pytest.mark.parametrize("h", HOSTILE_PARAMS)
-@pytest.mark.parametrize("shape", ["containers", "none"])
+@pytest.mark.parametrize("shape", ABSENT_SHAPES)
 @fails_closed
 def test_absent_hostile(opts, shape, h):
-    stack, found = absent_case(shape)
-    stack = hostile(stack, h, "pigeon_stack")
-    found = {hkey(h, i): docker_container(hkey(h, i), stack["app"], stack["version"])
-             for i in range(len(found))}
-    _absent(opts, stack, found)
+    _absent(opts, hostile(absent_case(shape), h, "pigeon_stack"))
+
+
+@pytest.mark.parametrize("h", LONG)
+@pytest.mark.parametrize("shape", ABSENT_SHAPES)
+def test_absent_long_values(opts, shape, h):
+    _absent(opts, hostile(absent_case(shape), h, "pigeon_stack", keep_keys=True))
 
 
 # ---------------------------------------------------------------------------

@@ -493,10 +493,3 @@ def test_random_sequences_keep_invariants(slots):
 
 
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("app, ok", [
-    ("shop", True), ("a", True), ("0app", True), ("my-app_2", True), ("a" * 41, True),
-    ("a" * 42, False), ("", False), ("-app", False), ("_app", False), ("App", False),
-    ("my.app", False), ("my app", False), ("app\n", False), (None, False), (3, False), (["a"], False),
-])
-def test_valid_app(app, ok):
-    assert sm.valid_app(app) is ok

@@ -27,8 +27,11 @@ def __virtual__():
 def loadbal_apps(frontends, stacks=None):
     """
     ``{app: loadbal}`` of the apps whose ``loadbal:frontend`` is one of ``frontends``,
-    each checked (its name and its whole definition); ``stacks`` defaults to this
-    minion's ``stacks:`` pillar. A broken one raises CommandExecutionError (one line).
+    each checked (its name and its whole definition), with ``backends``: the app's
+    HAProxy backends as the plan names them (``pigeon_definition.backends``: one per
+    slot, its name, its servers' DNS name and count), so that the formula derives no
+    name itself. ``stacks`` defaults to this minion's ``stacks:`` pillar. A broken one
+    raises CommandExecutionError (one line).
 
     CLI Example:
 
@@ -48,5 +51,25 @@ def loadbal_apps(frontends, stacks=None):
             __utils__["pigeon_schema.check_definition"](app, definition)
         except ValueError as exc:  # pigeon_schema.Invalid
             raise CommandExecutionError(f"haproxy: stacks:{str(app)[:60]!r} not rendered: {exc}") from None
-        apps[app] = loadbal
+        apps[app] = dict(loadbal, backends=__utils__["pigeon_definition.backends"](
+            app, __utils__["pigeon_statemachine.slots"](), __utils__["pigeon_statemachine.backend"]))
     return apps
+
+
+def routes_map(apps, routes=None):
+    """
+    The text of routes.map for these apps (the keys of ``loadbal_apps``): the routes the
+    registry holds (``routes`` defaults to this minion's ``pigeon:routes`` pillar, from the
+    ext_pillar pigeon_registry) whose app is one of them, in the same format as
+    haproxy_runtime writes at runtime (``haproxy_maps.map_text``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt lb-minion pigeon_pillar.routes_map '[app]'
+    """
+    if routes is None:
+        routes = (__pillar__.get("pigeon") or {}).get("routes") or {}
+    mine = {str(k): str(v) for k, v in routes.items() if v and str(k).split("/")[0] in list(apps or [])}
+    return __utils__["haproxy_maps.map_text"](mine)

@@ -56,10 +56,17 @@ def map_lock(path):
         os.close(fd)
 
 
+def map_text(entries):
+    """The text of a map file: the header, then ``key value`` lines sorted by key. Both
+    writers of routes.map use it (haproxy_runtime at runtime, the haproxy formula through
+    pigeon_pillar.routes_map)."""
+    lines = [MAP_HEADER] + [f"{key} {entries[key]}" for key in sorted(entries)]
+    return "\n".join(lines) + "\n"
+
+
 def atomic_write_map(path, entries):
     """Write a map file of ``key value`` lines sorted by key, atomically."""
-    lines = [MAP_HEADER] + [f"{key} {entries[key]}" for key in sorted(entries)]
-    atomic_write(path, "\n".join(lines) + "\n")
+    atomic_write(path, map_text(entries))
 
 
 def read_map_file(path):

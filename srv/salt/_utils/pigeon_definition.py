@@ -4,16 +4,17 @@ replicas, the containers of one stack (name, labels, networks and
 docker_config each), and a state machine's plan turned into what the
 orchestration's steps need (targets, containers, backends, gates, networks).
 
-Pure Python, no Salt: the stacks runner (``_runners/stacks.py``) calls it as
-``__utils__["pigeon_definition.expand"]`` and ``...containers``; unit tests
-import it by path. The definition has passed ``pigeon_schema.check_definition``
+Pure Python, no Salt: the plan (``pigeon_plan.make``) calls it as
+``__utils__["pigeon_definition.expand"]``, the status view
+(``_runners/stacks.py``) as ``...services``, the haproxy formula (through
+``pigeon_pillar``) as ``...backends``; unit tests import it by path. The definition has passed ``pigeon_schema.check_definition``
 before it gets here.
 """
 
 import hashlib
 import json
 
-MAX_REPLICAS = 10  # the server-template size of a slot (haproxy:max_replicas)
+MAX_REPLICAS = 10  # the server-template size of a slot (backends(): the haproxy formula renders it)
 RESERVED = ("name", "networks", "network_mode")  # docker_config keys Pigeon sets itself
 
 
@@ -50,6 +51,22 @@ def image(name, version):
     return name if ":" in last or "@" in last else f"{name}:{version}"
 
 
+def slot_alias(app, slot):
+    """The DNS name of a slot's servers on the app's default network: every load-balanced
+    container of the stack in that slot has it as an alias; HAProxy resolves it."""
+    return f"pigeon-{app}-{slot}"
+
+
+def backends(app, slots, backend):
+    """
+    The HAProxy backends of an app, one per slot, as the load balancer's formula renders
+    them (``pigeon_pillar.loadbal_apps``): [{"slot", "name" (``backend(app, slot)``),
+    "alias" (the servers' DNS name), "servers" (the server-template's size)}].
+    """
+    return [{"slot": slot, "name": backend(app, slot), "alias": slot_alias(app, slot),
+             "servers": MAX_REPLICAS} for slot in slots]
+
+
 def stack_network(app, version):
     """The docker network of one stack: its services reach each other by name there."""
     return f"pigeon-{app}-{version}"
@@ -73,7 +90,7 @@ def containers(app, version, slot, definition):
             })
             networks = [{network: [{"aliases": [service]}]}]
             if registered:
-                networks.append({loadbal["default_network"]: [{"aliases": [f"pigeon-{app}-{slot}"]}]})
+                networks.append({loadbal["default_network"]: [{"aliases": [slot_alias(app, slot)]}]})
             config["image"] = image(config.get("image", app), version)
             config.setdefault("stop_timeout", 10)
             config.setdefault("restart_policy", "unless-stopped")

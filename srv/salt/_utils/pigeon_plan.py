@@ -63,10 +63,8 @@ def check(app, action, version=None, definition=None):
     version = str(version) if version is not None else None
     if version is not None:
         try:
-            _utils("pigeon_statemachine.check_version")(version)
-        except Exception as exc:  # pylint: disable=broad-except
-            if not _is_transition_error(exc):
-                raise
+            _utils("pigeon_schema.check_version")(version)
+        except ValueError as exc:  # pigeon_schema.Invalid
             return None, str(exc)
     return version, None
 

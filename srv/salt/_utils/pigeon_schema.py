@@ -146,6 +146,11 @@ def check_app(app):
     return APP("app", app)
 
 
+def check_version(version):
+    """``version`` if it is a valid version (an image tag), else Invalid (one line)."""
+    return VERSION("version", version)
+
+
 def outside_kwargs(kwargs):
     """The keyword arguments a sender gave: Salt's own (``__pub_*``, ``__user__``) dropped."""
     return {k: v for k, v in kwargs.items() if not (isinstance(k, str) and k.startswith("__"))}

@@ -7,9 +7,11 @@ instant rollback) or deactivated (gone: absent from the registry). At most one
 stack per app is in each state, and each stack occupies one HAProxy *slot*
 (a backend) while it exists.
 
-Pure functions over plain dicts, no Salt: the ``stacks`` runner loads the
-registry, calls :func:`plan`, and after the orchestration has carried the plan
-out, records it with :func:`apply`. Exposed to the runner through the loader
+Pure functions over plain dicts, no Salt: the plan (``pigeon_plan``, run by the
+deploy runner) loads the registry, calls :func:`plan`, and after the
+orchestration has carried the plan out, records it with :func:`apply`; the
+haproxy formula names its backends with :func:`slots` and :func:`backend`
+(through ``pigeon_pillar``). Exposed to the runner through the loader
 as ``__utils__["pigeon_statemachine.plan"]``.
 
 A registry entry (one per app)::
@@ -25,8 +27,9 @@ ACTIONS = ("release", "activate", "deactivate", "rollback")
 STATES = ("release", "active", "inactive")
 DEFAULT_SLOTS = ("a", "b", "c")
 # docker's tag grammar: 1 to 128 of [A-Za-z0-9_.-], not starting with . or -
-VERSION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")  # \Z: "$" lets a trailing newline in
-APP_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}\Z")
+# the state machine's own guard (a version names containers and networks): the same grammar as
+# pigeon_schema.VERSION_RE, the door's (tests/unit/test_one_source.py keeps them equal)
+VERSION_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 
 
 class TransitionError(Exception):
@@ -36,6 +39,12 @@ class TransitionError(Exception):
 def empty(app):
     """The registry entry of an app that has never been deployed."""
     return {"app": app, "generation": 0, "stacks": {}, "routes": {}}
+
+
+def slots():
+    """The slots a stack can take (release, active and inactive coexist): one HAProxy backend
+    each."""
+    return list(DEFAULT_SLOTS)
 
 
 def backend(app, slot):
@@ -64,11 +73,6 @@ def routes(app, stacks):
         f"{app}/production": backend(app, production) if production else None,
         f"{app}/internal": backend(app, internal) if internal else None,
     }
-
-
-def valid_app(app):
-    """Whether ``app`` can name containers, networks and HAProxy backends."""
-    return isinstance(app, str) and bool(APP_RE.match(app))
 
 
 def check_version(version):

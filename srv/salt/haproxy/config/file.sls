@@ -33,14 +33,10 @@ haproxy-config-file-internal-acl-file-managed:
 
 {#- routes come from the registry on the master (ext_pillar pigeon_registry), so a new
     load balancer converges to the routing the others have #}
-{%- set routes = ['# managed by Salt (haproxy_runtime); changes will be overwritten'] %}
-{%- for key, backend in salt['pillar.get']('pigeon:routes', {}) | dictsort %}
-{%-   if key.split('/')[0] in haproxy_apps %}{% do routes.append(key ~ ' ' ~ backend) %}{% endif %}
-{%- endfor %}
 haproxy-config-file-routes-file-managed:
   file.managed:
     - name: {{ (etc ~ '/maps/routes.map') | tojson }}
-    - contents: {{ routes | join('\n') | tojson }}
+    - contents: {{ salt['pigeon_pillar.routes_map'](haproxy_apps.keys() | list) | tojson }}
     - require:
       - file: haproxy-config-file-directories-file-directory
 
