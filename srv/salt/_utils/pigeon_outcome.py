@@ -1,6 +1,6 @@
 """
 The outcome of an action, in the shape ``stacks.py`` prints and documents
-(docs/cli.md, "The outcome"): made on the master by the deploy runner from the
+(docs/cli.md, "--json of an action"): made on the master by the deploy runner from the
 plan and the return of ``state.orchestrate``, so that no client reads state IDs.
 
     {"action", "app", "version", "ok": bool, "refused": bool, "error": one line or None,
