@@ -10,6 +10,7 @@ reads the orchestration's state IDs.
 """
 
 import argparse
+import difflib
 import json
 import os
 import re
@@ -30,6 +31,11 @@ class Parser(argparse.ArgumentParser):
     """Usage errors in one line, exit 2."""
 
     def error(self, message):
+        match = re.match(r"argument ACTION: invalid choice: '([^']*)'", message)
+        if match:  # a typo of an action: say which one was meant
+            close = difflib.get_close_matches(match.group(1), ACTIONS + VIEWS, n=1)
+            message = f"unknown ACTION {match.group(1)!r}" + (f"; did you mean {close[0]}?" if close else
+                                                             f"; use one of {', '.join(ACTIONS + VIEWS)}")
         self.exit(EXIT_USAGE, f"stacks.py: {message} (see ./stacks.py --help)\n")
 
 
@@ -105,8 +111,37 @@ def parse_args(argv):
         parser.error(f"--{'dry-run' if args.dry_run else 'expect-revision'} applies to actions only")
     if args.limit < 0 or args.limit > 500:
         parser.error("--limit: a whole number from 0 to 500")
+    _check_url(parser, args)
     args.saltapi_pass = _password(parser, args, env)
     return args
+
+
+def _check_url(parser, args):
+    """salt-api's URL: https://host[:port][/path]; http only with --insecure."""
+    url = args.saltapi_url
+    if not url:
+        return  # said by main, with what to set
+    scheme = url.split("://", 1)[0].lower() if "://" in url else None
+    if scheme == "http" and not args.insecure:
+        parser.error(f"salt-api URL {url}: use https:// (the password and the token would cross "
+                     "the network in clear; add --insecure to allow http)")
+    if scheme not in ("http", "https") or not url.split("://", 1)[1].strip("/"):
+        parser.error(f"salt-api URL {url!r} is not a URL: https://HOST:PORT, e.g. https://salt.example:8000")
+
+
+def check_ca_file(path):
+    """--ca-file (or REQUESTS_CA_BUNDLE): a readable file of PEM certificates, or a directory;
+    else StacksError (one line, exit 2)."""
+    if not path or os.path.isdir(path):
+        return
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 20)
+    except OSError as exc:
+        raise StacksError(f"--ca-file {path}: {exc.strerror or exc}", EXIT_USAGE) from None
+    if b"-----BEGIN CERTIFICATE-----" not in head:
+        raise StacksError(f"--ca-file {path}: not a PEM CA bundle (no BEGIN CERTIFICATE line); give the "
+                     "certificate that signed salt-api's (in the lab: .lab/tls/ca.crt)", EXIT_USAGE)
 
 
 def _whole_seconds(text):
@@ -152,6 +187,8 @@ def _password(parser, args, env):
 
 
 def make_client(args):
+    if not args.insecure:
+        check_ca_file(args.ca_file)
     verify = False if args.insecure else (args.ca_file or True)  # insecure-ok: only with --insecure
     path = None if args.no_token_cache else token_cache_path(os.environ)
     return SaltApi(args.saltapi_url, args.saltapi_user, args.saltapi_pass,

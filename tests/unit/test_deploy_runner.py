@@ -563,3 +563,24 @@ def test_an_unknown_app_is_refused_before_the_lock(deploy, tmp_path):
     locks = tmp_path / "cache" / "pigeon" / "locks"
     assert not (locks / "ghost.lock").exists()  # no lock file per name an attacker invents
     assert deploy.registry.history("ghost", 0) == [] and deploy.calls == []
+
+
+def test_a_webhook_refused_at_the_lock_is_not_told_to_wait(deploy):
+    held, done = threading.Event(), threading.Event()
+
+    def holder():
+        deploy.registry.lock("app", "release", "0.9", "alice")
+        held.set()
+        done.wait(10)
+        deploy.registry.unlock("app")
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert held.wait(10)
+        outcome = deploy.ci_event(event=signed(), tag=ci.WEBHOOK_TAG)
+    finally:
+        done.set()
+        thread.join(10)
+    assert outcome["ok"] is False and "is locked by release 0.9 of alice" in outcome["error"]
+    assert outcome["error"].endswith("; send the request again when it ends") and "--wait" not in outcome["error"]

@@ -193,7 +193,9 @@ def test_parse_args_disagreement(capsys):
     (["deactivate", "--app-name", "a"], "deactivate needs --version"),
     (["--app-name", "a", "--version", "1"], "name an ACTION"),
     ([], "name an ACTION"),
-    (["deploy", "--app-name", "a"], "invalid choice: 'deploy'"),
+    (["deploy", "--app-name", "a"], "unknown ACTION 'deploy'; use one of release, activate"),
+    (["relase", "--app-name", "a"], "unknown ACTION 'relase'; did you mean release?"),
+    (["histroy", "--app-name", "a"], "unknown ACTION 'histroy'; did you mean history?"),
     (["--action", "status"], "invalid choice: 'status'"),
     (["release", "--app-name", "a", "--bogus"], "unrecognized arguments: --bogus"),
     (["release", "--app-name"], "expected one argument"),
@@ -235,10 +237,12 @@ def test_parse_args_flags_override_env(monkeypatch):
     assert args.timeout == 5.0
 
 
-def test_make_client_verify(monkeypatch):
+def test_make_client_verify(monkeypatch, tmp_path):
     base = ["status", "--saltapi-url", "https://salt:8000/"]
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     assert cli.make_client(cli.parse_args(base)).verify is True
-    assert cli.make_client(cli.parse_args(base + ["--ca-file", "/x/ca.pem"])).verify == "/x/ca.pem"
+    assert cli.make_client(cli.parse_args(base + ["--ca-file", str(ca)])).verify == str(ca)
     assert cli.make_client(cli.parse_args(base + ["--ca-file", "/x/ca.pem", "--insecure"])).verify is False
     assert cli.make_client(cli.parse_args(base)).url == "https://salt:8000"
 
@@ -464,8 +468,9 @@ RELEASE = ("release", "--app-name", "app", "--version", "rec-1")  # release-firs
 
 
 def _argv(api, *extra, action=RELEASE):
+    # the fake salt-api speaks plain http: allowed with --insecure only
     return [*action, "--saltapi-url", api.url, "--saltapi-user", "deployer",
-            "--saltapi-pass-file", PASSWORD_FILE, "--timeout", "5", *extra]
+            "--saltapi-pass-file", PASSWORD_FILE, "--timeout", "5", "--insecure", *extra]
 
 
 def test_main_success(api, capsys):
@@ -491,7 +496,8 @@ def test_main_settings_from_env_and_pillar_flags(api, capsys, monkeypatch):
     monkeypatch.setenv("SALTAPI_USER", "deployer")
     monkeypatch.setenv("SALTAPI_PASS", FakeSaltApi.PASSWORD)
     api.payload = answer("activate")
-    assert cli.main(["--app-name", "app", "--action", "release", "--wait", "30", "--keep-failed", "-q"]) == 0
+    assert cli.main(["--app-name", "app", "--action", "release", "--wait", "30", "--keep-failed", "-q",
+                     "--insecure"]) == 0  # the fake salt-api speaks plain http
     assert capsys.readouterr().out == ""
     kwarg = api.requests[-1]["body"][0]["kwarg"]
     assert kwarg == {"app": "app", "wait": 30, "keep_failed": True}
@@ -570,7 +576,7 @@ def test_main_no_outcome(api, capsys):
 def _run(api, *extra, action=RELEASE):
     """run_action against the fake salt-api: (lines, report or StacksError)."""
     lines = []
-    args = cli.parse_args([*action, "--saltapi-url", api.url, *extra])
+    args = cli.parse_args([*action, "--saltapi-url", api.url, "--insecure", *extra])  # plain http
     try:
         report = cli.run_action(_client(api.url), args, lines.append)
     except errors.StacksError as exc:
@@ -652,7 +658,7 @@ def test_main_wrong_password(api, capsys):
 
 
 def test_main_unreachable(closed_port, capsys):
-    assert cli.main(["status", "--saltapi-url", f"http://127.0.0.1:{closed_port}",
+    assert cli.main(["status", "--saltapi-url", f"https://127.0.0.1:{closed_port}",
                         "--saltapi-user", "u", "--saltapi-pass-file", PASSWORD_FILE, "--timeout", "5"]) == 3
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("stacks.py: cannot reach salt-api")
@@ -1009,3 +1015,34 @@ def test_plan_lines_of_a_deactivation_and_a_noop():
     assert "  route app: app_a -> none (503)" in lines and "  1.4: deactivated" in lines
     assert cli.plan_lines(dict(DRY_PLAN, noop=True, message="app 1.5 is released already")) == [
         "dry run: release app 1.5 at registry revision 7", "  nothing to do: app 1.5 is released already"]
+
+
+# ---------------------------------------------------------------------------
+# settings that cannot work: one line, exit 2, before anything is sent
+@pytest.mark.parametrize("extra, said", [
+    (["--ca-file", "/nonexistent/ca.pem"], "--ca-file /nonexistent/ca.pem: No such file or directory"),
+    (["--ca-file", str(REPO / "README.md")], "not a PEM CA bundle (no BEGIN CERTIFICATE line)"),
+])
+def test_a_ca_file_that_cannot_work_is_one_line(capsys, extra, said):
+    argv = ["status", "--saltapi-url", "https://127.0.0.1:9", "--saltapi-user", "u",
+            "--saltapi-pass-file", PASSWORD_FILE, *extra]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and said in err[0], err
+
+
+@pytest.mark.parametrize("url, said", [
+    ("http://127.0.0.1:8000", "use https://"),
+    ("localhost:8000", "is not a URL: https://HOST:PORT"),
+    ("https://", "is not a URL"),
+])
+def test_a_saltapi_url_that_cannot_work_is_one_line(capsys, url, said):
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args(["status", "--saltapi-url", url])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and said in err[0], err
+
+
+def test_plain_http_only_with_insecure():
+    assert cli.parse_args(["status", "--saltapi-url", "http://127.0.0.1:8000", "--insecure"]).insecure

@@ -89,7 +89,9 @@ def _run(action, values, source):
     if refusal:  # an unknown app or a broken pillar: no lock taken, nothing recorded
         return _utils("pigeon_outcome.refused")(request, refusal)
     request["version"] = checked
-    held, refusal = _utils("pigeon_registry.lock")(app, action, checked, user, values.get("wait", 0))
+    # a webhook cannot wait for the lock: it is told to send again
+    hint = {"hint": "send the request again when it ends"} if source == "reactor" else {}
+    held, refusal = _utils("pigeon_registry.lock")(app, action, checked, user, values.get("wait", 0), **hint)
     if refusal:
         _utils("pigeon_plan.refused")(app, action, checked, refusal, user=user, source=source)
         return _utils("pigeon_outcome.refused")(request, refusal)

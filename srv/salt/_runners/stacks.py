@@ -16,6 +16,7 @@ CLI Example:
     salt-run stacks.status app=app
 """
 
+import difflib
 import logging
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,9 @@ def _ask(tgt, tgt_type, fun, timeout=10, **kwarg):
         return client.cmd(tgt, fun, kwarg=kwarg, tgt_type=tgt_type, timeout=timeout) or {}
 
 
-def _observe(app, definition, entry):
-    """What really runs for one app, and where it differs from the registry (drift)."""
+def _observe(app, definition, entry, lock_=None):
+    """What really runs for one app, and where it differs from the registry (drift). The
+    containers of the version an action holding the lock is working on are not drift."""
     observed = {"containers": {}, "routes": None, "drift": []}
     drift = observed["drift"]
     config, loadbal = definition.get("config") or {}, definition.get("loadbal") or {}
@@ -57,10 +59,14 @@ def _observe(app, definition, entry):
             version = labels.get("pigeon.version", "?")
             text = str(info.get("Status", ""))
             seen = observed["containers"].setdefault(version, {"total": 0, "running": 0, "healthy": 0,
-                                                               "minions": []})
+                                                               "minions": [], "not_healthy": []})
+            healthy = text.startswith("Up") and "unhealthy" not in text and "starting" not in text
             seen["total"] += 1
             seen["running"] += text.startswith("Up")
-            seen["healthy"] += text.startswith("Up") and "unhealthy" not in text and "starting" not in text
+            seen["healthy"] += healthy
+            if not healthy:
+                name = ((info.get("Names") or ["?"])[0]).lstrip("/")
+                seen["not_healthy"].append(f"{name} on {minion} ({text or 'no status'})")
             if minion not in seen["minions"]:
                 seen["minions"].append(minion)
     count, services = __utils__["pigeon_definition.services"](definition) if definition else (0, {})
@@ -70,12 +76,20 @@ def _observe(app, definition, entry):
         if found and seen["total"] < expected:
             drift.append(f"{app} {version}: {expected - seen['total']} of {expected} containers missing")
         elif found and seen["healthy"] < seen["total"]:
-            drift.append(f"{app} {version}: {seen['total'] - seen['healthy']} containers not healthy")
+            names = seen["not_healthy"]
+            drift.append(f"{app} {version}: {len(names)} of {seen['total']} containers not healthy: "
+                         + ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                         + f"; see docker logs on the minion, or stacks.py deactivate --app-name {app} "
+                           f"--version {version}")
+    working_on = (lock_ or {}).get("version")
     for version in observed["containers"]:
-        if version not in entry["stacks"]:
+        if version == working_on and version not in entry["stacks"]:
+            observed["in_progress"] = version  # the action holding the lock is starting them
+        elif version not in entry["stacks"]:
             drift.append(f"{app} {version}: containers that the registry does not know (left by an "
-                         f"interrupted action); the next release removes them, or run: stacks.py "
-                         f"deactivate --app-name {app} --version {version}")
+                         f"interrupted action, or a failed release kept with --keep-failed); the next "
+                         f"release removes them, or run: stacks.py deactivate --app-name {app} "
+                         f"--version {version}")
     maps = _ask(loadbal.get("target"), loadbal.get("target_type", "glob"), "haproxy_runtime.show_map")
     for minion, routes_ in maps.items():
         if not isinstance(routes_, dict):
@@ -101,6 +115,16 @@ def _door(kind, args, kwargs):
         return None, _refuse(str(exc))
 
 
+def _unknown(app, definitions):
+    """Why ``app`` is no app (neither in the stacks: pillar nor in the registry), or None."""
+    known = set(definitions) | set(_registry("apps")())
+    if app in known:
+        return None
+    close = difflib.get_close_matches(app, sorted(known), n=1)
+    return (f"unknown app {app!r}: no stacks:{app} in the master's pillar and nothing in the registry"
+            + (f"; did you mean {close[0]}?" if close else f"; known apps: {', '.join(sorted(known)) or 'none'}"))
+
+
 def _refuse(message):
     __context__["retcode"] = 1
     return {"refused": message}
@@ -124,6 +148,10 @@ def status(*args, **kwargs):
         return refused
     app, observe = values.get("app"), values.get("observe", True)
     definitions = _registry("definitions")() if observe else {}
+    if app and observe:
+        unknown = _unknown(app, definitions)
+        if unknown:
+            return _refuse(unknown)
     apps = [app] if app else sorted(set(_registry("apps")()) | set(definitions))
     result = {}
     for name in apps:
@@ -135,7 +163,7 @@ def status(*args, **kwargs):
             "lock": {k: v for k, v in lock_.items() if k != "fd"} if lock_ else None,
         }
         if observe and name in definitions:
-            result[name]["observed"] = _observe(name, definitions[name], entry)
+            result[name]["observed"] = _observe(name, definitions[name], entry, lock_)
         elif observe:
             result[name]["observed"] = {"containers": {}, "routes": None,
                                         "drift": [f"no stacks:{name} in pillar"]}
@@ -155,6 +183,9 @@ def history(*args, **kwargs):
     values, refused = _door("history", args, kwargs)
     if refused:
         return refused
+    unknown = _unknown(values["app"], _registry("definitions")())
+    if unknown:
+        return _refuse(unknown)
     return _registry("history")(values["app"], values.get("limit", 20))
 
 

@@ -101,10 +101,14 @@ def _lock_dir():
     return os.path.join(__opts__["cachedir"], "pigeon", "locks")
 
 
-def lock(app, action, version, user, wait=0):
+WAIT_HINT = "try again when it ends, or add --wait SECONDS"
+
+
+def lock(app, action, version, user, wait=0, hint=WAIT_HINT):
     """
     Take the app's deploy lock for this thread, waiting up to ``wait`` seconds.
-    Returns (held, None) with what the lock now says, or (None, why not: one line).
+    Returns (held, None) with what the lock now says, or (None, why not: one line ending
+    with ``hint``, what the sender can do).
     """
     me = {"action": action, "version": version, "user": user or "unknown",
           "since": now(), "started": time.time()}
@@ -113,7 +117,7 @@ def lock(app, action, version, user, wait=0):
     if held:
         doing = " ".join(str(x) for x in (held.get("action"), held.get("version")) if x)
         return None, (f"{app} is locked by {doing or 'an action'} of {held.get('user', 'unknown')} "
-                      f"since {held.get('since', '?')}; try again when it ends, or add --wait SECONDS")
+                      f"since {held.get('since', '?')}; {hint}")
     if taken["stale"]:
         # its holder died without ending its action: the kernel released the lock
         log.warning("pigeon: the lock of %s was left by an action that died: %s", app, taken["stale"])

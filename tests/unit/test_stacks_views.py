@@ -1,0 +1,76 @@
+"""Unit tests for srv/salt/_runners/stacks.py (the registry's views): an unknown app is an error."""
+
+import pytest
+
+from srv_modules import load, utils_dunder
+
+schema = load("_utils/pigeon_schema.py", "pigeon_schema_for_views")
+
+
+@pytest.fixture
+def views():
+    module = load("_runners/stacks.py", "stacks_views_under_test")
+    history = {"app": [{"action": "release", "result": "success"}]}
+    utils = utils_dunder(schema)
+    utils.update({
+        "pigeon_registry.definitions": lambda: {"app": {}, "shop": {}},
+        "pigeon_registry.apps": lambda: ["app", "old"],
+        "pigeon_registry.history": lambda app, limit: history.get(app, []),
+        "pigeon_registry.load": lambda app: {"app": app, "stacks": {}, "routes": {}, "generation": 0},
+        "pigeon_registry.holder": lambda app: None,
+    })
+    module.__utils__ = utils
+    module.__context__ = {}
+    return module
+
+
+@pytest.mark.parametrize("fun, kwargs", [("history", {}), ("status", {"observe": True})])
+def test_an_unknown_app_is_refused_with_a_suggestion(views, fun, kwargs):
+    result = getattr(views, fun)(app="ap", **kwargs)
+    assert result == {"refused": "unknown app 'ap': no stacks:ap in the master's pillar and nothing "
+                                 "in the registry; did you mean app?"}
+    assert views.__context__["retcode"] == 1
+
+
+def test_without_a_close_name_the_known_apps_are_listed(views):
+    assert views.history(app="zzz")["refused"].endswith("; known apps: app, old, shop")
+
+
+def test_an_app_of_the_pillar_or_of_the_registry_is_known(views):
+    assert views.history(app="app") == [{"action": "release", "result": "success"}]
+    assert views.history(app="shop") == []  # in the pillar, never deployed
+    assert views.history(app="old") == []   # in the registry, gone from the pillar
+
+
+def test_status_without_observing_asks_no_pillar(views):
+    # the CLI's silence check (observe=False) must work for an app whose first release runs
+    views.__utils__["pigeon_registry.definitions"] = lambda: pytest.fail("pillar compiled")
+    assert "brand-new" in views.status(app="brand-new", observe=False)
+
+
+def _ps(*containers):
+    return {f"id{i}": {"Names": [f"/{name}"], "Status": status,
+                       "Labels": {"pigeon.app": "app", "pigeon.version": version}}
+            for i, (name, version, status) in enumerate(containers)}
+
+
+def test_drift_names_the_containers_that_are_not_healthy_and_spares_the_work_in_progress(views, monkeypatch):
+    answers = {"docker.ps": {"lab-minion": _ps(
+        ("app-1.0-web-1", "1.0", "Up 2 minutes (unhealthy)"), ("app-1.0-web-2", "1.0", "Up 2 minutes (healthy)"),
+        ("app-2.0-web-1", "2.0", "Up 1 second (health: starting)"),
+        ("app-0.9-web-1", "0.9", "Exited (0) 1 hour ago"))},
+        "haproxy_runtime.show_map": {"lab-minion": {"app/production": "app_a", "app/internal": "app_a"}}}
+    monkeypatch.setattr(views, "_ask", lambda tgt, tgt_type, fun, **kw: answers[fun])
+    definition = {"config": {"target": "lab-minion"}, "loadbal": {"target": "lab-minion"},
+                  "task_definitions": {"count": 2, "web": {}}}
+    views.__utils__["pigeon_definition.services"] = lambda d: (2, {"web": {}})
+    entry = {"stacks": {"1.0": {"state": "active", "slot": "a"}},
+             "routes": {"app/production": "app_a", "app/internal": "app_a"}}
+    observed = views._observe("app", definition, entry, {"action": "release", "version": "2.0"})
+    assert observed["in_progress"] == "2.0"  # the release holding the lock is starting it: no drift
+    assert observed["drift"] == [
+        "app 1.0: 1 of 2 containers not healthy: app-1.0-web-1 on lab-minion (Up 2 minutes (unhealthy)); "
+        "see docker logs on the minion, or stacks.py deactivate --app-name app --version 1.0",
+        "app 0.9: containers that the registry does not know (left by an interrupted action, or a failed "
+        "release kept with --keep-failed); the next release removes them, or run: stacks.py deactivate "
+        "--app-name app --version 0.9"]
