@@ -18,6 +18,7 @@ import sys
 import time
 
 from pigeon.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, StacksError, first_line
+from pigeon.help import COMMANDS, command_help
 from pigeon.saltapi import SaltApi, TokenCache, token_cache_path
 
 ACTIONS = ("release", "activate", "deactivate", "rollback")
@@ -41,6 +42,10 @@ class Parser(argparse.ArgumentParser):
 
 def parse_args(argv):
     env = os.environ
+    named = next((a for a in argv if a in COMMANDS), None)
+    if named and {"-h", "--help"} & set(argv):  # ./stacks.py release --help: that command's own
+        print("\n".join(command_help(named)))
+        sys.exit(EXIT_OK)
     parser = Parser(
         prog="stacks.py",
         description="Blue/green deployments of dockerized apps through salt-api.",

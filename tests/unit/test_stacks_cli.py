@@ -1046,3 +1046,21 @@ def test_a_saltapi_url_that_cannot_work_is_one_line(capsys, url, said):
 
 def test_plain_http_only_with_insecure():
     assert cli.parse_args(["status", "--saltapi-url", "http://127.0.0.1:8000", "--insecure"]).insecure
+
+
+@pytest.mark.parametrize("command", cli.ACTIONS + cli.VIEWS)
+def test_each_command_has_its_own_help(capsys, command):
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"usage: stacks.py {command} [options]"
+    examples = out[out.index("examples:") + 1:]
+    assert sum(line.split()[:2] == ["./stacks.py", command] for line in examples if line.strip()) == 2
+    assert any("default" in line or "required" in line for line in out)
+
+
+def test_the_global_help_is_still_there(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args(["--help"])
+    assert info.value.code == 0 and "--saltapi-url" in capsys.readouterr().out

@@ -1,0 +1,48 @@
+"""
+The help of each command of ``./stacks.py`` (``./stacks.py release --help``): what it
+does, its options with their defaults, and two examples. Used by ``pigeon.cli``;
+``./stacks.py --help`` (every option) is argparse's.
+"""
+
+# each command's own help (./stacks.py ACTION --help): what it does, its options, two examples
+COMMON = "  --wait SECONDS, --dry-run, --expect-revision N, --json, --quiet, --no-progress, --deadline SECONDS"
+COMMANDS = {
+    "release": ("Start VERSION of APP in a free slot. Internal and preview traffic reach it once every "
+                "container is healthy and UP in HAProxy; production is untouched.",
+                ["  --app-name APP, -a APP   required: a key of the stacks: pillar",
+                 "  --version V, -V V        default: stacks:<app>:version of the pillar",
+                 "  --keep-failed            leave a failed release's containers for a look (default: removed)",
+                 COMMON],
+                ["./stacks.py release -a app -V 1.4", "./stacks.py release -a app -V 1.4 --wait 60 --keep-failed"]),
+    "activate": ("Give production to the released stack, at runtime; the active one becomes inactive "
+                 "(kept for rollback), the old inactive one goes.",
+                 ["  --app-name APP, -a APP   required",
+                  "  --version V, -V V        default: the released stack's version", COMMON],
+                 ["./stacks.py activate -a app", "./stacks.py activate -a app -V 1.4 --expect-revision 12"]),
+    "rollback": ("Give production back to the inactive stack; the active one becomes inactive.",
+                 ["  --app-name APP, -a APP   required", COMMON],
+                 ["./stacks.py rollback -a app", "./stacks.py rollback -a app --dry-run"]),
+    "deactivate": ("Remove a stack: traffic leaves it, its servers drain, its containers stop gracefully "
+                   "and go. The active stack only with --force (production then answers 503).",
+                   ["  --app-name APP, -a APP   required", "  --version V, -V V        required",
+                    "  --force                  allow removing the active stack (default: refused)", COMMON],
+                   ["./stacks.py deactivate -a app -V 1.3", "./stacks.py deactivate -a app -V 1.4 --force"]),
+    "status": ("Per app: each stack's version, state, slot and traffic, the routes, the lock, and what "
+               "really runs, with the drift from the registry.",
+               ["  --app-name APP, -a APP   default: every app of the registry and the pillar",
+                "  --json                   one JSON document"],
+               ["./stacks.py status", "./stacks.py status -a app --json"]),
+    "history": ("The last actions on an app, oldest first: who, when, what, the result and why.",
+                ["  --app-name APP, -a APP   required", "  --limit N                default: 20 (0: all, at most 500)",
+                 "  --json                   one JSON document"],
+                ["./stacks.py history -a app", "./stacks.py history -a app --limit 100 --json"]),
+}
+
+
+def command_help(command):
+    """The help of one command, as lines."""
+    what, options, examples = COMMANDS[command]
+    return ([f"usage: stacks.py {command} [options]", "", what, "", "options:"] + options
+            + ["", "examples:"] + [f"  {e}" for e in examples]
+            + ["", "Every option: ./stacks.py --help. Settings: SALTAPI_URL, SALTAPI_USER, SALTAPI_PASS "
+                   "(see docs/cli.md)."])
