@@ -30,10 +30,16 @@ haproxy:
   tls:
     certificate_source: $LAB/tls/haproxy.pem
 SLS
-  # An HAProxy container that a killed daemon left stopped may name networks that are gone:
+  # An HAProxy container that a killed daemon left stopped may name networks that are gone, and
+  # one whose routes.map is gone (make down removes it) crash-loops until the states write it:
   # the formula starts a new one (its configuration and server state live on the host)
-  stale=$(docker ps -aq --filter label=pigeon.role=haproxy --filter status=exited --filter status=created --filter status=dead)
-  if [ -n "$stale" ]; then step "removing a stopped HAProxy container"; docker rm -f $stale >/dev/null; fi
+  if [ -f /srv/pigeon/haproxy/etc/maps/routes.map ]; then
+    stale=$(docker ps -aq --filter label=pigeon.role=haproxy --filter status=exited --filter status=created \
+              --filter status=dead --filter status=restarting)
+  else
+    stale=$(docker ps -aq --filter label=pigeon.role=haproxy)
+  fi
+  if [ -n "$stale" ]; then step "removing an HAProxy container that cannot run as it is"; docker rm -f $stale >/dev/null; fi
   step "starting salt-master and salt-api (.lab/etc/salt)"
   "$REPO/bootstrap/master.sh" "$LAB"
   step "starting salt-minion $MINION_ID"

@@ -143,9 +143,13 @@ def test_a_failed_step_is_recorded_with_its_error_and_changes_no_stack(deploy):
 
 def test_an_orchestration_that_raises_leaves_the_lock_free(deploy):
     deploy.orchestrate_returns = RuntimeError("the master's minion died")
-    with pytest.raises(RuntimeError):
-        deploy.release(app="app", version="1.0")
+    outcome = deploy.release(app="app", version="1.0")["outcome"]
+    assert outcome["ok"] is False and one_line(outcome["error"])
+    assert outcome["error"].startswith("the action failed on the master: RuntimeError: the master's minion died")
     assert lock_free(deploy) and stacks(deploy) == {}
+    [entry] = history(deploy)  # recorded, with the error
+    assert entry["result"] == "failed" and entry["error"] == outcome["error"]
+    assert deploy.__context__["retcode"] == 1
 
 
 def test_an_action_the_state_machine_refuses_runs_nothing(deploy):

@@ -466,6 +466,7 @@ class DockerFake:
         self.containers_ = dict(containers)
         self.networks_ = set(networks)
         self.stopped, self.removed, self.removed_networks, self.timeouts = [], [], [], []
+        self.stop_timeouts = []
         self.lock = threading.Lock()
         fake = self
 
@@ -480,9 +481,13 @@ class DockerFake:
                         for name, marks in sorted(fake.containers_.items())
                         if all(marks.get(k) == v for k, v in wanted.items())]
 
-            def stop(self, name):
+            def inspect_container(self, name):
+                return {"Config": {"StopTimeout": 7}}
+
+            def stop(self, name, timeout=None):
                 with fake.lock:
                     fake.stopped.append(name)
+                    fake.stop_timeouts.append(timeout)
 
             def remove_container(self, name, force=False):
                 with fake.lock:
@@ -520,7 +525,8 @@ def test_remove_stops_and_removes_one_stack_and_its_network(monkeypatch):
     assert sorted(fake.stopped) == ["app-1.2-web-1", "app-1.2-web-2"]  # gracefully, first
     assert sorted(fake.containers_) == ["app-1.3-web-1", "other-1.2-web-1"]
     assert fake.removed_networks == ["pigeon-app-1.2"]
-    assert None in fake.timeouts  # a stop waits for the container's own stop timeout
+    # every call is bounded (60 s); a stop gets the container's own stop timeout on top
+    assert None not in fake.timeouts and fake.stop_timeouts == [7, 7]
 
 
 def test_remove_of_a_stack_that_is_gone_removes_its_network_only(monkeypatch):
@@ -678,3 +684,18 @@ def test_state_absent(monkeypatch):
     assert ret == {"name": "app 1.2", "result": True, "changes": {"removed": ["app-1.2-web-1"]},
                    "comment": "1 containers of app 1.2 removed"}
     assert removed == [("app", "1.2", "pigeon-app-1.2")]
+
+
+def test_a_docker_that_does_not_answer_is_one_line(monkeypatch):
+    import docker  # pylint: disable=import-outside-toplevel
+
+    def down(url, timeout=60):
+        raise docker.errors.DockerException("Error while fetching server API version: connection refused")
+
+    monkeypatch.setattr(sc, "_client", down)
+    monkeypatch.setattr(sc, "_docker_url", lambda: None)
+    for call in (lambda: sc.remove("app", "1.2"), lambda: sc.remove_leftovers("app", ["1.1"])):
+        with pytest.raises(sc.CommandExecutionError) as info:
+            call()
+        assert "docker does not answer: DockerException: Error while fetching" in str(info.value)
+        assert "\n" not in str(info.value)

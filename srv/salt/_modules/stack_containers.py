@@ -287,20 +287,41 @@ def _found(client, app, version=None):
     return result
 
 
+def _listed(url, app, version=None):
+    """_found with a client of its own; docker not answering is one line."""
+    try:
+        client = _client(url)
+        try:
+            return _found(client, app, version)
+        finally:
+            client.close()
+    except CommandExecutionError:
+        raise
+    except Exception as exc:  # pylint: disable=broad-except  (docker down, a broken connection)
+        raise CommandExecutionError(f"{app} {version or ''}: docker does not answer: "
+                                    f"{type(exc).__name__}: {exc}".replace("  ", " ")) from exc
+
+
 def _remove_one(url, name, graceful):
     """Stop (gracefully: the container's stop signal and timeout) and remove one container.
     Runs in a thread: it uses no Salt dunder."""
     import docker  # pylint: disable=import-outside-toplevel
 
-    client = _client(url, timeout=None)  # a stop waits for the container's own stop timeout
+    try:
+        client = _client(url)  # 60 s per call; a stop gets the container's stop timeout on top
+    except docker.errors.DockerException as exc:
+        raise CommandExecutionError(f"{name}: docker does not answer: {exc}") from exc
     try:
         if graceful:
-            client.stop(name)
+            stop_timeout = client.inspect_container(name)["Config"].get("StopTimeout") or 10
+            client.stop(name, timeout=int(stop_timeout))
         client.remove_container(name, force=True)
     except docker.errors.NotFound:
         pass
     except docker.errors.APIError as exc:
         raise CommandExecutionError(f"{name}: {exc.explanation or exc}") from exc
+    except Exception as exc:  # pylint: disable=broad-except  (a timeout, a broken connection)
+        raise CommandExecutionError(f"{name}: {type(exc).__name__}: {exc}") from exc
     finally:
         client.close()
 
@@ -347,11 +368,7 @@ def remove(app, version, network=None):
         salt '*' stack_containers.remove app 1.2 pigeon-app-1.2
     """
     url = _docker_url()
-    client = _client(url)
-    try:
-        found = _found(client, app, str(version))
-    finally:
-        client.close()
+    found = _listed(url, app, str(version))
     networks = {net for _, net in found.values()} | ({network} if network else set())
     return _remove(url, found, networks, graceful=True)
 
@@ -370,11 +387,7 @@ def remove_leftovers(app, keep):
         salt '*' stack_containers.remove_leftovers app '["1.1", "1.2"]'
     """
     url = _docker_url()
-    client = _client(url)
-    try:
-        found = {name: seen for name, seen in _found(client, app).items() if seen[0] not in keep}
-    finally:
-        client.close()
+    found = {name: seen for name, seen in _listed(url, app).items() if seen[0] not in keep}
     if not found:
         return {}
     _remove(url, found, {net for _, net in found.values()}, graceful=False)

@@ -95,18 +95,23 @@ def _run(action, values, source):
     if refusal:
         _utils("pigeon_plan.refused")(app, action, checked, refusal, user=user, source=source)
         return _utils("pigeon_outcome.refused")(request, refusal)
+    planned = request
     try:
+        if values.get("wait"):  # it may have waited: plan on the pillar as it is now
+            definition = _utils("pigeon_registry.definitions")().get(app)
         planned = _utils("pigeon_plan.make")(
             app, action, version=version, force=values.get("force", False), definition=definition,
             expect_revision=values.get("expect_revision"), keep_failed=values.get("keep_failed", False))
         if planned.get("error"):
-            _utils("pigeon_plan.refused")(app, action, version, planned["error"], user=user, source=source)
+            _utils("pigeon_plan.refused")(app, action, checked, planned["error"], user=user, source=source)
             return _utils("pigeon_outcome.refused")(request, planned["error"])
         outcome = _utils("pigeon_outcome.nothing_ran")(planned)
         if planned["steps"]:
-            _announce(planned)
-            ret = __salt__["state.orchestrate"](f"orch.{action}", pillar={"pigeon_plan": planned},
-                                                orchestration_jid=globals().get("__jid__"))
+            if source != "reactor":  # the reactor's threads share this module's __jid__: no progress
+                _announce(planned)
+            ret = __salt__["state.orchestrate"](
+                f"orch.{action}", pillar={"pigeon_plan": planned},
+                orchestration_jid=globals().get("__jid__") if source != "reactor" else None)
             outcome = _utils("pigeon_outcome.build")(planned, ret)
         if outcome["ok"]:
             outcome["changed"] = _utils("pigeon_plan.commit")(app, planned, held, source=source)
@@ -114,6 +119,18 @@ def _run(action, values, source):
             outcome["version"] = planned.get("version")
         else:
             _utils("pigeon_plan.abort")(app, planned, held, outcome, source=source)
+        return outcome
+    except Exception as exc:  # pylint: disable=broad-except
+        # recorded and told in one line; the traceback goes to the master's log
+        log.exception("deploy: %s of %s failed on the master", action, app)
+        outcome = _utils("pigeon_outcome.failed")(
+            planned if planned.get("action") else request,
+            f"the action failed on the master: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            "; see the master's log, then ./stacks.py status")
+        try:
+            _utils("pigeon_plan.abort")(app, planned, held, outcome, source=source)
+        except Exception:  # pylint: disable=broad-except
+            log.exception("deploy: could not record the failure of %s of %s", action, app)
         return outcome
     finally:
         _utils("pigeon_registry.unlock")(app)

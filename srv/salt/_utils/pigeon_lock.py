@@ -11,7 +11,7 @@ number of the descriptor that holds it, so that the step that ends the
 action (another call in the same process and thread) can release it.
 Content left by a holder that died is reported as ``stale`` by ``acquire``.
 
-Pure Python, no Salt: used by the stacks runner as
+Pure Python, no Salt: used by the registry (``pigeon_registry``) as
 ``__utils__["pigeon_lock.acquire"]`` ..., imported by path in unit tests.
 """
 
@@ -103,8 +103,13 @@ def acquire(directory, app, info, wait=0.0, poll=0.1):
         raise
     stale = _content(fd)
     me = dict(info, owner=owner(), fd=fd, pid=os.getpid(), host=socket.gethostname())
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(me).encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+    except BaseException:  # a full disk: not taken, and not left held by a long-lived process
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        raise
     return {"held": None, "stale": stale}
 
 

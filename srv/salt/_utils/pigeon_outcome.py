@@ -34,6 +34,11 @@ def first_line(text):
     return lines[0] if lines else "(no comment)"
 
 
+def failed(plan_or_request, message):
+    """The outcome of an action that failed outside its steps (an error on the master)."""
+    return _base(plan_or_request, ok=False, error=message)
+
+
 def nothing_ran(plan):
     """The outcome of a plan with no step to run (the registry alone changes, or nothing)."""
     return _base(plan)

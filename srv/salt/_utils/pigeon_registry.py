@@ -121,7 +121,10 @@ def lock(app, action, version, user, wait=0, hint=WAIT_HINT):
     if taken["stale"]:
         # its holder died without ending its action: the kernel released the lock
         log.warning("pigeon: the lock of %s was left by an action that died: %s", app, taken["stale"])
-        history_add(app, record("unlock", None, "stale lock released", source="pigeon", lock=taken["stale"]))
+        try:  # best effort: the lock is taken now, and must be released by the caller's finally
+            history_add(app, record("unlock", None, "stale lock released", source="pigeon", lock=taken["stale"]))
+        except Exception:  # pylint: disable=broad-except
+            log.exception("pigeon: could not record the stale lock of %s", app)
     return me, None
 
 
