@@ -122,14 +122,14 @@ def parse_args(argv):
 
 
 def _check_url(parser, args):
-    """salt-api's URL: https://host[:port][/path]; http only with --insecure."""
+    """salt-api's URL: https://host[:port][/path]; http only with --insecure."""  # insecure-ok: refuses http
     url = args.saltapi_url
     if not url:
         return  # said by main, with what to set
     scheme = url.split("://", 1)[0].lower() if "://" in url else None
     if scheme == "http" and not args.insecure:
         parser.error(f"salt-api URL {url}: use https:// (the password and the token would cross "
-                     "the network in clear; add --insecure to allow http)")
+                     "the network in clear; add --insecure to allow http)")  # insecure-ok: the refusal
     if scheme not in ("http", "https") or not url.split("://", 1)[1].strip("/"):
         parser.error(f"salt-api URL {url!r} is not a URL: https://HOST:PORT, e.g. https://salt.example:8000")
 

@@ -12,6 +12,7 @@ lab's recorded returns in tests/fixtures/orchestrate, or a hand-made failure), a
 sequence against the real master.
 """
 
+import contextlib
 import copy
 import hashlib
 import hmac
@@ -162,9 +163,10 @@ def test_an_action_the_state_machine_refuses_runs_nothing(deploy):
     assert deploy.__context__["retcode"] == 1
 
 
-def test_an_action_refused_at_the_lock_runs_nothing(deploy):
-    held = threading.Event()
-    done = threading.Event()
+@contextlib.contextmanager
+def locked_by_alice(deploy):
+    """The app's lock held by another thread (alice's release 0.9) while the block runs."""
+    held, done = threading.Event(), threading.Event()
 
     def holder():
         deploy.registry.lock("app", "release", "0.9", "alice")
@@ -176,10 +178,15 @@ def test_an_action_refused_at_the_lock_runs_nothing(deploy):
     thread.start()
     try:
         assert held.wait(10)
-        outcome = deploy.release(app="app", version="1.0")["outcome"]
+        yield
     finally:
         done.set()
         thread.join(10)
+
+
+def test_an_action_refused_at_the_lock_runs_nothing(deploy):
+    with locked_by_alice(deploy):
+        outcome = deploy.release(app="app", version="1.0")["outcome"]
     assert outcome["refused"] is True
     assert outcome["error"].startswith("app is locked by release 0.9 of alice since ")
     assert deploy.calls == [] and stacks(deploy) == {}
@@ -570,21 +577,7 @@ def test_an_unknown_app_is_refused_before_the_lock(deploy, tmp_path):
 
 
 def test_a_webhook_refused_at_the_lock_is_not_told_to_wait(deploy):
-    held, done = threading.Event(), threading.Event()
-
-    def holder():
-        deploy.registry.lock("app", "release", "0.9", "alice")
-        held.set()
-        done.wait(10)
-        deploy.registry.unlock("app")
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    try:
-        assert held.wait(10)
+    with locked_by_alice(deploy):
         outcome = deploy.ci_event(event=signed(), tag=ci.WEBHOOK_TAG)
-    finally:
-        done.set()
-        thread.join(10)
     assert outcome["ok"] is False and "is locked by release 0.9 of alice" in outcome["error"]
     assert outcome["error"].endswith("; send the request again when it ends") and "--wait" not in outcome["error"]

@@ -137,11 +137,6 @@ def holder(app):
     return _utils("pigeon_lock.holder")(_lock_dir(), app)
 
 
-def mine(app):
-    """The lock's content when this thread holds the app's lock, else {}."""
-    return _utils("pigeon_lock.mine")(_lock_dir(), app) or {}
-
-
 # ---------------------------------------------------------------------------
 # the definitions
 def definitions():

@@ -63,8 +63,3 @@ def steps(plan):
             result.append(_step(action, f"drain {version}", "drain", version=version))
         result.append(_step(action, f"remove {version}", "remove", version=version))
     return result
-
-
-def ids(plan):
-    """{step name: state ID} of the plan's steps."""
-    return {s["step"]: s["id"] for s in plan.get("steps") or []}

@@ -4,11 +4,11 @@
 {%- import 'orch/steps.jinja' as steps with context %}
 {%- set plan = steps.plan %}
 {%- if not plan %}
-{{ steps.without_plan('activate') }}
+{{ steps.without_plan('activate') }}  {#- a macro of steps.jinja: every value it renders goes through tojson #}
 {%- else %}
 
 # the switch: production (and internal) to the release's slot, at runtime, only if every
 # server of that slot is UP; then the old inactive stack drains and goes
-{{ steps.routes(gate=plan.gate) }}
-{{ steps.remove(['routes']) }}
+{{ steps.routes(gate=plan.gate) }}  {#- a macro of steps.jinja: every value it renders goes through tojson #}
+{{ steps.remove(['routes']) }}  {#- a macro of steps.jinja: every value it renders goes through tojson #}
 {%- endif %}

@@ -6,14 +6,14 @@
 {%- import 'orch/steps.jinja' as steps with context %}
 {%- set plan = steps.plan %}
 {%- if not plan %}
-{{ steps.without_plan('deactivate') }}
+{{ steps.without_plan('deactivate') }}  {#- a macro of steps.jinja: every value it renders goes through tojson #}
 {%- else %}
 {%-   if 'routes' in steps.ids %}
 
 # traffic leaves the stack
-{{ steps.routes() }}
+{{ steps.routes() }}  {#- a macro of steps.jinja: every value it renders goes through tojson #}
 {%-   endif %}
 
 # its servers drain, its containers stop gracefully and go
-{{ steps.remove(['routes']) }}
+{{ steps.remove(['routes']) }}  {#- a macro of steps.jinja: every value it renders goes through tojson #}
 {%- endif %}

@@ -4,9 +4,9 @@
 {%- import 'orch/steps.jinja' as steps with context %}
 {%- set plan = steps.plan %}
 {%- if not plan %}
-{{ steps.without_plan('rollback') }}
+{{ steps.without_plan('rollback') }}  {#- a macro of steps.jinja: every value it renders goes through tojson #}
 {%- else %}
 
 # the switch back: production to the inactive stack's slot, only if all its servers are UP
-{{ steps.routes(gate=plan.gate) }}
+{{ steps.routes(gate=plan.gate) }}  {#- a macro of steps.jinja: every value it renders goes through tojson #}
 {%- endif %}
