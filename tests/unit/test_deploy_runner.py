@@ -6,7 +6,7 @@ The runner runs with the real utils modules as its ``__utils__`` (schema, CI che
 state machine, definition, steps, outcome, lock, registry, plan), a real ``salt.cache``
 (localfs, in tmp_path) for the registry, the history and the nonces of webhooks, the
 lab's stack definition (srv/pillar/stacks.sls) as the master's pillar, a fake
-``state.orchestrate`` that records its calls and returns what a test gives it (the
+``pigeon_orchestrate.run`` that records its calls and returns what a test gives it (the
 lab's recorded returns in tests/fixtures/orchestrate, or a hand-made failure), and
 ``_fire`` recording the events it would publish. The integration tests run the same
 sequence against the real master.
@@ -57,8 +57,9 @@ def deploy(tmp_path, monkeypatch):
                 pigeon_webhook_secret_file=str(secret_file), pigeon_ci_minions=["ci-1"])
     calls, fired = [], []
 
-    def orchestrate(*args, **kwargs):
-        calls.append((args, kwargs))
+    def orchestrate(action, plan, jid=None, user=None):
+        # recorded as the call of orch.<action> with its whole pillar, the plan
+        calls.append(((f"orch.{action}",), {"pillar": {"pigeon_plan": plan}, "jid": jid, "user": user}))
         answer = module.orchestrate_returns
         if isinstance(answer, Exception):
             raise answer
@@ -72,10 +73,11 @@ def deploy(tmp_path, monkeypatch):
         mod._LOADER = utils
     monkeypatch.setattr(registry, "definitions", lambda: {"app": copy.deepcopy(DEFINITION)})
     utils["pigeon_registry.definitions"] = registry.definitions
+    utils["pigeon_orchestrate.run"] = orchestrate
     module.__opts__ = opts
     module.__utils__ = utils
     module.__context__ = {}
-    module.__salt__ = {"state.orchestrate": orchestrate}
+    module.__salt__ = {}
     module.__jid__ = JID
     module.__user__ = "deployer"
     module.orchestrate_returns = OK
@@ -112,7 +114,7 @@ def test_a_release_runs_its_plan_and_records_it(deploy):
     deploy.orchestrate_returns = recorded("release-first")
     result = deploy.release(app="app", version="1.0")
     [(args, kwargs)] = deploy.calls
-    assert args == ("orch.release",) and kwargs["orchestration_jid"] == JID
+    assert args == ("orch.release",) and kwargs["jid"] == JID and kwargs["user"] == "deployer"
     [plan] = plans(deploy.calls)
     assert plan["action"] == "release" and plan["version"] == "1.0" and plan["start"]["slot"] == "a"
     assert [s["step"] for s in plan["steps"]] == ["loadbal", "containers", "routes", "cleanup"]

@@ -13,7 +13,7 @@ steps (``orch/<action>.sls``, given the plan as pillar ``pigeon_plan``), the
 record of its end, the lock released; it returns ``{"outcome": ...}`` in the
 shape of ``_utils/pigeon_outcome.py`` (retcode 1 when not ok). With
 ``dry_run``, the plan it would make (``{"dry_run": plan}``) without running it.
-Nothing the sender chose reaches ``state.orchestrate`` but the plan made from
+Nothing the sender chose reaches the orchestration but the plan made from
 the checked values: not ``test``, ``exclude``, ``saltenv``, ``pillar_enc``,
 nor another SLS.
 
@@ -109,9 +109,8 @@ def _run(action, values, source):
         if planned["steps"]:
             if source != "reactor":  # the reactor's threads share this module's __jid__: no progress
                 _announce(planned)
-            ret = __salt__["state.orchestrate"](
-                f"orch.{action}", pillar={"pigeon_plan": planned},
-                orchestration_jid=globals().get("__jid__") if source != "reactor" else None)
+            ret = _utils("pigeon_orchestrate.run")(
+                action, planned, jid=globals().get("__jid__") if source != "reactor" else None, user=user)
             outcome = _utils("pigeon_outcome.build")(planned, ret)
         if outcome["ok"]:
             outcome["changed"] = _utils("pigeon_plan.commit")(app, planned, held, source=source)
