@@ -25,6 +25,9 @@ acceptance_wait_time: 1
 random_reauth_delay: 0
 log_level: warning
 log_level_logfile: info
+# asyncio's "Task was destroyed but it is pending!", hundreds a day under Salt 3008
+log_granular_levels:
+  asyncio: critical
 CFG
 
 pidfile=$ROOT/var/run/salt-minion.pid

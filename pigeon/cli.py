@@ -1,6 +1,7 @@
 """
 The command line of ``./stacks.py``: arguments (``parse_args``), the actions and
-views through salt-api (``run_action``, ``show_status``, ``show_history``), and
+views through salt-api (``run_action``; ``show_status``, ``show_history``,
+``show_details``, ``show_logs``, ``show_lock``), and
 the output: a line per step, one line per error, ``--json``.
 
 ``./stacks.py`` calls ``main``; the salt-api client is ``pigeon.saltapi``. An
@@ -22,7 +23,7 @@ from pigeon.help import COMMANDS, command_help
 from pigeon.saltapi import SaltApi, TokenCache, token_cache_path
 
 ACTIONS = ("release", "activate", "deactivate", "rollback")
-VIEWS = ("status", "history")
+VIEWS = ("status", "history", "details", "logs", "lock", "watch")
 MAX_WAIT = 3600  # the deploy runner's bound of wait (pigeon_schema.MAX_WAIT)
 APP_SHAPE = re.compile(r"[a-z][a-z0-9_-]{0,40}")  # pigeon_schema.APP_RE
 VERSION_SHAPE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # pigeon_schema.VERSION_RE
@@ -52,7 +53,10 @@ def parse_args(argv):
         epilog="Exit codes: 0 done, 1 failed or refused, 2 bad usage, 3 salt-api unreachable or "
                "credentials refused, 4 deadline passed.")
     parser.add_argument("command", nargs="?", choices=ACTIONS + VIEWS, metavar="ACTION",
-                        help="release | activate | deactivate | rollback | status | history")
+                        help="release | activate | deactivate | rollback | status | history | details "
+                             "| logs | lock | watch")
+    parser.add_argument("subject", nargs="?", metavar="status|release|JOB",
+                        help="lock: status (the default) or release; watch: the job id an action printed")
     parser.add_argument("--action", choices=ACTIONS, help="the original form of ACTION")
     parser.add_argument("--app-name", "-a", dest="app", help="the app (a key of the stacks: pillar)")
     parser.add_argument("--version", "-V", dest="version", help="the version (an image tag)")
@@ -75,6 +79,9 @@ def parse_args(argv):
                         help="print the steps at the end instead of as they finish")
     parser.add_argument("--verbose", "-v", action="store_true", help="tracebacks and raw answers")
     parser.add_argument("--limit", type=int, default=20, help="history: how many entries")
+    parser.add_argument("--service", default=None, help="logs: one service's containers only")
+    parser.add_argument("--tail", type=int, default=100, metavar="N",
+                        help="logs: the last N lines of each container (1-10000)")
     parser.add_argument("--saltapi-url", default=env.get("SALTAPI_URL"))
     parser.add_argument("--saltapi-user", default=env.get("SALTAPI_USER"))
     parser.add_argument("--saltapi-pass", default=None,
@@ -96,8 +103,15 @@ def parse_args(argv):
         parser.error(f"ACTION {args.command} and --action {args.action} disagree")
     args.command = args.command or args.action
     if not args.command:
-        parser.error("name an ACTION (release, activate, deactivate, rollback, status, history)")
-    if args.command in ACTIONS + ("history",) and not args.app:
+        parser.error("name an ACTION (release, activate, deactivate, rollback, status, history, details, logs, lock)")
+    if args.command == "lock" and args.subject not in (None, "status", "release"):
+        parser.error(f"lock {args.subject[:40]!r}: use lock status or lock release")
+    elif args.command == "watch" and not re.fullmatch(r"[0-9]{20}", args.subject or ""):
+        parser.error("watch needs the job id an action printed (20 digits): ./stacks.py watch JOB --app-name APP")
+    elif args.subject and args.command not in ("lock", "watch"):
+        parser.error(f"{args.subject[:40]!r} after {args.command} is not an option (only lock and watch "
+                     "take one)")
+    if args.command in ACTIONS + ("history", "details", "logs", "lock", "watch") and not args.app:
         parser.error(f"{args.command} needs --app-name")
     if args.command == "deactivate" and not args.version:
         parser.error("deactivate needs --version")
@@ -116,6 +130,10 @@ def parse_args(argv):
         parser.error(f"--{'dry-run' if args.dry_run else 'expect-revision'} applies to actions only")
     if args.limit < 0 or args.limit > 500:
         parser.error("--limit: a whole number from 0 to 500")
+    if not 1 <= args.tail <= 10000:
+        parser.error("--tail: a whole number from 1 to 10000")
+    if args.service is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", args.service):
+        parser.error(f"--service {args.service[:60]!r}: 1-64 letters, digits, '_', '.', '-'")
     _check_url(parser, args)
     args.saltapi_pass = _password(parser, args, env)
     return args
@@ -217,18 +235,48 @@ def run_action(client, args, out):
         return show_plan(client, args, dict(request, dry_run=True), out)
     started = time.monotonic()
     target = f"{args.app} {args.version or ''}".strip()
-    out(f"{args.command} {target} through {client.url}")
+    header = f"{args.command} {target} through {client.url}"
+    said = []
+
+    def job(jid):
+        """The first line, with the job id once the master gave one (watch JOB follows it)."""
+        args.job = jid
+        said.append(header)
+        out(f"{header} (job {jid})")
+
     shown = []
+    ticker = Ticker(started) if sys.stdout.isatty() else None
 
     def show(step):
         """One line per step as it finishes (progress events), skipping steps that did not run."""
+        if ticker:
+            ticker.clear(step_ended=True)
         if step.get("skipped"):
             return
         shown.append(step["step"])
         out(step_line(step))
 
+    def waiting(data):
+        """One line when the action waits for another's lock: whose, and for how long at most."""
+        if ticker:
+            ticker.clear()
+        holder = data.get("holder") or {}
+        doing = " ".join(str(x) for x in (holder.get("action"), holder.get("version")) if x)
+        out(f"  waiting up to {data.get('wait')} s for the lock of {args.app}: {doing or 'an action'} "
+            f"of {holder.get('user') or 'unknown'} since {holder.get('since') or '?'}")
+
     progress = None if args.quiet or args.json or args.no_progress else show
-    answer = client.deploy(args.command, request, on_step=progress)
+    if progress is None:
+        out(header)
+        said.append(header)
+    try:
+        answer = client.deploy(args.command, request, on_step=progress, on_wait=waiting if progress else None,
+                               on_tick=ticker.tick if progress and ticker else None, on_job=job)
+    finally:
+        if ticker:  # also before an error's line, or Ctrl-C's
+            ticker.clear()
+    if not said:  # the master has no runner_async: no job id, no progress
+        out(header)
     outcome = answer.get("outcome") if isinstance(answer, dict) else None
     if not isinstance(outcome, dict):
         if isinstance(answer, dict) and isinstance(answer.get("refused"), str):  # the door refused
@@ -236,14 +284,15 @@ def run_action(client, args, out):
         else:
             raise StacksError(f"deploy.{args.command} returned no outcome: {first_line(str(answer))}")
     elapsed = time.monotonic() - started
-    if progress is None or not shown:  # no progress events came: the steps at the end
-        for step in outcome.get("steps") or []:
-            if not step.get("skipped"):
-                out(step_line(step))
+    for step in outcome.get("steps") or []:  # the steps no progress event showed (all, without
+        if not step.get("skipped") and step["step"] not in shown:  # progress; one started in parallel)
+            out(step_line(step))
     report = {"action": args.command, "app": args.app, "version": args.version}
     report.update({k: v for k, v in outcome.items() if k not in ("action", "app")})
     report["version"] = outcome.get("version") or args.version
     report["seconds"] = round(elapsed, 3)
+    if getattr(args, "job", None):
+        report["job"] = args.job
     if outcome.get("refused"):
         raise StacksError(f"{args.command} {target} refused: {outcome['error']}", EXIT_FAILED, report)
     if not outcome.get("ok"):
@@ -256,6 +305,29 @@ def run_action(client, args, out):
     out(f"{message}" if message else "done")
     out(f"Finished {args.command} {target} in {elapsed:.1f} s")
     return report
+
+
+class Ticker:
+    """On a terminal, the line under the last step: what runs now, and for how long
+    (rewritten in place every half second, erased before the next line). The time counts
+    from the end of the step before (from the start for the first)."""
+
+    def __init__(self, started, stream=None):
+        self.since, self.stream, self.shown = started, stream or sys.stdout, False
+
+    def tick(self, step):
+        text = f"  {step or 'starting':<24} ...     {time.monotonic() - self.since:.1f} s"
+        self.stream.write("\r\033[K" + text)
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self, step_ended=False):
+        if step_ended:
+            self.since = time.monotonic()
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.shown = False
 
 
 def step_line(step):
@@ -349,12 +421,144 @@ def show_status(client, args, out):
                 f"{c['healthy']}/{c['total']} healthy on {','.join(c['minions']) or '-'}  "
                 f"traffic: {traffic}  (since {stack.get('since', '?')} by {stack.get('by', '?')})")
         if entry.get("lock"):
-            lock = entry["lock"]
-            out(f"  locked by {lock.get('action')} {lock.get('version') or ''} of {lock.get('user')} "
-                f"since {lock.get('since')}")
+            out(f"  locked by {lock_holder(entry['lock'])}")
         for line in observed.get("drift") or []:
             out(f"  DRIFT: {line}")
     return status
+
+
+def watch_action(client, args, out):
+    """Follow an action started elsewhere (its job id) to its end, and print its outcome as the
+    action itself would; when it already ended, its entry in the history."""
+    out(f"watching job {args.subject} on {args.app} through {client.url}")
+    ticker = Ticker(time.monotonic()) if sys.stdout.isatty() and not (args.quiet or args.json) else None
+
+    shown = []
+
+    def show(step):
+        if ticker:
+            ticker.clear(step_ended=True)
+        if not step.get("skipped"):
+            shown.append(step["step"])
+            out(step_line(step))
+
+    try:
+        answer = client.watch(args.subject, args.app, on_step=show, on_tick=ticker.tick if ticker else None)
+    finally:
+        if ticker:
+            ticker.clear()
+    if answer is None:  # no action of the app runs now: it ended
+        entries = client.runner("stacks.history", kwarg={"app": args.app, "limit": 1})
+        last = entries[-1] if isinstance(entries, list) and entries else {}
+        out(f"no action of {args.app} runs now; the last one recorded: {last.get('action')} "
+            f"{last.get('version') or ''} {last.get('result')} at {last.get('finished') or last.get('when')}"
+            .replace("  ", " "))
+        if last.get("result") not in ("success", None):
+            raise StacksError(f"the last action on {args.app} ended {last.get('result')}: "
+                              f"{last.get('error') or last.get('message') or 'see ./stacks.py history'}",
+                              EXIT_FAILED, {"app": args.app, "last": last})
+        return {"app": args.app, "job": args.subject, "last": last}
+    outcome = answer.get("outcome") if isinstance(answer, dict) else None
+    if not isinstance(outcome, dict):
+        raise StacksError(f"job {args.subject} returned no outcome: {first_line(str(answer))}")
+    for step in outcome.get("steps") or []:  # attached after the table of steps: at the end
+        if not step.get("skipped") and step["step"] not in shown:
+            out(step_line(step))
+    target = f"{outcome.get('app')} {outcome.get('version') or ''}".strip()
+    if not outcome.get("ok"):
+        verb = "refused" if outcome.get("refused") else "failed"
+        raise StacksError(f"{outcome.get('action')} {target} {verb}: {outcome.get('error')}", EXIT_FAILED,
+                          dict(outcome, job=args.subject))
+    out((outcome.get("changed") or {}).get("message") or "done")
+    return dict(outcome, job=args.subject)
+
+
+def lock_holder(lock):
+    """'release 1.4 of alice since <time> (pid 123 on master)': who holds a deploy lock."""
+    doing = " ".join(str(x) for x in (lock.get("action"), lock.get("version")) if x) or "an action"
+    where = f" (pid {lock['pid']} on {lock.get('host') or '?'})" if lock.get("pid") else ""
+    return f"{doing} of {lock.get('user') or 'unknown'} since {lock.get('since') or '?'}{where}"
+
+
+def show_lock(client, args, out):
+    """lock [status]: who holds the app's deploy lock. lock release: there is never a stale
+    lock to release (the kernel frees it when its holder dies), so this says so: exit 0 when
+    the lock is free, 1 (with the holder) when an action holds it."""
+    status = client.runner("stacks.status", kwarg={"app": args.app, "observe": False})
+    if isinstance(status, dict) and isinstance(status.get("refused"), str):
+        raise StacksError(f"lock refused: {status['refused']}")
+    entry = status.get(args.app) if isinstance(status, dict) else None
+    if not isinstance(entry, dict):
+        raise StacksError(f"stacks.status failed: {first_line(str(status))}")
+    lock = entry.get("lock")
+    if args.subject == "release":
+        if lock:
+            raise StacksError(f"{args.app} is locked by {lock_holder(lock)}: a running action holds it, and "
+                              "it is released when that action ends, or by the kernel if its process dies; "
+                              "there is no stale lock to release. Wait for it (--wait SECONDS), or stop that "
+                              "process on the master", EXIT_FAILED, {"app": args.app, "lock": lock})
+        out(f"{args.app} is not locked: nothing to release")
+    elif lock:
+        out(f"{args.app} is locked by {lock_holder(lock)}")
+    else:
+        out(f"{args.app} is not locked")
+    return {"app": args.app, "lock": lock}
+
+
+def _view(client, fun, args, **kwarg):
+    answer = client.runner(fun, kwarg=dict(kwarg, app=args.app))
+    if isinstance(answer, dict) and isinstance(answer.get("refused"), str):
+        raise StacksError(f"{args.command} refused: {answer['refused']}")
+    if not isinstance(answer, dict):
+        raise StacksError(f"{fun} failed: {first_line(str(answer))}")
+    return answer
+
+
+def show_details(client, args, out):
+    """Each container of the app as docker has it, on every minion of the app."""
+    kwarg = {"version": args.version} if args.version else {}
+    answer = _view(client, "stacks.details", args, **kwarg)
+    containers = answer.get("containers") or []
+    if not containers:
+        out(f"{args.app}: no container{' of ' + args.version if args.version else ''}")
+    now = time.time()
+    for c in containers:
+        age = _age(now - float(c.get("created") or now))
+        ports = " ".join(c.get("ports") or []) or "-"
+        out(f"  {c.get('name'):<32} {c.get('health'):<9} slot {c.get('slot') or '-'}  on {c.get('minion')}  "
+            f"image {c.get('image')}  started {age} ago  ports {ports}")
+    for line in answer.get("problems") or []:
+        out(f"  PROBLEM: {line}")
+    return answer
+
+
+def show_logs(client, args, out):
+    """The last lines of the app's containers, each line after its container's name."""
+    kwarg = {"tail": args.tail}
+    if args.version:
+        kwarg["version"] = args.version
+    if args.service:
+        kwarg["service"] = args.service
+    answer = _view(client, "stacks.logs", args, **kwarg)
+    shown = 0
+    for minion, containers in sorted((answer.get("logs") or {}).items()):
+        for name, text in sorted((containers or {}).items()):
+            shown += 1
+            for line in str(text).splitlines():
+                out(f"{name} | {line}")
+    if not shown:
+        out(f"{args.app}: no container{' of ' + args.version if args.version else ''}")
+    for line in answer.get("problems") or []:
+        out(f"PROBLEM: {line}")
+    return answer
+
+
+def _age(seconds):
+    seconds = max(int(seconds), 0)
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
 
 
 def show_history(client, args, out):
@@ -385,6 +589,14 @@ def main(argv=None):
             report = run_action(client, args, out)
         elif args.command == "status":
             report = show_status(client, args, out)
+        elif args.command == "details":
+            report = show_details(client, args, out)
+        elif args.command == "logs":
+            report = show_logs(client, args, out)
+        elif args.command == "lock":
+            report = show_lock(client, args, out)
+        elif args.command == "watch":
+            report = watch_action(client, args, out)
         else:
             report = show_history(client, args, out)
     except StacksError as exc:
@@ -400,8 +612,13 @@ def main(argv=None):
         print(f"stacks.py: {error}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
-        print("stacks.py: interrupted; the action may still run on the master: "
-              "see ./stacks.py status", file=sys.stderr)
+        if getattr(args, "job", None) and args.command in ACTIONS:
+            print(f"stacks.py: interrupted; detached from job {args.job}, which goes on on the master: "
+                  f"follow it with ./stacks.py watch {args.job} --app-name {args.app}, or see "
+                  "./stacks.py status", file=sys.stderr)
+        else:
+            print("stacks.py: interrupted; the action may still run on the master: "
+                  "see ./stacks.py status", file=sys.stderr)
         return EXIT_FAILED
     if args.json:
         doc = report if args.command in ACTIONS else {"ok": True, args.command: report}

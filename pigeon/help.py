@@ -36,6 +36,28 @@ COMMANDS = {
                 ["  --app-name APP, -a APP   required", "  --limit N                default: 20 (0: all, at most 500)",
                  "  --json                   one JSON document"],
                 ["./stacks.py history -a app", "./stacks.py history -a app --limit 100 --json"]),
+    "details": ("Each container of the app as docker has it, on every minion of its config.target: "
+                "name, health, slot, minion, image, how long ago it started, published ports.",
+                ["  --app-name APP, -a APP   required", "  --version V, -V V        default: every version",
+                 "  --json                   one JSON document"],
+                ["./stacks.py details -a app", "./stacks.py details -a app -V 1.4 --json"]),
+    "logs": ("The last lines of the app's containers (time-stamped by docker), each line after its "
+             "container's name, from every minion of its config.target.",
+             ["  --app-name APP, -a APP   required", "  --version V, -V V        default: every version",
+              "  --service S              default: every service", "  --tail N                 default: 100 lines "
+              "a container (1-10000)", "  --json                   one JSON document"],
+             ["./stacks.py logs -a app -V 1.4 --service web", "./stacks.py logs -a app --tail 20"]),
+    "lock": ("Who holds the app's deploy lock (lock status, the default). lock release says there is "
+             "nothing stale to release: the lock is freed when its action ends, or by the kernel when "
+             "its process dies; it exits 1 with the holder while an action runs.",
+             ["  --app-name APP, -a APP   required", "  --json                   one JSON document"],
+             ["./stacks.py lock -a app", "./stacks.py lock release -a app"]),
+    "watch": ("Follow an action started elsewhere, by the job id it printed, to its end: its outcome as "
+              "the action itself prints it (exit 1 when it failed). When it already ended, its "
+              "entry in the history.",
+              ["  JOB                      the job id (20 digits) on the action's first line",
+               "  --app-name APP, -a APP   required", "  --json                   one JSON document"],
+              ["./stacks.py watch 20261204031000123456 -a app", "./stacks.py watch 20261204031000123456 -a app --json"]),
 }
 
 

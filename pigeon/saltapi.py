@@ -216,7 +216,9 @@ class SaltApi:
             raise StacksError(f"salt-api returned no result for {fun}", EXIT_API) from exc
 
 
-    def deploy(self, action, kwarg, on_step=None):
+    TICK = 0.5  # seconds between two calls of on_tick while nothing happens
+
+    def deploy(self, action, kwarg, on_step=None, on_wait=None, on_tick=None, on_job=None):
         """
         Run the deploy runner's ``action`` (deploy.release, ...) with ``kwarg`` and return
         what it returned: {"outcome": ...} (``_utils/pigeon_outcome.py``), or {"refused":
@@ -224,8 +226,12 @@ class SaltApi:
         "result", "skipped", "seconds"}): the runner runs through the runner_async client
         while salt-api's event stream (/events) is read for the runner's table of steps
         (salt/run/<jid>/steps), the orchestration's progress events (salt/job/<jid>/prog/...:
-        the deploy runner runs the orchestration under its own job id) and its return
-        (salt/run/<jid>/ret).
+        the deploy runner runs the orchestration under its own job id, one event as each
+        step ends) and its return (salt/run/<jid>/ret). ``on_wait(data)`` is told when the
+        action waits for another's lock (salt/run/<jid>/waiting: {"holder": {action,
+        version, user, since}, "wait": seconds}); ``on_tick(step)`` is called every TICK
+        seconds of silence with the step that runs (None before the first); ``on_job(jid)``
+        as soon as the master gave the action its job id.
         Falls back to the synchronous runner client when the master does not allow
         runner_async.
         """
@@ -252,33 +258,76 @@ class SaltApi:
                 jid = data["return"][0]["jid"]
             except (KeyError, IndexError, TypeError) as exc:
                 raise StacksError("salt-api did not start the action", EXIT_API) from exc
-            deadline = time.monotonic() + self.timeout
-            unlocked, names = 0, {}
-            while True:
-                now = time.monotonic()
-                if now >= deadline:
-                    raise StacksError("no answer from salt-api within the deadline; the action may "
-                                      "still run on the master: see ./stacks.py status, or raise "
-                                      "--deadline", EXIT_DEADLINE)
-                item = stream.next(min(deadline, now + self.SILENCE))
-                if item is None:  # a quiet while: is the action still there?
-                    unlocked = unlocked + 1 if self._lock_free(kwarg.get("app"), deadline) else 0
-                    if unlocked >= 2:
-                        raise StacksError("the action ended without a result (did its process on the "
-                                          "master die?); see ./stacks.py status and history",
-                                          EXIT_FAILED)
-                    continue
-                tag, event = item
-                if tag == f"salt/run/{jid}/steps":  # the runner's table: state ID -> step
-                    names = (event.get("data") or {}).get("steps") or {}
-                elif tag.startswith(f"salt/job/{jid}/prog/"):
-                    state = event.get("data", {}).get("ret", {})
-                    if state.get("__id__") in names:  # a step of the plan (looked up, not parsed)
-                        on_step(progress_step(names[state["__id__"]], state))
-                elif tag == f"salt/run/{jid}/ret":
-                    return event.get("data", {}).get("return")
+            if on_job:
+                on_job(jid)
+            return self._follow(stream, jid, kwarg.get("app"), on_step, on_wait, on_tick)
         finally:
             stream.close()
+
+    def watch(self, jid, app, on_step=None, on_tick=None):
+        """
+        Follow an action started elsewhere (its job id ``jid``, on ``app``) to its end, and
+        return what the deploy runner returned, as ``deploy`` does. Its steps are passed to
+        ``on_step`` as they end when the runner's table of steps is seen (an action still
+        waiting for the lock), else they come with the outcome. None when no action of ``app``
+        runs (the lock is free): it ended, and its end is in the history.
+        """
+        if self.token is None:
+            self.login()
+        stream = EventStream(self)
+        if stream.status == 401:
+            stream.close()
+            raise StacksError(f"salt-api refused the token of {self.user!r} on its event stream; "
+                              "check SALTAPI_USER, SALTAPI_PASS and SALTAPI_EAUTH", EXIT_API)
+        try:
+            if self._lock_free(app, time.monotonic() + self.timeout):
+                return None
+            return self._follow(stream, jid, app, on_step or (lambda step: None), None, on_tick)
+        finally:
+            stream.close()
+
+    def _follow(self, stream, jid, app, on_step, on_wait, on_tick):
+        """Read the event stream for the events of runner job ``jid`` until its return."""
+        deadline = time.monotonic() + self.timeout
+        unlocked, names, ended = 0, {}, set()
+        quiet_since = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise StacksError("no answer from salt-api within the deadline; the action may "
+                                  "still run on the master: see ./stacks.py status, or raise "
+                                  "--deadline", EXIT_DEADLINE)
+            pause = self.TICK if on_tick else self.SILENCE
+            item = stream.next(min(deadline, now + pause, quiet_since + self.SILENCE))
+            if item is None:
+                if on_tick:
+                    on_tick(next((step for sid, step in names.items() if sid not in ended), None))
+                if time.monotonic() - quiet_since >= self.SILENCE:  # a quiet while: is the action still there?
+                    quiet_since = time.monotonic()
+                    unlocked = unlocked + 1 if self._lock_free(app, deadline) else 0
+                    if unlocked >= 2:
+                        raise StacksError("the action ended without a result (did its process on "
+                                          "the master die?); see ./stacks.py status and history",
+                                          EXIT_FAILED)
+                continue
+            tag, event = item
+            if tag.startswith((f"salt/run/{jid}/", f"salt/job/{jid}/")):
+                quiet_since = time.monotonic()
+            if tag == f"salt/run/{jid}/steps":  # the runner's table: state ID -> step
+                names = (event.get("data") or {}).get("steps") or {}
+            elif tag == f"salt/run/{jid}/waiting":
+                if on_wait:
+                    on_wait(event.get("data") or {})
+            elif tag.startswith(f"salt/job/{jid}/prog/"):
+                state = event.get("data", {}).get("ret", {})
+                if state.get("result") is None and not str(state.get("comment", "")).startswith(
+                        ("State was not run because", "One or more requisite failed")):
+                    continue  # a step started in parallel (its end comes with the outcome)
+                if state.get("__id__") in names:  # a step of the plan (looked up, not parsed)
+                    ended.add(state["__id__"])
+                    on_step(progress_step(names[state["__id__"]], state))
+            elif tag == f"salt/run/{jid}/ret":
+                return event.get("data", {}).get("return")
 
     def _lock_free(self, app, deadline):
         """Whether no action holds the deploy lock of ``app`` (the deploy runner holds it from

@@ -183,6 +183,24 @@ def test_api_hostile_status_app(api, value):
     _api_case(api, {"client": "runner", "fun": "stacks.status", "kwarg": {"app": value}})
 
 
+@pytest.mark.parametrize("fun, kwarg", [
+    ("stacks.logs", {"app": APP, "service": f"web; touch {MARKER}-logs"}),
+    ("stacks.logs", {"app": APP, "service": "../../x"}),
+    ("stacks.logs", {"app": APP, "tail": -1}),
+    ("stacks.logs", {"app": APP, "tail": "5"}),
+    ("stacks.logs", {"app": APP, "tail": 10 ** 9}),
+    ("stacks.logs", {"app": APP, "version": "../../pillar/x"}),
+    ("stacks.logs", {"app": APP, "follow": True}),
+    ("stacks.logs", {"app": "../../pillar/x"}),
+    ("stacks.logs", {"app": APP, "tgt": "*"}),
+    ("stacks.details", {"app": APP, "service": "web"}),
+    ("stacks.details", {"app": APP, "version": "1.0\nx"}),
+    ("stacks.details", {"app": "{{ pillar }}"}),
+], ids=range(12))
+def test_api_hostile_views(api, fun, kwarg):
+    _api_case(api, {"client": "runner", "fun": fun, "kwarg": kwarg})
+
+
 @pytest.mark.parametrize("kwarg", [
     {"app": APP, "test": True},                                  # takes the lock, never ends
     {"app": APP, "exclude": "pigeon-release-cleanup-state"},     # skips a step

@@ -46,6 +46,21 @@ def recorded(name):
     return json.loads((FIXTURES / f"{name}.json").read_text())["ret"]
 
 
+def not_run_for_missing(ret, plan):
+    """A recorded return given to another plan: a step of the plan the recording lacks is
+    there as a state that did not run (an onfail with nothing to do), as Salt reports one.
+    (A step missing from the result altogether fails the outcome: test_outcome.py.)"""
+    states = next(iter(ret["data"].values()), None) if isinstance(ret, dict) and ret.get("data") else None
+    if isinstance(states, dict):
+        have = {state.get("__id__") for state in states.values()}
+        for n, step in enumerate(plan.get("steps") or []):
+            if step["id"] not in have:
+                states[f"salt_|-{step['id']}_|-{step['id']}_|-state"] = {
+                    "__id__": step["id"], "__run_num__": 100 + n, "result": True, "changes": {},
+                    "duration": 0, "comment": "State was not run because onfail req did not change"}
+    return ret
+
+
 @pytest.fixture
 def deploy(tmp_path, monkeypatch):
     module = load("_runners/deploy.py", "deploy_under_test")
@@ -63,7 +78,7 @@ def deploy(tmp_path, monkeypatch):
         answer = module.orchestrate_returns
         if isinstance(answer, Exception):
             raise answer
-        return copy.deepcopy(answer)
+        return not_run_for_missing(copy.deepcopy(answer), plan)
 
     registry = load("_utils/pigeon_registry.py", "pigeon_registry_for_deploy")
     plan = load("_utils/pigeon_plan.py", "pigeon_plan_for_deploy")
@@ -578,8 +593,85 @@ def test_an_unknown_app_is_refused_before_the_lock(deploy, tmp_path):
     assert deploy.registry.history("ghost", 0) == [] and deploy.calls == []
 
 
+@pytest.mark.parametrize("action, kwargs", [
+    ("release", {"version": "1.0"}), ("activate", {}), ("rollback", {}), ("deactivate", {"version": "1.0"}),
+    ("release", {"version": "1.0", "dry_run": True}),
+])
+def test_a_typo_in_the_app_name_gets_the_closest_app(deploy, action, kwargs):
+    result = getattr(deploy, action)(app="ap", **kwargs)
+    error = result["refused"] if "refused" in result else result["outcome"]["error"]
+    assert error == "unknown app 'ap': no stacks:ap in the master's pillar; did you mean app?"
+    assert deploy.calls == [] and deploy.registry.history("ap", 0) == []
+
+
+def test_an_app_like_none_is_refused_without_a_guess(deploy):
+    outcome = deploy.release(app="zzzzzz", version="1.0")["outcome"]
+    assert "did you mean" not in outcome["error"] and "unknown app 'zzzzzz'" in outcome["error"]
+
+
+class JidEvent:
+    """The runner job's event object (``__jid_event__``): what it fires, by tag suffix."""
+
+    def __init__(self):
+        self.fired = []
+
+    def fire_event(self, data, suffix):
+        self.fired.append((suffix, data))
+
+
+def test_the_runner_tells_the_client_its_steps_before_they_run(deploy):
+    deploy.__jid_event__ = JidEvent()
+    deploy.orchestrate_returns = recorded("release-first")
+    deploy.release(app="app", version="1.0")
+    [(suffix, data)] = deploy.__jid_event__.fired
+    [plan] = plans(deploy.calls)
+    assert suffix == "steps" and data == {"steps": {s["id"]: s["step"] for s in plan["steps"]}}
+    assert list(data["steps"].values()) == ["loadbal", "containers", "routes", "cleanup"]  # in plan order
+
+
+def test_a_waiting_action_tells_the_client_whose_lock_it_waits_for(deploy):
+    deploy.__jid_event__ = JidEvent()
+    with locked_by_alice(deploy):
+        outcome = deploy.release(app="app", version="1.0", wait=1)["outcome"]
+    assert outcome["refused"] is True  # alice kept it for longer than the wait
+    [(suffix, data)] = deploy.__jid_event__.fired
+    assert suffix == "waiting" and data["wait"] == 1
+    assert {k: data["holder"][k] for k in ("action", "version", "user")} == \
+        {"action": "release", "version": "0.9", "user": "alice"}
+
+
 def test_a_webhook_refused_at_the_lock_is_not_told_to_wait(deploy):
     with locked_by_alice(deploy):
         outcome = deploy.ci_event(event=signed(), tag=ci.WEBHOOK_TAG)
     assert outcome["ok"] is False and "is locked by release 0.9 of alice" in outcome["error"]
     assert outcome["error"].endswith("; send the request again when it ends") and "--wait" not in outcome["error"]
+
+
+def test_history_writers_take_turns(deploy):
+    """Refusals are recorded without the deploy lock, beside an action recording its end:
+    concurrent writers lose no entry."""
+    registry = deploy.registry
+    writers = [threading.Thread(target=lambda n=n: [registry.history_add(
+        "app", registry.record("release", f"{n}.{i}", "refused")) for i in range(10)]) for n in range(8)]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join(30)
+    assert sorted(e["version"] for e in history(deploy)) == sorted(f"{n}.{i}" for n in range(8) for i in range(10))
+
+
+def test_a_ci_action_is_recorded_as_cis_in_the_history_and_the_lock(deploy):
+    held = {}
+    deploy.orchestrate_returns = recorded("release-first")
+    real = deploy.__utils__["pigeon_orchestrate.run"]
+
+    def looking(action, plan, **kwargs):
+        held.update(deploy.registry.holder("app") or {})
+        return real(action, plan, **kwargs)
+
+    deploy.__utils__["pigeon_orchestrate.run"] = looking
+    outcome = deploy.ci_event(event=signed(), tag=ci.WEBHOOK_TAG)
+    assert outcome["ok"] is True, outcome
+    assert held["user"] == "ci (webhook)"
+    [entry] = history(deploy)
+    assert (entry["user"], entry["source"]) == ("ci (webhook)", "reactor")

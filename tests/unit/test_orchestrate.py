@@ -90,3 +90,33 @@ def test_an_sls_that_does_not_render_returns_its_errors(orchestrate):
     _, errors = states(ret)
     assert ret["retcode"] == 1 and isinstance(errors, list) and errors
     assert any("orch.activate" in line or "Rendering SLS" in line for line in errors)
+
+
+def test_each_state_sends_its_progress_on_the_masters_bus(orchestrate, monkeypatch):
+    """Salt's own State.event sends nothing on a master (its opts say local): the run sends
+    salt/job/<jid>/prog/<master id>/<run number> itself, as each state ends."""
+    import salt.utils.event  # pylint: disable=import-outside-toplevel
+
+    sent = []
+
+    class Bus:
+        def __init__(self, opts, sock_dir, listen=False):
+            assert listen is False and sock_dir == opts["sock_dir"]
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def fire_event(self, data, tag):
+            sent.append((tag, data))
+
+    monkeypatch.setattr(salt.utils.event, "get_master_event", Bus)
+    jid = "20261204000000000002"
+    ret = orchestrate.run("rollback", copy.deepcopy(PLAN), jid=jid)
+    _, running = states(ret)
+    by_run = {s["__run_num__"]: s["__id__"] for s in running.values()}
+    assert [tag for tag, _ in sent] == [f"salt/job/{jid}/prog/testmaster/{n}" for n in sorted(by_run)]
+    assert [data["ret"]["__id__"] for _, data in sent] == [by_run[n] for n in sorted(by_run)]
+    assert all(data["len"] == 2 for _, data in sent)

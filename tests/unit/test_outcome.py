@@ -171,6 +171,21 @@ def test_recorded_actions_steps(name, steps):
     assert all(s["result"] is True and not s["skipped"] for s in built["steps"])
 
 
+def test_a_planned_step_missing_from_the_result_fails_the_outcome():
+    case = recorded("activate-remove-inactive")
+    ret = copy.deepcopy(case["ret"])
+    states = next(iter(ret["data"].values()))
+    removal = next(s["id"] for s in case["plan"]["steps"] if s["step"].startswith("remove"))
+    for key in [k for k, v in states.items() if v["__id__"] == removal]:
+        del states[key]  # an SLS that lost the step (out of sync with the plan's table)
+    built = outcome.build(case["plan"], ret)
+    assert built["ok"] is False and built["failed_step"] == "remove rec-1"
+    assert built["error"].startswith("step remove rec-1 failed: not in the orchestration's result (no state "
+                                     f"{removal} in orch/activate.sls)")
+    assert one_line(built["error"]) and "saltutil.sync_all" in built["error"]
+    assert [(s["step"], s["result"]) for s in built["steps"]] == [("routes", True), ("remove rec-1", False)]
+
+
 # ---------------------------------------------------------------------------
 # a step is known by the plan's table
 def test_a_step_is_named_by_the_plans_table_never_by_its_id():

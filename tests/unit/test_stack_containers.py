@@ -699,3 +699,84 @@ def test_a_docker_that_does_not_answer_is_one_line(monkeypatch):
             call()
         assert "docker does not answer: DockerException: Error while fetching" in str(info.value)
         assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------
+# the operator's views: details and logs
+class ViewClient:
+    """docker's APIClient as the views use it: containers() by label, logs() of one."""
+
+    def __init__(self):
+        self.filters, self.logged = [], []
+        self.listed = [
+            {"Names": ["/app-1.4-web-1"], "Image": "pigeon/demoapp:1.4", "State": "running",
+             "Status": "Up 3 minutes (healthy)", "Created": 1764817200,
+             "Ports": [{"PrivatePort": 8080, "Type": "tcp"},
+                       {"IP": "0.0.0.0", "PrivatePort": 8080, "PublicPort": 32768, "Type": "tcp"}],
+             "Labels": {"pigeon.app": "app", "pigeon.version": "1.4", "pigeon.slot": "a",
+                        "pigeon.service": "web", "pigeon.replica": "1"}},
+            {"Names": ["/app-1.3-web-1"], "Image": "pigeon/demoapp:1.3", "State": "exited",
+             "Status": "Exited (137) 1 minute ago", "Created": 1764817000, "Ports": [],
+             "Labels": {"pigeon.app": "app", "pigeon.version": "1.3", "pigeon.slot": "b",
+                        "pigeon.service": "web", "pigeon.replica": "1"}},
+        ]
+
+    def containers(self, all=False, filters=None):  # pylint: disable=redefined-builtin
+        self.filters.append(filters)
+        return self.listed
+
+    def logs(self, name, **kwargs):
+        self.logged.append((name, kwargs))
+        return f"2026-12-04T03:00:00Z {name} says hello\n".encode()
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def view_client(monkeypatch):
+    client = ViewClient()
+    monkeypatch.setattr(sc, "_client", lambda url, timeout=60: client)
+    monkeypatch.setattr(sc, "_docker_url", lambda: None)
+    return client
+
+
+def test_details_lists_each_container_with_its_health(view_client):
+    found = sc.details("app", "1.4")
+    assert view_client.filters == [{"label": ["pigeon.app=app", "pigeon.version=1.4"]}]
+    assert [c["name"] for c in found] == ["app-1.3-web-1", "app-1.4-web-1"]  # by version, then name
+    web = found[1]
+    assert web == {"name": "app-1.4-web-1", "version": "1.4", "slot": "a", "service": "web", "replica": "1",
+                   "image": "pigeon/demoapp:1.4", "state": "running", "status": "Up 3 minutes (healthy)",
+                   "health": "healthy", "created": 1764817200, "ports": ["0.0.0.0:32768->8080/tcp"]}
+    assert found[0]["health"] == "exited"
+
+
+@pytest.mark.parametrize("status, state, health", [
+    ("Up 1 second (health: starting)", "running", "starting"),
+    ("Up 2 minutes (unhealthy)", "running", "unhealthy"),
+    ("Up 2 minutes", "running", "running"),
+    ("Created", "created", "created"),
+])
+def test_the_health_is_read_from_dockers_status(status, state, health):
+    assert sc._health_of_status(status, state) == health
+
+
+def test_logs_of_one_service_time_stamped(view_client):
+    found = sc.logs("app", service="web", tail=5)
+    assert view_client.filters == [{"label": ["pigeon.app=app", "pigeon.service=web"]}]
+    assert found == {"app-1.4-web-1": "2026-12-04T03:00:00Z app-1.4-web-1 says hello\n",
+                     "app-1.3-web-1": "2026-12-04T03:00:00Z app-1.3-web-1 says hello\n"}
+    assert view_client.logged[0][1] == {"stdout": True, "stderr": True, "timestamps": True, "tail": 5}
+
+
+def test_the_views_say_in_one_line_that_docker_does_not_answer(monkeypatch):
+    def down(url, timeout=60):
+        raise docker.errors.DockerException("Error while fetching server API version: connection refused")
+
+    monkeypatch.setattr(sc, "_client", down)
+    monkeypatch.setattr(sc, "_docker_url", lambda: None)
+    for call in (lambda: sc.details("app"), lambda: sc.logs("app")):
+        with pytest.raises(sc.CommandExecutionError) as info:
+            call()
+        assert str(info.value).startswith("app: docker does not answer: DockerException") and "\n" not in str(info.value)

@@ -17,6 +17,7 @@ What the outcome says of an orchestration's return is tested in test_outcome.py.
 import atexit
 import copy
 import http.server
+import io
 import json
 import os
 import pathlib
@@ -322,7 +323,8 @@ class FakeSaltApi:
                     elif fake.not_json:
                         self._send(200, b"<html><body>500 Internal Server Error</body></html>", "text/html")
                     else:
-                        self._send(200, {"return": [copy.deepcopy(fake.payload)]})
+                        fun = body[0].get("fun") if isinstance(body, list) and body else None
+                        self._send(200, {"return": [copy.deepcopy(fake.by_fun.get(fun, fake.payload))]})
                 else:
                     self._send(404, b"not found", "text/plain")
 
@@ -335,6 +337,7 @@ class FakeSaltApi:
 
     def reset(self):
         self.payload = answer("release-first")
+        self.by_fun = {}  # the answer of one runner function, else payload
         self.events = None
         self.started = threading.Event()
         self.not_json = False
@@ -595,7 +598,7 @@ def test_progress_lines_as_steps_end(api):
     assert _async_runs(api) == [{"client": "runner_async", "fun": "deploy.release",
                                  "kwarg": {"app": "app", "version": "rec-1"}}]
     assert [s["path"] for s in api.streams] == ["/events"]
-    assert lines[0] == f"release app rec-1 through {api.url}"
+    assert lines[0] == f"release app rec-1 through {api.url} (job {JID})"
     # one line per step that ran, as it ended; the skipped onfail step (cleanup) not shown,
     # and no second list of the steps at the end
     assert [ln.split() for ln in lines[1:-2]] == [
@@ -603,6 +606,7 @@ def test_progress_lines_as_steps_end(api):
     assert lines[-2] == "app rec-1 released in slot a"
     assert [s["step"] for s in report["steps"]] == ["loadbal", "containers", "routes", "cleanup"]  # run order
     assert report["ok"] is True and report["changed"] == recorded("release-first")["outcome"]["changed"]
+    assert report["job"] == JID
 
 
 def test_progress_shows_only_the_steps_of_its_action(api):
@@ -629,12 +633,37 @@ def test_progress_lines_of_a_failed_release(api, payload, version, error, step_l
     assert [(s["step"], s["result"]) for s in raised.report["steps"]] == steps
 
 
+def test_a_waiting_action_says_whose_lock_it_waits_for(api):
+    plan, ret, done = with_loadbal()
+    api.script(plan, ret, done)
+    holder = {"action": "release", "version": "2.0", "user": "alice", "since": "2026-12-04T03:00:00Z"}
+    api.events.insert(0, (f"salt/run/{JID}/waiting", {"holder": holder, "wait": 30}))
+    lines, report = _run(api, "--wait", "30")
+    assert lines[1] == ("  waiting up to 30 s for the lock of app: release 2.0 of alice "
+                        "since 2026-12-04T03:00:00Z")
+    assert [ln.split()[0] for ln in lines[2:-2]] == ["loadbal", "containers", "routes"]
+    assert report["ok"] is True
+
+
+def test_the_ticker_names_the_running_step_and_is_erased():
+    stream = io.StringIO()
+    ticker = cli.Ticker(time.monotonic() - 2.0, stream)
+    ticker.tick("containers")
+    assert stream.getvalue().startswith("\r\033[K  containers")
+    assert stream.getvalue().rstrip().endswith(" s") and "2." in stream.getvalue()
+    ticker.clear(step_ended=True)
+    assert stream.getvalue().endswith("\r\033[K") and ticker.shown is False
+    ticker.tick(None)  # before the first step: its time counts from the end of the last
+    assert "starting" in stream.getvalue().rsplit("\r\033[K", 1)[-1]
+    assert "0.0 s" in stream.getvalue().rsplit("\r\033[K", 1)[-1]
+
+
 def test_progress_lines_of_a_refusal(api):
     # refused under the lock: no step ran, the runner announced none
     api.script({"action": "release", "steps": []}, None, refused(LOCK_HELD))
     lines, error = _run(api)
     assert [tag for tag, _ in api.events] == [f"salt/run/{JID}/ret"]
-    assert lines == [f"release app rec-1 through {api.url}"]
+    assert lines == [f"release app rec-1 through {api.url} (job {JID})"]
     assert str(error) == f"release app rec-1 refused: {LOCK_HELD}"
     assert error.report["steps"] == [] and error.report["refused"] is True
 
@@ -1064,3 +1093,146 @@ def test_the_global_help_is_still_there(capsys):
     with pytest.raises(SystemExit) as info:
         cli.parse_args(["--help"])
     assert info.value.code == 0 and "--saltapi-url" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------
+# the operator's views: lock, details, logs
+HOLDER = {"action": "release", "version": "2.0", "user": "alice", "since": "2026-12-04T03:00:00Z",
+          "owner": "salt-master:4242:140", "pid": 4242, "host": "master"}
+
+
+def _view(api, capsys, *argv):
+    code = cli.main(_argv(api, action=argv))
+    captured = capsys.readouterr()
+    return code, captured.out.splitlines(), captured.err.splitlines(), api.requests[-1]["body"][0]
+
+
+@pytest.mark.parametrize("argv", [("lock", "-a", "app"), ("lock", "status", "-a", "app")])
+def test_lock_status_names_the_holder(api, capsys, argv):
+    api.payload = {"app": {"stacks": {}, "routes": {}, "generation": 3, "lock": HOLDER}}
+    code, out, err, sent = _view(api, capsys, *argv)
+    assert sent == {"client": "runner", "fun": "stacks.status", "arg": [],
+                    "kwarg": {"app": "app", "observe": False}}
+    assert code == 0 and err == []
+    assert out == ["app is locked by release 2.0 of alice since 2026-12-04T03:00:00Z (pid 4242 on master)"]
+
+
+def test_lock_status_of_a_free_lock(api, capsys):
+    api.payload = {"app": {"stacks": {}, "routes": {}, "generation": 3, "lock": None}}
+    assert _view(api, capsys, "lock", "-a", "app")[:3] == (0, ["app is not locked"], [])
+
+
+def test_lock_release_of_a_held_lock_says_why_not(api, capsys):
+    api.payload = {"app": {"stacks": {}, "routes": {}, "generation": 3, "lock": HOLDER}}
+    code, out, err, _ = _view(api, capsys, "lock", "release", "-a", "app")
+    assert code == errors.EXIT_FAILED and out == [] and len(err) == 1
+    assert err[0].startswith("stacks.py: app is locked by release 2.0 of alice")
+    assert "there is no stale lock to release" in err[0] and "--wait" in err[0]
+
+
+def test_lock_release_of_a_free_lock(api, capsys):
+    api.payload = {"app": {"stacks": {}, "routes": {}, "generation": 3, "lock": None}}
+    assert _view(api, capsys, "lock", "release", "-a", "app")[:3] == (
+        0, ["app is not locked: nothing to release"], [])
+
+
+def test_details_prints_each_container(api, capsys):
+    api.payload = {"containers": [
+        {"minion": "lab-minion", "name": "app-1.4-web-1", "version": "1.4", "slot": "a", "service": "web",
+         "replica": "1", "image": "pigeon/demoapp:1.4", "state": "running", "status": "Up 2 minutes (healthy)",
+         "health": "healthy", "created": time.time() - 125, "ports": []}], "problems": ["app2: no answer"]}
+    code, out, err, sent = _view(api, capsys, "details", "-a", "app", "-V", "1.4")
+    assert sent["fun"] == "stacks.details" and sent["kwarg"] == {"app": "app", "version": "1.4"}
+    assert code == 0 and err == []
+    assert out[0].split() == ["app-1.4-web-1", "healthy", "slot", "a", "on", "lab-minion", "image",
+                              "pigeon/demoapp:1.4", "started", "2", "min", "ago", "ports", "-"]
+    assert out[1] == "  PROBLEM: app2: no answer"
+
+
+def test_logs_prints_each_line_after_its_container(api, capsys):
+    api.payload = {"logs": {"lab-minion": {"app-1.4-web-2": "2026-12-04T03:00:01Z b\n",
+                                           "app-1.4-web-1": "2026-12-04T03:00:00Z a1\n2026-12-04T03:00:02Z a2\n"}},
+                   "problems": []}
+    code, out, err, sent = _view(api, capsys, "logs", "-a", "app", "--service", "web", "--tail", "5")
+    assert sent["fun"] == "stacks.logs" and sent["kwarg"] == {"app": "app", "service": "web", "tail": 5}
+    assert code == 0 and err == []
+    assert out == ["app-1.4-web-1 | 2026-12-04T03:00:00Z a1", "app-1.4-web-1 | 2026-12-04T03:00:02Z a2",
+                   "app-1.4-web-2 | 2026-12-04T03:00:01Z b"]
+
+
+@pytest.mark.parametrize("argv", [("details", "-a", "ghost"), ("logs", "-a", "ghost")])
+def test_views_of_an_unknown_app_are_one_line(api, capsys, argv):
+    api.payload = {"refused": "unknown app 'ghost': no stacks:ghost in the master's pillar and nothing in "
+                              "the registry; did you mean app?"}
+    code, out, err, _ = _view(api, capsys, *argv)
+    assert code == errors.EXIT_FAILED and out == []
+    assert err == [f"stacks.py: {argv[0]} refused: {api.payload['refused']}"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["details"], "details needs --app-name"),
+    (["logs", "-a", "app", "--tail", "0"], "--tail: a whole number from 1 to 10000"),
+    (["logs", "-a", "app", "--service", "web;id"], "--service 'web;id'"),
+    (["status", "release"], "'release' after status is not an option"),
+    (["lock", "drop", "-a", "app"], "lock 'drop': use lock status or lock release"),
+    (["watch", "-a", "app"], "watch needs the job id an action printed (20 digits)"),
+    (["watch", "123; id", "-a", "app"], "watch needs the job id"),
+    (["watch", "20261204031000123456"], "watch needs --app-name"),
+])
+def test_view_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_args(argv + ["--saltapi-url", "https://salt:8000"])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_watch_follows_a_running_action_to_its_outcome(api, capsys):
+    plan, ret, done = with_loadbal()
+    api.script(plan, ret, done)
+    api.by_fun["stacks.status"] = {"app": {"stacks": {}, "routes": {}, "generation": 1, "lock": HOLDER}}
+    api.started.set()  # the action runs: its events come
+    code = cli.main(_argv(api, action=("watch", JID, "-a", "app")))
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0, out
+    assert out[0] == f"watching job {JID} on app through {api.url}"
+    assert [ln.split()[0] for ln in out[1:-1]] == ["loadbal", "containers", "routes"]  # once each, as they ended
+    assert out[-1] == "app rec-1 released in slot a"
+
+
+def test_watch_of_an_action_that_ended_shows_its_history_entry(api, capsys):
+    api.by_fun["stacks.status"] = {"app": {"stacks": {}, "routes": {}, "generation": 1, "lock": None}}
+    api.by_fun["stacks.history"] = [{"action": "release", "version": "1.4", "result": "failed",
+                                     "finished": "2026-12-04T03:00:00Z", "error": "step containers failed: x"}]
+    code = cli.main(_argv(api, action=("watch", JID, "-a", "app")))
+    captured = capsys.readouterr()
+    assert code == errors.EXIT_FAILED
+    assert captured.out.splitlines()[-1] == ("no action of app runs now; the last one recorded: release 1.4 "
+                                             "failed at 2026-12-04T03:00:00Z")
+    assert captured.err.splitlines() == ["stacks.py: the last action on app ended failed: step containers failed: x"]
+
+
+def test_ctrl_c_detaches_and_says_how_to_watch(api, capsys, monkeypatch):
+    api.script(*with_loadbal())
+
+    def interrupted(step):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "step_line", lambda step: interrupted(step))
+    assert cli.main(_argv(api)) == errors.EXIT_FAILED
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"stacks.py: interrupted; detached from job {JID}, which goes on on the master: follow it "
+                   f"with ./stacks.py watch {JID} --app-name app, or see ./stacks.py status"]
+
+
+def test_a_step_started_in_parallel_is_shown_with_the_outcome_not_as_failed(api):
+    """A parallel state's only progress event is its start (result None): its line comes with
+    the outcome, never as FAILED."""
+    plan, ret, done = with_loadbal()
+    api.script(plan, ret, done)
+    for n, (tag, data) in enumerate(api.events):
+        state = data.get("ret") or {}
+        if "/prog/" in tag and state.get("__run_num__") == 0:  # loadbal, parallel: True
+            api.events[n] = (tag, dict(data, ret=dict(state, result=None, duration=None,
+                                                      comment="Started in a separate process")))
+    lines, report = _run(api)
+    assert [ln.split()[:2] for ln in lines[1:-2]] == [["containers", "ok"], ["routes", "ok"], ["loadbal", "ok"]]
+    assert report["ok"] is True

@@ -74,3 +74,38 @@ def test_drift_names_the_containers_that_are_not_healthy_and_spares_the_work_in_
         "app 0.9: containers that the registry does not know (left by an interrupted action, or a failed "
         "release kept with --keep-failed); the next release removes them, or run: stacks.py deactivate "
         "--app-name app --version 0.9"]
+
+
+@pytest.mark.parametrize("fun", ["details", "logs"])
+def test_the_container_views_are_refused_for_an_unknown_app(views, fun):
+    assert getattr(views, fun)(app="ap")["refused"].endswith("did you mean app?")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"app": "app", "tail": 0}, "tail"), ({"app": "app", "tail": "5"}, "tail"),
+    ({"app": "app", "service": "web; id"}, "service"), ({"app": "app", "version": "../x"}, "version"),
+    ({"app": "app", "follow": True}, "unknown key 'follow'"),
+])
+def test_the_logs_view_takes_only_its_keys(views, kwargs, message):
+    assert message in views.logs(**kwargs)["refused"]
+
+
+def test_the_container_views_ask_the_apps_minions(views, monkeypatch):
+    views.__utils__["pigeon_registry.definitions"] = lambda: {"app": {"config": {"target": "app*"}}}
+    asked = []
+
+    def ask(tgt, tgt_type, fun, timeout=10, **kwarg):
+        asked.append((tgt, tgt_type, fun, kwarg))
+        if fun == "stack_containers.details":
+            return {"app1": [{"name": "app-1.4-web-1"}], "app2": "ERROR: docker does not answer\nmore"}
+        return {"app1": {"app-1.4-web-1": "a line\n"}}
+
+    monkeypatch.setattr(views, "_ask", ask)
+    assert views.details(app="app", version="1.4") == {
+        "containers": [{"name": "app-1.4-web-1", "minion": "app1"}],
+        "problems": ["app2: ERROR: docker does not answer"]}
+    assert views.logs(app="app", service="web", tail=5) == {
+        "logs": {"app1": {"app-1.4-web-1": "a line\n"}}, "problems": []}
+    assert asked == [
+        ("app*", "glob", "stack_containers.details", {"app": "app", "version": "1.4"}),
+        ("app*", "glob", "stack_containers.logs", {"app": "app", "version": None, "service": "web", "tail": 5})]

@@ -395,3 +395,91 @@ def remove_leftovers(app, keep):
     for name, (version, _) in sorted(found.items()):
         removed.setdefault(version, []).append(name)
     return removed
+
+
+# ---------------------------------------------------------------------------
+# the operator's views: what runs, and what it says
+def _stack_containers(client, app, version=None, service=None):
+    """docker's list entries of the app's containers (one version's, one service's, or all)."""
+    wanted = [f"pigeon.app={app}"] + ([f"pigeon.version={version}"] if version is not None else [])
+    wanted += [f"pigeon.service={service}"] if service is not None else []
+    return client.containers(all=True, filters={"label": wanted})
+
+
+def _viewed(app, what):
+    """Run what(client) with a client of its own; docker not answering is one line."""
+    try:
+        client = _client(_docker_url())
+        try:
+            return what(client)
+        finally:
+            client.close()
+    except CommandExecutionError:
+        raise
+    except Exception as exc:  # pylint: disable=broad-except  (docker down, a broken connection)
+        raise CommandExecutionError(f"{app}: docker does not answer: {type(exc).__name__}: {exc}") from exc
+
+
+def details(app, version=None):
+    """
+    The app's containers on this minion (one version's, or all), one dict each: name,
+    version, slot, service, replica, image, state, status (docker's words, with the health),
+    health, created (seconds since the epoch), ports (published, "host:port->port/proto").
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'app*' stack_containers.details app 1.4
+    """
+    def what(client):
+        found = []
+        for info in _stack_containers(client, app, version):
+            labels = info.get("Labels") or {}
+            status = str(info.get("Status") or "")
+            found.append({
+                "name": ((info.get("Names") or ["?"])[0]).lstrip("/"),
+                "version": labels.get("pigeon.version"), "slot": labels.get("pigeon.slot"),
+                "service": labels.get("pigeon.service"), "replica": labels.get("pigeon.replica"),
+                "image": info.get("Image"), "state": info.get("State"), "status": status,
+                "health": _health_of_status(status, info.get("State")),
+                "created": info.get("Created"),
+                "ports": sorted(f"{p.get('IP', '')}:{p['PublicPort']}->{p.get('PrivatePort')}/{p.get('Type')}"
+                                for p in info.get("Ports") or [] if p.get("PublicPort")),
+            })
+        return sorted(found, key=lambda c: (str(c["version"]), c["name"]))
+
+    return _viewed(app, what)
+
+
+def _health_of_status(status, state):
+    """healthy, unhealthy, starting, running (no HEALTHCHECK) or the container's state, from
+    docker's list entry (its Status text says the health in brackets)."""
+    if state != "running":
+        return state or "unknown"
+    for word in ("unhealthy", "health: starting", "healthy"):
+        if f"({word})" in status:
+            return word.replace("health: ", "")
+    return "running"
+
+
+def logs(app, version=None, service=None, tail=100):
+    """
+    The last ``tail`` lines of each of the app's containers on this minion (one version's,
+    one service's, or all), time-stamped by docker: {container name: text}.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'app*' stack_containers.logs app 1.4 service=web tail=20
+    """
+    def what(client):
+        found = {}
+        for info in _stack_containers(client, app, version, service):
+            name = ((info.get("Names") or ["?"])[0]).lstrip("/")
+            text = client.logs(name, stdout=True, stderr=True, timestamps=True, tail=int(tail))
+            found[name] = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+        return found
+
+    return _viewed(app, what)

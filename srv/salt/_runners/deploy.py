@@ -74,7 +74,7 @@ def _action(action, args, kwargs):
     return {"outcome": outcome}
 
 
-def _run(action, values, source):
+def _run(action, values, source, user=None):
     """
     Carry out an action: take the app's deploy lock (waiting ``wait`` seconds), make the
     plan on the registry it now holds, run the plan's steps (orch/<action>.sls, the plan as
@@ -82,15 +82,18 @@ def _run(action, values, source):
     outcome (``pigeon_outcome``). A process that dies on the way holds no lock: the kernel
     releases it (``pigeon_lock``).
     """
-    app, version, user = values["app"], values.get("version"), _user()
+    app, version, user = values["app"], values.get("version"), user or _user()
     request = {"action": action, "app": app, "version": version}
-    definition = _utils("pigeon_registry.definitions")().get(app)
-    checked, refusal = _utils("pigeon_plan.check")(app, action, version, definition)
+    definitions = _utils("pigeon_registry.definitions")()
+    definition = definitions.get(app)
+    checked, refusal = _utils("pigeon_plan.check")(app, action, version, definition, known=list(definitions))
     if refusal:  # an unknown app or a broken pillar: no lock taken, nothing recorded
         return _utils("pigeon_outcome.refused")(request, refusal)
     request["version"] = checked
     # a webhook cannot wait for the lock: it is told to send again
     hint = {"hint": "send the request again when it ends"} if source == "reactor" else {}
+    if values.get("wait") and source != "reactor":
+        _announce_wait(app, values["wait"])
     held, refusal = _utils("pigeon_registry.lock")(app, action, checked, user, values.get("wait", 0), **hint)
     if refusal:
         _utils("pigeon_plan.refused")(app, action, checked, refusal, user=user, source=source)
@@ -110,7 +113,8 @@ def _run(action, values, source):
             if source != "reactor":  # the reactor's threads share this module's __jid__: no progress
                 _announce(planned)
             ret = _utils("pigeon_orchestrate.run")(
-                action, planned, jid=globals().get("__jid__") if source != "reactor" else None, user=user)
+                action, planned, jid=globals().get("__jid__") if source != "reactor" else None,
+                user=globals().get("__user__"))
             outcome = _utils("pigeon_outcome.build")(planned, ret)
         if outcome["ok"]:
             outcome["changed"] = _utils("pigeon_plan.commit")(app, planned, held, source=source)
@@ -138,22 +142,41 @@ def _run(action, values, source):
 def _announce(planned):
     """Tell the client which state is which step before they run (event salt/run/<jid>/steps):
     the progress events of the orchestration name states, the client shows steps."""
+    _tell({"steps": {s["id"]: s["step"] for s in planned["steps"]}}, "steps")
+
+
+def _announce_wait(app, wait):
+    """Tell the client that the action waits for another's lock, and whose (event
+    salt/run/<jid>/waiting: the holder's action, version, user, since; the wait in seconds)."""
+    try:
+        held = _utils("pigeon_registry.holder")(app)
+    except Exception:  # pylint: disable=broad-except  (a courtesy: the lock itself says the rest)
+        log.debug("deploy: could not read the lock of %s", app, exc_info=True)
+        return
+    if held:
+        _tell({"holder": {k: held.get(k) for k in ("action", "version", "user", "since")}, "wait": wait},
+              "waiting")
+
+
+def _tell(data, suffix):
+    """An event of this runner job (salt/run/<jid>/<suffix>) for the client that follows it."""
     event = globals().get("__jid_event__")
     if event is None:
         return
     try:
-        event.fire_event({"steps": {s["id"]: s["step"] for s in planned["steps"]}}, "steps")
+        event.fire_event(data, suffix)
     except Exception:  # pylint: disable=broad-except
-        log.debug("deploy: could not announce the steps", exc_info=True)
+        log.debug("deploy: could not tell the client %s", suffix, exc_info=True)
 
 
 def _dry_run(action, values):
     """What the action would do: the plan its orchestration would make, from the same planning
     code (pigeon_plan.make) on the registry as it is, without the lock; nothing is changed or
     recorded. {"dry_run": plan}, or {"refused": the line the action would give}."""
+    definitions = _utils("pigeon_registry.definitions")()
     planned = _utils("pigeon_plan.make")(
         values["app"], action, version=values.get("version"), force=values.get("force", False),
-        definition=_utils("pigeon_registry.definitions")().get(values["app"]),
+        definition=definitions.get(values["app"]), known=list(definitions),
         expect_revision=values.get("expect_revision"), keep_failed=values.get("keep_failed", False))
     if planned.get("error"):
         return _refuse(planned["error"])
@@ -308,7 +331,7 @@ def ci_event(event=None, tag="", **kwargs):
     if refusal:
         return _reject(tag, refusal)
     started = time.monotonic()
-    done = _run(action, checked, "reactor")
+    done = _run(action, checked, "reactor", user=f"ci ({via})")
     outcome = {"app": checked["app"], "version": done.get("version") or checked.get("version"),
                "action": action, "via": via, "ok": done["ok"], "error": done["error"],
                "step": done.get("failed_step"), "seconds": round(time.monotonic() - started, 3),

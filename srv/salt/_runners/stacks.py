@@ -1,8 +1,9 @@
 """
 Runner ``stacks``: the registry's views, read-only. ``status`` (per app, each
 stack's version, state and slot, the routes, the lock, and what really runs
-with the drift from the registry) and ``history`` are what salt-api's deploy
-user may call besides the deploy runner (``_runners/deploy.py``, the door of
+with the drift from the registry), ``history``, ``details`` (each container as
+docker has it on the app's minions) and ``logs`` (their last lines) are what
+salt-api's deploy user may call besides the deploy runner (``_runners/deploy.py``, the door of
 the actions); their arguments pass the same schema (``_utils/pigeon_schema.py``).
 ``routes`` is every app's routes, for an operator on the master.
 
@@ -187,6 +188,68 @@ def history(*args, **kwargs):
     if unknown:
         return _refuse(unknown)
     return _registry("history")(values["app"], values.get("limit", 20))
+
+
+def _config_minions(name, fun, **kwarg):
+    """Call ``fun`` on the minions of app ``name`` (``stacks:<name>:config:target``): (answers,
+    problems), ``answers`` {minion: return}, ``problems`` one line per minion that failed or
+    did not answer."""
+    definition = _registry("definitions")().get(name) or {}
+    config = definition.get("config") or {}
+    answers = _ask(config.get("target"), config.get("target_type", "glob"), fun, timeout=30, **kwarg)
+    problems = [f"{minion}: {str(ret).splitlines()[0][:200] if str(ret) else 'no answer'}"
+                for minion, ret in answers.items() if not isinstance(ret, (list, dict))]
+    if not answers:
+        problems.append(f"no answer from {config.get('target')}")
+    return {m: r for m, r in answers.items() if isinstance(r, (list, dict))}, problems
+
+
+def details(*args, **kwargs):
+    """
+    The app's containers as docker has them on every minion of ``config.target`` (one
+    version's, or all): {"containers": [{minion, name, version, slot, service, replica, image,
+    state, status, health, created, ports}], "problems": [one line per minion that failed]}.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run stacks.details app=app version=1.4
+    """
+    values, refused = _door("details", args, kwargs)
+    if refused:
+        return refused
+    app = values["app"]
+    unknown = _unknown(app, _registry("definitions")())
+    if unknown:
+        return _refuse(unknown)
+    answers, problems = _config_minions(app, "stack_containers.details", app=app, version=values.get("version"))
+    containers = [dict(c, minion=minion) for minion, found in sorted(answers.items()) for c in found]
+    return {"containers": containers, "problems": problems}
+
+
+def logs(*args, **kwargs):
+    """
+    The last ``tail`` lines (default 100) of the app's containers on every minion of
+    ``config.target`` (one version's, one service's, or all), time-stamped by docker:
+    {"logs": {minion: {container: text}}, "problems": [one line per minion that failed]}.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run stacks.logs app=app version=1.4 service=web tail=20
+    """
+    values, refused = _door("logs", args, kwargs)
+    if refused:
+        return refused
+    app = values["app"]
+    unknown = _unknown(app, _registry("definitions")())
+    if unknown:
+        return _refuse(unknown)
+    answers, problems = _config_minions(app, "stack_containers.logs", app=app, version=values.get("version"),
+                                        service=values.get("service"), tail=values.get("tail", 100))
+    return {"logs": answers, "problems": problems}
 
 
 def routes(**kwargs):

@@ -11,10 +11,10 @@ The orchestrations read nothing of that pillar (``orch/steps.jinja`` reads
 0.4 s before every action's first step. Salt's ``HighState`` takes the pillar
 it is given (``initial_pillar``) instead of compiling one.
 
-The return is shaped as ``state.orchestrate``'s (``{"data": {<id>_master:
+The return is shaped as ``state.orchestrate``'s (``{"data": {<master id>:
 states or errors}, "outputter": "highstate", "retcode": 0|1}``), which ``pigeon_outcome.build`` reads;
-progress events go out as the master's ``state_events`` config says, under the
-``jid`` given (the deploy runner's, so the CLI follows them).
+a progress event goes out on the master's bus as each state ends (``_progress``),
+under the ``jid`` given (the deploy runner's, so the CLI shows each step as it ends).
 
 Reached as ``__utils__["pigeon_orchestrate.run"]`` from the deploy runner;
 unit tests replace it with recorded returns, the integration tests run it.
@@ -52,8 +52,29 @@ def run(action, plan, jid=None, user=None):
             if errors:  # the SLS did not render: a list of lines, as state.sls returns them
                 log.error("pigeon: orch.%s did not render: %s", action, errors)
                 return {"data": {opts["id"]: errors}, "outputter": "highstate", "retcode": 1}
+            # a progress event as each state ends, whatever the master's state_events says
+            # (Salt's own State.event sends none on a master: its opts say local)
+            highstate.state.event = _progress(opts, jid)
             running = highstate.state.call_high(high, jid)
         finally:
             highstate.pop_active()
     data = {opts["id"]: running}
     return {"data": data, "outputter": "highstate", "retcode": 0 if salt.utils.state.check_result(data) else 1}
+
+
+def _progress(opts, jid):
+    """State.event for this run: the event Salt sends with ``state_events`` on a minion
+    (salt/job/<jid>/prog/<id>/<run number>, {"ret": the state's return, "len": states}),
+    fired on the master's own event bus. A state that is started in parallel reports here
+    when it starts (result None); its end is in the orchestration's return."""
+    import salt.utils.event  # pylint: disable=import-outside-toplevel
+
+    def event(chunk_ret, length, fire_event=False):  # pylint: disable=unused-argument
+        tag = salt.utils.event.tagify([jid, "prog", opts["id"], str(chunk_ret.get("__run_num__"))], "job")
+        try:
+            with salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=False) as bus:
+                bus.fire_event({"ret": chunk_ret, "len": length}, tag)
+        except Exception:  # pylint: disable=broad-except  (progress is a courtesy: the run goes on)
+            log.debug("pigeon: could not send the progress of %s", chunk_ret.get("__id__"), exc_info=True)
+
+    return event

@@ -127,6 +127,16 @@ def build(plan, ret):
             failures.append((skipped, step))
         cleaned |= _leftovers(state)
         steps.append(step)
+    # a step of the plan with no state in the result never ran: the SLS does not have it
+    ran = {state.get("__id__") for state in states}
+    for planned in plan.get("steps") or []:
+        if planned["id"] not in ran:
+            step = {"step": planned["step"], "result": False, "skipped": False, "seconds": 0.0,
+                    "comment": f"not in the orchestration's result (no state {planned['id']} in "
+                               f"orch/{plan.get('action')}.sls): the SLS files and the synced modules "
+                               "may not match; run salt-run saltutil.sync_all on the master"}
+            failures.append((False, step))
+            steps.append(step)
     # the step that failed first for a reason of its own (not because another failed)
     failed = min(failures, key=lambda f: f[0])[1] if failures else None
     ok = failed is None and ret.get("retcode", 0) in (0, None)

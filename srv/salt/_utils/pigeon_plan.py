@@ -17,6 +17,8 @@ deploy lock from before ``make`` to after ``commit`` or ``abort``:
 Reached as ``__utils__["pigeon_plan.<fun>"]``; unit tests load it by path and set ``_LOADER``.
 """
 
+import difflib
+
 _LOADER = None
 
 
@@ -37,18 +39,22 @@ def _is_transition_error(exc):
     return type(exc).__name__ == "TransitionError"
 
 
-def check(app, action, version=None, definition=None):
+def check(app, action, version=None, definition=None, known=()):
     """
     What can be checked without the registry: the app's definition (the ``stacks:<app>``
     pillar, through the schema) and the version. Returns (version, None), the version to
     act on (a release without one takes the pillar's), or (None, why not: one line). The
     deploy runner asks this before it takes the lock, so that an unknown app or a broken
-    pillar neither waits for a lock nor leaves a lock file.
+    pillar neither waits for a lock nor leaves a lock file. ``known``: the apps of the
+    pillar, for the closest name when ``app`` is none of them.
     """
     try:
         _utils("pigeon_schema.check_app")(app)
         _utils("pigeon_schema.check_definition")(app, definition)
     except ValueError as exc:  # pigeon_schema.Invalid
+        close = difflib.get_close_matches(app, sorted(set(known) - {app}), n=1) if definition is None else []
+        if close:
+            return None, f"unknown app {app!r}: no stacks:{app} in the master's pillar; did you mean {close[0]}?"
         return None, str(exc)
     try:
         count, services = _utils("pigeon_definition.services")(definition)
@@ -69,12 +75,13 @@ def check(app, action, version=None, definition=None):
     return version, None
 
 
-def make(app, action, version=None, force=False, definition=None, expect_revision=None, keep_failed=False):
+def make(app, action, version=None, force=False, definition=None, expect_revision=None, keep_failed=False,
+         known=()):
     """
     The plan of ``action`` on the registry as it is now, or {"error": one line}.
-    ``definition`` is the app's ``stacks:<app>`` pillar.
+    ``definition`` is the app's ``stacks:<app>`` pillar; ``known``, the pillar's apps.
     """
-    version, refusal = check(app, action, version, definition)
+    version, refusal = check(app, action, version, definition, known)
     if refusal:
         return {"error": refusal}
     entry = _utils("pigeon_registry.load")(app)

@@ -13,6 +13,7 @@ the ext_pillar ``_pillar/pigeon_registry.py`` reads the same bank.
 """
 
 import datetime
+import fcntl
 import logging
 import os
 import time
@@ -83,10 +84,21 @@ def _duration(started):
 
 
 def history_add(app, entry):
-    cache = _cache()
-    items = cache.fetch(HISTORY, app) or []
-    items.append(entry)
-    cache.store(HISTORY, app, items[-HISTORY_KEEP:])
+    """Append one entry to the app's history. Writers take turns (an flock of their own, held
+    for the read and the write only): a refusal is recorded without the deploy lock, maybe
+    while an action records its end under it, and neither entry may be lost."""
+    directory = _lock_dir()
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(directory, f"{app}.history"),
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        cache = _cache()
+        items = cache.fetch(HISTORY, app) or []
+        items.append(entry)
+        cache.store(HISTORY, app, items[-HISTORY_KEEP:])
+    finally:
+        os.close(fd)  # the flock goes with it
 
 
 def history(app, limit=20):

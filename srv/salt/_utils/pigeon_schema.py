@@ -3,8 +3,8 @@ The one door: every value that reaches Pigeon from outside is checked here,
 once, against a declared schema, before anything acts on it.
 
 Outside means: the keyword arguments a salt-api user sends to the deploy
-runner (``_runners/deploy.py``: ``deploy.release`` ... and ``stacks.status``,
-``stacks.history``), the fields of a CI webhook body or CI minion event
+runner (``_runners/deploy.py``: ``deploy.release`` ... and the views
+``stacks.status``, ``stacks.history``, ``stacks.details``, ``stacks.logs``), the fields of a CI webhook body or CI minion event
 (``deploy.ci_event``), and the ``stacks:<app>`` pillar an author writes
 (``check_definition``, called by ``stacks.plan``). ``stacks.py`` checks its
 own arguments with the same rules before it sends them.
@@ -134,6 +134,11 @@ REQUESTS = {
     "rollback": {"app": (APP, True), "wait": (WAIT, False), **LOOK},
     "status": {"app": (APP, False), "observe": (FLAG, False)},
     "history": {"app": (APP, True), "limit": (Integer(0, 500), False)},
+    "details": {"app": (APP, True), "version": (VERSION, False)},
+    "logs": {"app": (APP, True), "version": (VERSION, False),
+             "service": (Text(NAME_RE, "1-64 letters, digits, '_', '.', '-', starting with a letter or digit",
+                              noun="a service name"), False),
+             "tail": (Integer(1, 10000), False)},
     # a CI webhook body or CI minion event (deploy.ci_event), after its signature was checked
     "ci": {"action": (OneOf(*ACTIONS), True), "app": (APP, True), "version": (VERSION, False),
            "timestamp": (Integer(0, 2**40), False),
