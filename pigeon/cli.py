@@ -23,7 +23,7 @@ from pigeon.help import COMMANDS, command_help
 from pigeon.saltapi import SaltApi, TokenCache, token_cache_path
 
 ACTIONS = ("release", "activate", "deactivate", "rollback")
-VIEWS = ("status", "history", "details", "logs", "lock", "watch")
+VIEWS = ("status", "history", "details", "logs", "proxy", "lock", "watch", "cancel", "prune")
 MAX_WAIT = 3600  # the deploy runner's bound of wait (pigeon_schema.MAX_WAIT)
 APP_SHAPE = re.compile(r"[a-z][a-z0-9_-]{0,40}")  # pigeon_schema.APP_RE
 VERSION_SHAPE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # pigeon_schema.VERSION_RE
@@ -54,7 +54,7 @@ def parse_args(argv):
                "credentials refused, 4 deadline passed.")
     parser.add_argument("command", nargs="?", choices=ACTIONS + VIEWS, metavar="ACTION",
                         help="release | activate | deactivate | rollback | status | history | details "
-                             "| logs | lock | watch")
+                             "| logs | proxy | lock | watch | cancel | prune")
     parser.add_argument("subject", nargs="?", metavar="status|release|JOB",
                         help="lock: status (the default) or release; watch: the job id an action printed")
     parser.add_argument("--action", choices=ACTIONS, help="the original form of ACTION")
@@ -80,6 +80,8 @@ def parse_args(argv):
     parser.add_argument("--verbose", "-v", action="store_true", help="tracebacks and raw answers")
     parser.add_argument("--limit", type=int, default=20, help="history: how many entries")
     parser.add_argument("--service", default=None, help="logs: one service's containers only")
+    parser.add_argument("--keep", type=int, default=3, metavar="N",
+                        help="prune: keep the images of the N newest versions no stack uses (0-100)")
     parser.add_argument("--tail", type=int, default=100, metavar="N",
                         help="logs: the last N lines of each container (1-10000)")
     parser.add_argument("--saltapi-url", default=env.get("SALTAPI_URL"))
@@ -111,7 +113,7 @@ def parse_args(argv):
     elif args.subject and args.command not in ("lock", "watch"):
         parser.error(f"{args.subject[:40]!r} after {args.command} is not an option (only lock and watch "
                      "take one)")
-    if args.command in ACTIONS + ("history", "details", "logs", "lock", "watch") and not args.app:
+    if args.command in ACTIONS + VIEWS[1:] and not args.app:
         parser.error(f"{args.command} needs --app-name")
     if args.command == "deactivate" and not args.version:
         parser.error("deactivate needs --version")
@@ -126,10 +128,14 @@ def parse_args(argv):
         parser.error("--force applies to deactivate only")
     if args.keep_failed and args.command != "release":
         parser.error("--keep-failed applies to release only")
-    if (args.dry_run or args.expect_revision is not None) and args.command not in ACTIONS:
+    if args.dry_run and args.command == "prune":
+        pass
+    elif (args.dry_run or args.expect_revision is not None) and args.command not in ACTIONS:
         parser.error(f"--{'dry-run' if args.dry_run else 'expect-revision'} applies to actions only")
     if args.limit < 0 or args.limit > 500:
         parser.error("--limit: a whole number from 0 to 500")
+    if not 0 <= args.keep <= 100:
+        parser.error("--keep: a whole number from 0 to 100")
     if not 1 <= args.tail <= 10000:
         parser.error("--tail: a whole number from 1 to 10000")
     if args.service is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", args.service):
@@ -249,6 +255,7 @@ def run_action(client, args, out):
 
     def show(step):
         """One line per step as it finishes (progress events), skipping steps that did not run."""
+        args.stepped = True
         if ticker:
             ticker.clear(step_ended=True)
         if step.get("skipped"):
@@ -258,6 +265,7 @@ def run_action(client, args, out):
 
     def waiting(data):
         """One line when the action waits for another's lock: whose, and for how long at most."""
+        args.waiting = True
         if ticker:
             ticker.clear()
         holder = data.get("holder") or {}
@@ -427,7 +435,7 @@ def show_status(client, args, out):
     return status
 
 
-def watch_action(client, args, out):
+def watch_action(client, args, out, before=None):
     """Follow an action started elsewhere (its job id) to its end, and print its outcome as the
     action itself would; when it already ended, its entry in the history."""
     out(f"watching job {args.subject} on {args.app} through {client.url}")
@@ -443,7 +451,8 @@ def watch_action(client, args, out):
             out(step_line(step))
 
     try:
-        answer = client.watch(args.subject, args.app, on_step=show, on_tick=ticker.tick if ticker else None)
+        answer = client.watch(args.subject, args.app, on_step=show, on_tick=ticker.tick if ticker else None,
+                              before=before)
     finally:
         if ticker:
             ticker.clear()
@@ -471,6 +480,64 @@ def watch_action(client, args, out):
                           dict(outcome, job=args.subject))
     out((outcome.get("changed") or {}).get("message") or "done")
     return dict(outcome, job=args.subject)
+
+
+def cancel_waiting(client, args, out):
+    """Stop the actions of the app that wait for its lock; the one holding it runs on."""
+    answer = client.runner("deploy.cancel", kwarg={"app": args.app})
+    if isinstance(answer, dict) and isinstance(answer.get("refused"), str):
+        raise StacksError(f"cancel refused: {answer['refused']}")
+    done = answer.get("cancel") if isinstance(answer, dict) else None
+    if not isinstance(done, dict):
+        raise StacksError(f"deploy.cancel failed: {first_line(str(answer))}")
+    out(f"the actions of {args.app} that waited for its lock stop now; nothing of them ran")
+    holder = done.get("holder")
+    out(f"{args.app} is locked by {lock_holder(holder)}: that action runs on to its end" if holder
+        else f"{args.app} is not locked")
+    return done
+
+
+def prune_images(client, args, out):
+    """Remove the images of the app's versions that no stack uses (see deploy.prune)."""
+    kwarg = {"app": args.app, "keep_last": args.keep}
+    if args.dry_run:
+        kwarg["dry_run"] = True
+    answer = client.runner("deploy.prune", kwarg=kwarg)
+    if isinstance(answer, dict) and isinstance(answer.get("refused"), str):
+        raise StacksError(f"prune refused: {answer['refused']}")
+    done = answer.get("prune") if isinstance(answer, dict) else None
+    if not isinstance(done, dict):
+        raise StacksError(f"deploy.prune failed: {first_line(str(answer))}")
+    verb = "would remove" if done.get("dry_run") else "removed"
+    for minion, removed in sorted((done.get("removed") or {}).items()):
+        kept = (done.get("kept") or {}).get(minion) or []
+        out(f"{minion}: {verb} {len(removed)} images, kept {len(kept)}")
+        for tag in removed:
+            out(f"  {verb} {tag}")
+        for tag in kept:
+            out(f"  kept {tag}")
+    if done.get("errors"):
+        raise StacksError(f"prune of {args.app}: {done['errors'][0]}"
+                          + (f" (and {len(done['errors']) - 1} more)" if len(done["errors"]) > 1 else ""),
+                          EXIT_FAILED, done)
+    return done
+
+
+def _cancel_on_interrupt(client, args, out):
+    """Ctrl-C while the action waited for the lock (no step ran): cancel it, and follow it to
+    its end to say so (it had taken the lock meanwhile: then it is followed to its end, and a
+    second Ctrl-C detaches)."""
+    print("stacks.py: interrupted while waiting for the lock: cancelling", file=sys.stderr)
+    try:
+        args.subject = args.job
+        watch_action(client, args, out, before=lambda: client.runner("deploy.cancel", kwarg={"app": args.app}))
+    except StacksError as exc:
+        print(f"stacks.py: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print(f"stacks.py: interrupted; detached from job {args.job}: follow it with ./stacks.py watch "
+              f"{args.job} --app-name {args.app}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def lock_holder(lock):
@@ -553,6 +620,35 @@ def show_logs(client, args, out):
     return answer
 
 
+def show_proxy(client, args, out):
+    """Per load balancer, per slot: the version in it, its servers as HAProxy checks them, and
+    its counters (sessions, responses by class, errors)."""
+    answer = _view(client, "stacks.proxy", args)
+    slots = answer.get("slots") or {}
+    for minion, seen in sorted((answer.get("balancers") or {}).items()):
+        routes = seen.get("routes") or {}
+        out(f"{minion}: " + ", ".join(f"{key} -> {value}" for key, value in sorted(routes.items())))
+        for slot, info in sorted(slots.items()):
+            stat = (seen.get("backends") or {}).get(info.get("backend"))
+            if stat is None:
+                out(f"  slot {slot} ({info.get('backend')}): not in HAProxy")
+                continue
+            c, servers = stat.get("counters") or {}, stat.get("servers") or []
+            up = sum(1 for s in servers if str(s.get("status", "")).startswith("UP"))
+            named = [s for s in servers if s.get("addr")]  # a server-template slot with no address is idle
+            version = f"{info.get('version')} {info.get('state')}" if info.get("version") else "empty"
+            out(f"  slot {slot} ({version}): {up}/{len(named)} UP  sessions {c.get('scur', 0)} now, "
+                f"{c.get('stot', 0)} in all  responses 2xx {c.get('hrsp_2xx', 0)} 4xx {c.get('hrsp_4xx', 0)} "
+                f"5xx {c.get('hrsp_5xx', 0)}  errors conn {c.get('econ', 0)} resp {c.get('eresp', 0)}  "
+                f"retries {c.get('wretr', 0)} redispatched {c.get('wredis', 0)}")
+            for server in named:
+                out(f"    {server.get('name'):<4} {server.get('addr'):<21} {server.get('status'):<6} "
+                    f"check {server.get('check_status') or '-'}  sessions {server.get('scur', 0)}")
+    for line in answer.get("problems") or []:
+        out(f"PROBLEM: {line}")
+    return answer
+
+
 def _age(seconds):
     seconds = max(int(seconds), 0)
     for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
@@ -593,10 +689,16 @@ def main(argv=None):
             report = show_details(client, args, out)
         elif args.command == "logs":
             report = show_logs(client, args, out)
+        elif args.command == "proxy":
+            report = show_proxy(client, args, out)
         elif args.command == "lock":
             report = show_lock(client, args, out)
         elif args.command == "watch":
             report = watch_action(client, args, out)
+        elif args.command == "cancel":
+            report = cancel_waiting(client, args, out)
+        elif args.command == "prune":
+            report = prune_images(client, args, out)
         else:
             report = show_history(client, args, out)
     except StacksError as exc:
@@ -612,6 +714,8 @@ def main(argv=None):
         print(f"stacks.py: {error}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
+        if getattr(args, "waiting", False) and not getattr(args, "stepped", False):
+            return _cancel_on_interrupt(client, args, out)
         if getattr(args, "job", None) and args.command in ACTIONS:
             print(f"stacks.py: interrupted; detached from job {args.job}, which goes on on the master: "
                   f"follow it with ./stacks.py watch {args.job} --app-name {args.app}, or see "

@@ -47,6 +47,22 @@ COMMANDS = {
               "  --service S              default: every service", "  --tail N                 default: 100 lines "
               "a container (1-10000)", "  --json                   one JSON document"],
              ["./stacks.py logs -a app -V 1.4 --service web", "./stacks.py logs -a app --tail 20"]),
+    "proxy": ("What HAProxy says of the app on each load balancer: the routes, and per slot the version "
+              "in it, its servers (address, UP/DOWN, last check, sessions) and its counters (sessions, "
+              "responses by class, connection and response errors, retries).",
+              ["  --app-name APP, -a APP   required", "  --json                   one JSON document"],
+              ["./stacks.py proxy -a app", "./stacks.py proxy -a app --json"]),
+    "cancel": ("Stop the actions of APP that wait for its deploy lock (--wait): they end refused and "
+               "nothing of them runs. The action that holds the lock runs on to its end. Ctrl-C on an "
+               "action that still waits does the same for that action.",
+               ["  --app-name APP, -a APP   required"],
+               ["./stacks.py cancel -a app", "./stacks.py cancel -a app --json"]),
+    "prune": ("Remove, on the app's minions, the images of its versions that no stack uses. Kept: the "
+              "versions in the registry, images a container uses, and the N newest other versions. "
+              "Refused while an action holds the app's lock; recorded in the history.",
+              ["  --app-name APP, -a APP   required", "  --keep N                 default: 3 (0-100)",
+               "  --dry-run                list what would go, remove nothing"],
+              ["./stacks.py prune -a app --dry-run", "./stacks.py prune -a app --keep 1"]),
     "lock": ("Who holds the app's deploy lock (lock status, the default). lock release says there is "
              "nothing stale to release: the lock is freed when its action ends, or by the kernel when "
              "its process dies; it exits 1 with the holder while an action runs.",

@@ -264,13 +264,14 @@ class SaltApi:
         finally:
             stream.close()
 
-    def watch(self, jid, app, on_step=None, on_tick=None):
+    def watch(self, jid, app, on_step=None, on_tick=None, before=None):
         """
         Follow an action started elsewhere (its job id ``jid``, on ``app``) to its end, and
         return what the deploy runner returned, as ``deploy`` does. Its steps are passed to
         ``on_step`` as they end when the runner's table of steps is seen (an action still
         waiting for the lock), else they come with the outcome. None when no action of ``app``
-        runs (the lock is free): it ended, and its end is in the history.
+        runs (the lock is free): it ended, and its end is in the history. ``before()`` is
+        called once the event stream is open (what it makes happen is not missed).
         """
         if self.token is None:
             self.login()
@@ -280,6 +281,8 @@ class SaltApi:
             raise StacksError(f"salt-api refused the token of {self.user!r} on its event stream; "
                               "check SALTAPI_USER, SALTAPI_PASS and SALTAPI_EAUTH", EXIT_API)
         try:
+            if before:
+                before()
             if self._lock_free(app, time.monotonic() + self.timeout):
                 return None
             return self._follow(stream, jid, app, on_step or (lambda step: None), None, on_tick)

@@ -196,7 +196,15 @@ def test_api_hostile_status_app(api, value):
     ("stacks.details", {"app": APP, "service": "web"}),
     ("stacks.details", {"app": APP, "version": "1.0\nx"}),
     ("stacks.details", {"app": "{{ pillar }}"}),
-], ids=range(12))
+    ("stacks.proxy", {"app": APP, "socket": "/etc/shadow"}),
+    ("stacks.proxy", {"app": ["app"]}),
+    ("deploy.cancel", {"app": APP, "version": "1.0"}),
+    ("deploy.cancel", {"app": "../../pillar/x"}),
+    ("deploy.cancel", {"app": "ghost"}),
+    ("deploy.prune", {"app": APP, "keep_last": -1}),
+    ("deploy.prune", {"app": APP, "templates": ["pigeon/base"]}),
+    ("deploy.prune", {"app": APP, "keep": ["x"]}),
+], ids=range(20))
 def test_api_hostile_views(api, fun, kwarg):
     _api_case(api, {"client": "runner", "fun": fun, "kwarg": kwarg})
 

@@ -9,7 +9,7 @@ import subprocess
 import time
 import uuid
 
-from conftest import APP, PREVIEW, REPO, new_version, reset_app
+from conftest import APP, PREVIEW, PRODUCTION, REPO, app_status, new_version, reset_app
 
 
 def docker_names(version):
@@ -86,3 +86,91 @@ def test_lock_status_and_release(stacks, env):
             release.wait(120)
         reset_app(stacks)
     assert stacks("lock", "--app-name", APP).out.strip() == f"{APP} is not locked"
+
+
+def test_proxy_shows_the_slots_servers_and_counters(stacks, get):
+    reset_app(stacks)
+    version = new_version("proxy")
+    assert stacks("release", "--app-name", APP, "--version", version).rc == 0
+    assert stacks("activate", "--app-name", APP).rc == 0
+    try:
+        def slot_counters():
+            result = stacks("proxy", "--app-name", APP, "--json")
+            assert result.rc == 0, result
+            proxy = result.json()["proxy"]
+            [slot] = [s for s, info in proxy["slots"].items() if info["version"] == version]
+            [(minion, seen)] = proxy["balancers"].items()
+            return slot, proxy["slots"][slot]["backend"], seen
+
+        slot, backend, seen = slot_counters()
+        assert seen["routes"][f"{APP}/production"] == backend
+        servers = [s for s in seen["backends"][backend]["servers"] if s["addr"]]
+        assert len(servers) == 2 and all(s["status"] == "UP" for s in servers), servers
+        before = seen["backends"][backend]["counters"]["hrsp_2xx"]
+        for _ in range(5):
+            assert get(PRODUCTION)[0] == 200
+        _, _, seen = slot_counters()
+        assert seen["backends"][backend]["counters"]["hrsp_2xx"] >= before + 5
+        text = stacks("proxy", "--app-name", APP)
+        assert text.rc == 0 and f"slot {slot} ({version} active): 2/2 UP" in text.out, text
+    finally:
+        reset_app(stacks)
+
+
+def test_cancel_stops_a_queued_action_and_it_never_runs(stacks, env):
+    reset_app(stacks)
+    version = new_version("queued")
+    run = [str(REPO / ".lab/venv/bin/python"), str(REPO / "stacks.py")]
+    release = subprocess.Popen(run + ["release", "--app-name", APP, "--version", version, "--quiet"],
+                               env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not stacks("lock", "--app-name", APP, "--json").json()["lock"]["lock"]:
+            time.sleep(0.2)
+        queued = subprocess.Popen(run + ["deactivate", "--app-name", APP, "--version", version, "--wait", "120"],
+                                  env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)  # it waits for the release's lock
+        result = stacks("cancel", "--app-name", APP)
+        assert result.rc == 0 and f"{APP} is locked by release {version} of " in result.out, result
+        out, err = queued.communicate(timeout=60)
+        assert queued.returncode == 1, (out, err)
+        assert err.strip().endswith(f"while it waited for the lock of {APP}: nothing ran"), err
+        assert "cancelled by " in err and len(err.strip().splitlines()) == 1
+        assert release.wait(120) == 0, release.communicate()
+        # the cancelled deactivate never ran: the release is there, and the history says why
+        states = {v: s["state"] for v, s in app_status(stacks)["stacks"].items()}
+        assert states == {version: "release"}, states
+        last = stacks("history", "--app-name", APP, "--limit", "3", "--json").json()["history"]
+        assert any(e["action"] == "deactivate" and e["result"] == "refused" and "cancelled by" in e["message"]
+                   for e in last), last
+    finally:
+        if release.poll() is None:
+            release.wait(120)
+        reset_app(stacks)
+
+
+def image_exists(tag):
+    return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
+
+
+def test_prune_removes_the_images_no_stack_uses(stacks):
+    reset_app(stacks)
+    gone, active = new_version("prune-gone"), new_version("prune-kept")
+    assert stacks("release", "--app-name", APP, "--version", gone).rc == 0
+    assert stacks("deactivate", "--app-name", APP, "--version", gone).rc == 0
+    assert stacks("release", "--app-name", APP, "--version", active).rc == 0
+    try:
+        assert image_exists(f"pigeon/demoapp:{gone}") and image_exists(f"pigeon/demoapp:{active}")
+        result = stacks("prune", "--app-name", APP, "--keep", "0", "--dry-run")
+        assert result.rc == 0, result
+        assert f"  would remove pigeon/demoapp:{gone}" in result.out.splitlines()
+        assert f"  kept pigeon/demoapp:{active}" in result.out.splitlines()
+        assert image_exists(f"pigeon/demoapp:{gone}")  # a dry run removes nothing
+        result = stacks("prune", "--app-name", APP, "--keep", "0")
+        assert result.rc == 0, result
+        assert not image_exists(f"pigeon/demoapp:{gone}") and image_exists(f"pigeon/demoapp:{active}")
+        assert image_exists("pigeon/base:bookworm")  # not an image of the app
+        last = stacks("history", "--app-name", APP, "--limit", "1", "--json").json()["history"][-1]
+        assert last["action"] == "prune" and f"pigeon/demoapp:{gone}" in last["removed"]
+    finally:
+        reset_app(stacks)

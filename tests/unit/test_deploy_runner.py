@@ -675,3 +675,105 @@ def test_a_ci_action_is_recorded_as_cis_in_the_history_and_the_lock(deploy):
     assert held["user"] == "ci (webhook)"
     [entry] = history(deploy)
     assert (entry["user"], entry["source"]) == ("ci (webhook)", "reactor")
+
+
+def test_cancel_stops_an_action_waiting_for_the_lock_and_nothing_of_it_runs(deploy):
+    result = {}
+    with locked_by_alice(deploy):
+        waiting = threading.Thread(target=lambda: result.update(
+            answer=deploy.release(app="app", version="1.0", wait=30)))
+        started = time.monotonic()
+        waiting.start()
+        time.sleep(0.5)
+        answer = deploy.cancel(app="app")
+        waiting.join(10)
+        assert not waiting.is_alive() and time.monotonic() - started < 5
+        assert answer["cancel"]["holder"]["user"] == "alice"  # the holder runs on
+    outcome = result["answer"]["outcome"]
+    assert outcome["refused"] is True and one_line(outcome["error"])
+    assert outcome["error"].startswith("cancelled by deployer at ") and outcome["error"].endswith(
+        "while it waited for the lock of app: nothing ran")
+    assert deploy.calls == [] and stacks(deploy) == {}
+    [entry] = history(deploy)
+    assert entry["result"] == "refused" and "cancelled by deployer" in entry["message"]
+
+
+def test_a_cancel_does_not_stop_a_later_action(deploy):
+    deploy.cancel(app="app")
+    time.sleep(0.05)
+    deploy.orchestrate_returns = recorded("release-first")
+    with locked_by_alice(deploy):
+        pass
+    assert deploy.release(app="app", version="1.0", wait=5)["outcome"]["ok"] is True
+
+
+@pytest.mark.parametrize("kwargs, refused", [
+    ({"app": "ap"}, "did you mean app?"), ({"app": "app", "version": "1.0"}, "unknown key 'version'"),
+    ({}, "app"),
+])
+def test_cancel_takes_an_app_only(deploy, kwargs, refused):
+    assert refused in deploy.cancel(**kwargs)["refused"]
+
+
+class Minions:
+    """salt.client.get_local_client as the prune runner uses it: answers of the app minions."""
+
+    def __init__(self, answers):
+        self.answers, self.calls = answers, []
+
+    def __call__(self, mopts=None):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def cmd(self, tgt, fun, tgt_type="glob", timeout=None, kwarg=None):
+        self.calls.append((tgt, fun, tgt_type, kwarg))
+        return self.answers
+
+
+@pytest.fixture
+def minions(monkeypatch):
+    import salt.client  # pylint: disable=import-outside-toplevel
+
+    fake = Minions({"lab-minion": {"removed": ["pigeon/demoapp:0.9"], "kept": ["pigeon/demoapp:1.4"],
+                                   "errors": []}})
+    monkeypatch.setattr(salt.client, "get_local_client", fake)
+    return fake
+
+
+def test_prune_asks_the_app_minions_keeping_the_registrys_versions(deploy, minions):
+    _registry(deploy, {"1.4": "active", "1.3": "inactive"})
+    result = deploy.prune(app="app", keep_last=2)
+    assert result == {"prune": {"removed": {"lab-minion": ["pigeon/demoapp:0.9"]},
+                                "kept": {"lab-minion": ["pigeon/demoapp:1.4"]}, "errors": [], "dry_run": False}}
+    [(tgt, fun, tgt_type, kwarg)] = minions.calls
+    assert (tgt, fun) == (DEFINITION["config"]["target"], "stack_containers.prune_images")
+    assert kwarg == {"app": "app", "templates": ["pigeon/demoapp"], "keep": ["1.3", "1.4"], "last": 2,
+                     "dry_run": False}
+    entry = history(deploy)[-1]
+    assert (entry["action"], entry["result"], entry["removed"]) == ("prune", "success", ["pigeon/demoapp:0.9"])
+    assert lock_free(deploy)
+
+
+def test_prune_is_refused_while_an_action_holds_the_lock(deploy, minions):
+    with locked_by_alice(deploy):
+        result = deploy.prune(app="app")
+    assert result["refused"].startswith("app is locked by release 0.9 of alice")
+    assert result["refused"].endswith("; try again when it ends") and minions.calls == []
+
+
+def test_a_dry_run_prune_records_nothing(deploy, minions):
+    assert deploy.prune(app="app", dry_run=True)["prune"]["dry_run"] is True
+    assert minions.calls[0][3]["dry_run"] is True and history(deploy) == []
+
+
+@pytest.mark.parametrize("kwargs, refused", [
+    ({"app": "ap"}, "did you mean app?"), ({"app": "app", "keep_last": -1}, "keep_last"),
+    ({"app": "app", "keep_last": "3"}, "keep_last"), ({"app": "app", "images": ["x"]}, "unknown key 'images'"),
+])
+def test_prune_takes_its_keys_only(deploy, minions, kwargs, refused):
+    assert refused in deploy.prune(**kwargs)["refused"] and minions.calls == []

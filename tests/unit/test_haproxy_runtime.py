@@ -96,6 +96,26 @@ def test_servers_lists_server_rows_only(haproxy):
     assert haproxy.commands == ["show stat"]
 
 
+def test_stats_of_the_slots_in_one_show_stat(haproxy):
+    haproxy.stats = [show_stat(
+        backend_row("app_a", scur=3),
+        server_row("app_a", "s1", "10.0.0.4:8080", scur=2),
+        maint_slot("app_a", "s2", 2),
+        backend_row("app_b", status="DOWN", act=0),
+        server_row("app_b", "s1", "10.0.0.5:8080", status="DOWN", check_status="L7STS"),
+    )]
+    result = hr.stats(["app_a", "app_b", "app_c"], socket=haproxy.path)
+    assert haproxy.commands == ["show stat"]
+    assert set(result) == {"app_a", "app_b"}  # app_c: not in HAProxy, left out
+    assert result["app_a"]["counters"] == {
+        "status": "UP", "scur": 3, "stot": 5100, "hrsp_2xx": 0, "hrsp_3xx": 0, "hrsp_4xx": 0, "hrsp_5xx": 0,
+        "econ": 0, "eresp": 0, "wretr": 0, "wredis": 0}
+    assert [(s["name"], s["addr"], s["status"]) for s in result["app_a"]["servers"]] == [
+        ("s1", "10.0.0.4:8080", "UP"), ("s2", "", "MAINT (resolution)")]
+    assert result["app_b"]["counters"]["status"] == "DOWN"
+    assert result["app_b"]["servers"][0]["check_status"] == "L7STS"
+
+
 def test_servers_of_an_unknown_backend_is_an_error(haproxy):
     with pytest.raises(hr.CommandExecutionError) as error:
         hr.servers("app_c", socket=haproxy.path)
@@ -531,7 +551,7 @@ def test_set_routes_with_wait_gives_up_when_the_servers_never_come_up(haproxy, m
 # --- Salt's loader ------------------------------------------------------------
 
 PUBLIC = ["backend_sessions", "backends", "check_up", "dump_server_state", "info", "servers", "set_routes",
-          "show_map", "sync_map", "wait_drained", "wait_up"]
+          "show_map", "stats", "sync_map", "wait_drained", "wait_up"]
 
 
 def test_virtual_needs_the_utils_modules(monkeypatch):

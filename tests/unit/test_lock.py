@@ -488,3 +488,17 @@ def test_asking_who_holds_does_not_make_a_free_lock_refused(locks):
         for asker in askers:
             asker.join(5)
     assert refused == [], f"a free lock was refused {len(refused)} times: held by {refused[0]}"
+
+
+def test_a_wait_ends_untaken_when_stop_says_so(locks):
+    with Holder(locks, "app"):
+        asked = []
+        started = time.monotonic()
+        fds = len(os.listdir("/proc/self/fd"))
+        result = lock.acquire(locks, "app", INFO, wait=10, poll=0.05,
+                              stop=lambda: asked.append(1) or ({"user": "bob"} if len(asked) >= 3 else None))
+        assert result["stopped"] == {"user": "bob"} and result["held"]["action"] == "release"
+        assert time.monotonic() - started < 2 and len(asked) == 3
+        assert len(os.listdir("/proc/self/fd")) == fds  # its descriptor closed
+    assert lock.acquire(locks, "app", INFO, stop=lambda: {"user": "bob"}) == {"held": None, "stale": None}
+    lock.release(locks, "app")

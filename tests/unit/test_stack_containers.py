@@ -780,3 +780,65 @@ def test_the_views_say_in_one_line_that_docker_does_not_answer(monkeypatch):
         with pytest.raises(sc.CommandExecutionError) as info:
             call()
         assert str(info.value).startswith("app: docker does not answer: DockerException") and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("template, repo_tag, version", [
+    ("pigeon/demoapp", "pigeon/demoapp:1.4", "1.4"),
+    ("pigeon/demoapp", "pigeon/demoapp-x:1.4", None),
+    ("pigeon/demoapp", "other/demoapp:1.4", None),
+    ("registry:5000/shop/web", "registry:5000/shop/web:2.0-rc1", "2.0-rc1"),
+    ("shop/web:{version}-slim", "shop/web:2.0-slim", "2.0"),
+    ("shop/web:{version}-slim", "shop/web:2.0", None),
+    ("shop/base:12", "shop/base:12", None),  # a tag of its own: no version
+    ("app", "app:1.0", "1.0"),
+])
+def test_the_version_of_an_image(template, repo_tag, version):
+    assert sc._version_of(template, repo_tag) == version
+
+
+class PruneClient(ViewClient):
+    def __init__(self):
+        super().__init__()
+        self.removed = []
+        self.listed = [{"Image": "pigeon/demoapp:1.2", "ImageID": "sha256:c12"}]  # a stopped container of 1.2
+        self.stock = [
+            {"Id": "sha256:c10", "RepoTags": ["pigeon/demoapp:1.0"], "Created": 100},
+            {"Id": "sha256:c11", "RepoTags": ["pigeon/demoapp:1.1"], "Created": 110},
+            {"Id": "sha256:c12", "RepoTags": ["pigeon/demoapp:1.2"], "Created": 120},
+            {"Id": "sha256:c13", "RepoTags": ["pigeon/demoapp:1.3"], "Created": 130},
+            {"Id": "sha256:c14", "RepoTags": ["pigeon/demoapp:1.4"], "Created": 140},
+            {"Id": "sha256:b", "RepoTags": ["pigeon/base:bookworm"], "Created": 1},
+            {"Id": "sha256:none", "RepoTags": None, "Created": 1},
+        ]
+
+    def images(self):
+        return self.stock
+
+    def remove_image(self, repo_tag):
+        if repo_tag == "pigeon/demoapp:1.1":
+            raise docker.errors.APIError("conflict: unable to remove repository reference (in use)")
+        self.removed.append(repo_tag)
+
+
+@pytest.fixture
+def prune_client(monkeypatch):
+    client = PruneClient()
+    monkeypatch.setattr(sc, "_client", lambda url, timeout=60: client)
+    monkeypatch.setattr(sc, "_docker_url", lambda: None)
+    return client
+
+
+def test_prune_keeps_the_registrys_the_used_and_the_newest_others(prune_client):
+    result = sc.prune_images("app", ["pigeon/demoapp"], keep=["1.4"], last=1)
+    # 1.4: the registry's; 1.2: a container uses it; 1.3: the newest other; 1.0 and 1.1 go
+    assert result["kept"] == ["pigeon/demoapp:1.2", "pigeon/demoapp:1.3", "pigeon/demoapp:1.4"]
+    assert prune_client.removed == ["pigeon/demoapp:1.0"]
+    assert result["removed"] == ["pigeon/demoapp:1.0"]
+    assert result["errors"] == ["pigeon/demoapp:1.1: conflict: unable to remove repository reference (in use)"]
+
+
+def test_prune_dry_run_removes_nothing(prune_client):
+    result = sc.prune_images("app", ["pigeon/demoapp"], keep=[], last=0, dry_run=True)
+    assert prune_client.removed == [] and "pigeon/base:bookworm" not in result["removed"]
+    assert result["removed"] == ["pigeon/demoapp:1.0", "pigeon/demoapp:1.1", "pigeon/demoapp:1.3",
+                                 "pigeon/demoapp:1.4"]

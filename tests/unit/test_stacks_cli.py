@@ -1236,3 +1236,81 @@ def test_a_step_started_in_parallel_is_shown_with_the_outcome_not_as_failed(api)
     lines, report = _run(api)
     assert [ln.split()[:2] for ln in lines[1:-2]] == [["containers", "ok"], ["routes", "ok"], ["loadbal", "ok"]]
     assert report["ok"] is True
+
+
+def test_proxy_prints_each_slot_of_each_balancer(api, capsys):
+    api.payload = {
+        "slots": {"a": {"backend": "app_a", "version": "1.3", "state": "inactive"},
+                  "b": {"backend": "app_b", "version": "1.4", "state": "active"},
+                  "c": {"backend": "app_c", "version": None, "state": None}},
+        "balancers": {"lb1": {"routes": {"app/production": "app_b", "app/internal": "app_b"}, "backends": {
+            "app_a": {"counters": {"scur": 0, "stot": 10, "hrsp_2xx": 9, "hrsp_5xx": 1},
+                      "servers": [{"name": "s1", "addr": "10.0.0.2:8080", "status": "UP", "check_status": "L7OK",
+                                   "scur": 0}, {"name": "s2", "addr": "", "status": "MAINT (resolution)"}]},
+            "app_b": {"counters": {"scur": 2, "stot": 50, "hrsp_2xx": 50},
+                      "servers": [{"name": "s1", "addr": "10.0.0.4:8080", "status": "DOWN", "check_status": "L7STS",
+                                   "scur": 0}]}}}},
+        "problems": ["lb2: no answer"]}
+    code, out, err, sent = _view(api, capsys, "proxy", "-a", "app")
+    assert sent["fun"] == "stacks.proxy" and sent["kwarg"] == {"app": "app"}
+    assert code == 0 and err == []
+    assert out[0] == "lb1: app/internal -> app_b, app/production -> app_b"
+    assert out[1].startswith("  slot a (1.3 inactive): 1/1 UP  sessions 0 now, 10 in all  responses 2xx 9 4xx 0 5xx 1")
+    assert out[2].split() == ["s1", "10.0.0.2:8080", "UP", "check", "L7OK", "sessions", "0"]
+    assert out[3].startswith("  slot b (1.4 active): 0/1 UP")
+    assert out[4].split()[:3] == ["s1", "10.0.0.4:8080", "DOWN"]
+    assert out[5] == "  slot c (app_c): not in HAProxy"
+    assert out[6] == "PROBLEM: lb2: no answer"
+
+
+CANCELLED = "cancelled by deployer at 2026-12-04T03:40:00.000+00:00 while it waited for the lock of app: nothing ran"
+
+
+def test_cancel_stops_the_waiting_actions(api, capsys):
+    api.payload = {"cancel": {"app": "app", "holder": HOLDER}}
+    code, out, err, sent = _view(api, capsys, "cancel", "-a", "app")
+    assert sent == {"client": "runner", "fun": "deploy.cancel", "arg": [], "kwarg": {"app": "app"}}
+    assert code == 0 and err == []
+    assert out == ["the actions of app that waited for its lock stop now; nothing of them ran",
+                   "app is locked by release 2.0 of alice since 2026-12-04T03:00:00Z (pid 4242 on master): "
+                   "that action runs on to its end"]
+
+
+def test_ctrl_c_while_waiting_for_the_lock_cancels_the_action(api, capsys, monkeypatch):
+    api.script({"action": "release", "steps": []}, None, refused(CANCELLED))
+    api.events.insert(0, (f"salt/run/{JID}/waiting", {"holder": HOLDER, "wait": 60}))
+    api.by_fun["stacks.status"] = {"app": {"stacks": {}, "routes": {}, "generation": 1, "lock": HOLDER}}
+    api.by_fun["deploy.cancel"] = {"cancel": {"app": "app", "holder": HOLDER}}
+    real_print = print
+
+    def interrupted_while_waiting(*args, **kwargs):
+        if args and "waiting up to" in str(args[0]):
+            raise KeyboardInterrupt
+        return real_print(*args, **kwargs)
+
+    monkeypatch.setattr("builtins.print", interrupted_while_waiting)
+    code = cli.main(_argv(api, "--wait", "60"))
+    err = capsys.readouterr().err.splitlines()
+    assert code == errors.EXIT_FAILED
+    assert err == ["stacks.py: interrupted while waiting for the lock: cancelling",
+                   f"stacks.py: release app rec-1 refused: {CANCELLED}"]
+    assert [r["body"][0]["fun"] for r in api.requests if r["path"] == "/"][-3:] == [
+        "deploy.release", "deploy.cancel", "stacks.status"]
+
+
+def test_prune_says_what_it_removed_and_kept(api, capsys):
+    api.payload = {"prune": {"removed": {"lab-minion": ["pigeon/demoapp:0.9"]},
+                             "kept": {"lab-minion": ["pigeon/demoapp:1.4"]}, "errors": [], "dry_run": False}}
+    code, out, err, sent = _view(api, capsys, "prune", "-a", "app", "--keep", "1")
+    assert sent == {"client": "runner", "fun": "deploy.prune", "arg": [], "kwarg": {"app": "app", "keep_last": 1}}
+    assert code == 0 and err == []
+    assert out == ["lab-minion: removed 1 images, kept 1", "  removed pigeon/demoapp:0.9", "  kept pigeon/demoapp:1.4"]
+
+
+def test_prune_dry_run_and_errors(api, capsys):
+    api.payload = {"prune": {"removed": {"lab-minion": ["pigeon/demoapp:0.9"]}, "kept": {"lab-minion": []},
+                             "errors": ["app2: no answer"], "dry_run": True}}
+    code, out, err, sent = _view(api, capsys, "prune", "-a", "app", "--dry-run")
+    assert sent["kwarg"] == {"app": "app", "keep_last": 3, "dry_run": True}
+    assert code == errors.EXIT_FAILED and out[0] == "lab-minion: would remove 1 images, kept 0"
+    assert err == ["stacks.py: prune of app: app2: no answer"]

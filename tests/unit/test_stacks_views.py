@@ -109,3 +109,31 @@ def test_the_container_views_ask_the_apps_minions(views, monkeypatch):
     assert asked == [
         ("app*", "glob", "stack_containers.details", {"app": "app", "version": "1.4"}),
         ("app*", "glob", "stack_containers.logs", {"app": "app", "version": None, "service": "web", "tail": 5})]
+
+
+def test_the_proxy_view_names_each_slots_version(views, monkeypatch):
+    statemachine = load("_utils/pigeon_statemachine.py", "pigeon_statemachine_for_views")
+    views.__utils__.update({
+        "pigeon_registry.definitions": lambda: {"app": {"loadbal": {"target": "lb*"}}},
+        "pigeon_registry.load": lambda app: {"app": app, "generation": 4, "routes": {}, "stacks": {
+            "1.4": {"state": "active", "slot": "b"}, "1.3": {"state": "inactive", "slot": "a"}}},
+        "pigeon_statemachine.slots": statemachine.slots, "pigeon_statemachine.backend": statemachine.backend,
+    })
+    asked = []
+
+    def ask(tgt, tgt_type, fun, timeout=10, **kwarg):
+        asked.append((tgt, fun, kwarg))
+        if fun == "haproxy_runtime.stats":
+            return {"lb1": {"app_b": {"counters": {"hrsp_2xx": 7}, "servers": []}}, "lb2": "ERROR: no socket"}
+        return {"lb1": {"app/production": "app_b", "other/production": "other_a"}, "lb2": "ERROR: no socket"}
+
+    monkeypatch.setattr(views, "_ask", ask)
+    result = views.proxy(app="app")
+    assert result["slots"]["b"] == {"backend": "app_b", "version": "1.4", "state": "active"}
+    assert result["slots"]["a"] == {"backend": "app_a", "version": "1.3", "state": "inactive"}
+    assert result["slots"]["c"] == {"backend": "app_c", "version": None, "state": None}
+    assert result["balancers"] == {"lb1": {"backends": {"app_b": {"counters": {"hrsp_2xx": 7}, "servers": []}},
+                                           "routes": {"app/production": "app_b"}}}
+    assert result["problems"] == ["lb2: ERROR: no socket"]
+    assert asked[0] == ("lb*", "haproxy_runtime.stats", {"backends": ["app_a", "app_b", "app_c"]})
+    assert views.proxy(app="ap")["refused"].endswith("did you mean app?")

@@ -103,6 +103,28 @@ def servers(backend, socket=None):
     return _backend_stat(backend, socket)["servers"]
 
 
+def stats(backends, socket=None):
+    """
+    What HAProxy says of these backends, from one `show stat`: {backend: {"counters":
+    {status, scur, stot, hrsp_2xx ... hrsp_5xx, econ, eresp, wretr, wredis}, "servers": [{name,
+    addr, status, check_status, scur, qcur}]}}; a backend HAProxy does not know is left out.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' haproxy_runtime.stats '[app_a, app_b]'
+    """
+    rows = _ask(socket, "show stat", "parse_stat")
+    found = {}
+    for name in backends or []:
+        counters = __utils__["haproxy_admin.backend_counters"](rows, str(name))
+        if counters is not None:
+            found[str(name)] = {"counters": counters,
+                                "servers": __utils__["haproxy_admin.backend_stat"](rows, str(name))["servers"]}
+    return found
+
+
 def backend_sessions(backend, socket=None):
     """
     Return the current and queued sessions of a backend: {"scur": n, "qcur": n}.

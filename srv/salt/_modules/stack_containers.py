@@ -483,3 +483,75 @@ def logs(app, version=None, service=None, tail=100):
         return found
 
     return _viewed(app, what)
+
+
+# ---------------------------------------------------------------------------
+# pruning the images of versions no stack uses
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+
+
+def _version_of(template, repo_tag):
+    """The version ``repo_tag`` ("repo:tag") is an image of, after the service's image
+    ``template`` (pigeon_definition.image: "{version}" replaced, else the version as the tag),
+    or None."""
+    import re  # pylint: disable=import-outside-toplevel
+
+    if "{version}" in template:
+        before, _, after = template.partition("{version}")
+        pattern = re.escape(before) + f"({_TAG})" + re.escape(after)
+    else:
+        last = template.rsplit("/", 1)[-1]
+        if ":" in last or "@" in last:  # a tag of its own: the same image for every version
+            return None
+        pattern = re.escape(template) + f":({_TAG})"
+    match = re.fullmatch(pattern, repo_tag)
+    return match.group(1) if match else None
+
+
+def prune_images(app, templates, keep, last=3, dry_run=False):
+    """
+    Remove the images of the app's versions that no stack uses: an image (``repo:tag``)
+    that is a version of one of the services' image ``templates`` is kept when its
+    version is in ``keep`` (the registry's), when a container (of any state) uses it, or
+    when it is among the ``last`` newest other versions; the others are removed (untagged,
+    never forced). Returns {"removed": [repo:tag], "kept": [repo:tag], "errors": [one line]}.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt 'app*' stack_containers.prune_images app '[pigeon/demoapp]' '[1.4, 1.3]' last=3
+    """
+    keep, templates = {str(v) for v in keep or []}, [str(t) for t in templates or []]
+
+    def what(client):
+        used = set()
+        for info in client.containers(all=True):
+            used.update({str(info.get("Image") or ""), str(info.get("ImageID") or "")})
+        versions = {}  # version: (newest created, [repo:tag])
+        for image in client.images():
+            for repo_tag in image.get("RepoTags") or []:
+                version = next((v for v in (_version_of(t, repo_tag) for t in templates) if v), None)
+                if version is None:
+                    continue
+                if repo_tag in used or image.get("Id") in used:
+                    keep.add(version)
+                created, tags = versions.get(version, (0, []))
+                versions[version] = (max(created, int(image.get("Created") or 0)), tags + [repo_tag])
+        others = sorted((v for v in versions if v not in keep), key=lambda v: versions[v][0], reverse=True)
+        kept_versions = keep | set(others[:max(int(last), 0)])
+        result = {"removed": [], "kept": [], "errors": []}
+        for version, (_, tags) in sorted(versions.items()):
+            for repo_tag in sorted(tags):
+                if version in kept_versions:
+                    result["kept"].append(repo_tag)
+                    continue
+                try:
+                    if not dry_run:
+                        client.remove_image(repo_tag)
+                    result["removed"].append(repo_tag)
+                except Exception as exc:  # pylint: disable=broad-except  (in use meanwhile, gone already)
+                    result["errors"].append(f"{repo_tag}: {str(exc).splitlines()[0][:200]}")
+        return result
+
+    return _viewed(app, what)

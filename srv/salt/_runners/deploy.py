@@ -24,6 +24,7 @@ CLI Example:
     salt-run deploy.release app=app version=1.4
 """
 
+import difflib
 import logging
 import time
 
@@ -181,6 +182,94 @@ def _dry_run(action, values):
     if planned.get("error"):
         return _refuse(planned["error"])
     return {"dry_run": planned}
+
+
+def cancel(*args, **kwargs):
+    """
+    Stop the actions of an app that wait for its deploy lock (``--wait``): they end refused,
+    nothing of them ran, and the history says who cancelled them. The action that holds the
+    lock runs on to its end. Keys: app.
+    Returns {"cancel": {"app", "holder": what holds the lock now, or None}}.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.cancel app=app
+    """
+    values, refusal = _checked("cancel", args, kwargs)
+    if refusal:
+        return _refuse(refusal)
+    app = values["app"]
+    definitions = _utils("pigeon_registry.definitions")()
+    if app not in definitions and app not in _utils("pigeon_registry.apps")():
+        close = difflib.get_close_matches(app, sorted(definitions), n=1)
+        return _refuse(f"unknown app {app!r}: no stacks:{app} in the master's pillar"
+                       + (f"; did you mean {close[0]}?" if close else ""))
+    _utils("pigeon_registry.cancel")(app, _user())
+    held = _utils("pigeon_registry.holder")(app)
+    return {"cancel": {"app": app, "holder": {k: v for k, v in held.items() if k != "fd"} if held else None}}
+
+
+def prune(*args, **kwargs):
+    """
+    Remove, on every minion of the app's ``config.target``, the images of its versions that no
+    stack uses: kept are the registry's versions, the images a container uses, and the
+    ``keep_last`` (default 3) newest other versions. Under the app's deploy lock (refused while
+    an action runs), recorded in the history. With ``dry_run``, what it would remove.
+    Keys: app, keep_last, dry_run. Returns {"prune": {"removed": {minion: [repo:tag]}, "kept":
+    {minion: [...]}, "errors": [one line], "dry_run": bool}}.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.prune app=app keep_last=2
+    """
+    values, refusal = _checked("prune", args, kwargs)
+    if refusal:
+        return _refuse(refusal)
+    app, user, dry_run = values["app"], _user(), values.get("dry_run", False)
+    definitions = _utils("pigeon_registry.definitions")()
+    definition = definitions.get(app)
+    checked, refusal = _utils("pigeon_plan.check")(app, "prune", None, definition, known=list(definitions))
+    if refusal:
+        return _refuse(refusal)
+    held, refusal = _utils("pigeon_registry.lock")(app, "prune", None, user, 0, hint="try again when it ends")
+    if refusal:
+        return _refuse(refusal)
+    started = time.time()
+    try:
+        config = definition.get("config") or {}
+        keep = sorted(_utils("pigeon_registry.load")(app)["stacks"])
+        import salt.client  # pylint: disable=import-outside-toplevel
+
+        with salt.client.get_local_client(mopts=__opts__) as client:
+            answers = client.cmd(config.get("target"), "stack_containers.prune_images", tgt_type=config.get(
+                "target_type", "glob"), timeout=120, kwarg={
+                    "app": app, "templates": _utils("pigeon_definition.image_templates")(app, definition),
+                    "keep": keep, "last": values.get("keep_last", 3), "dry_run": dry_run}) or {}
+        done = {"removed": {}, "kept": {}, "errors": [], "dry_run": dry_run}
+        for minion, ret in sorted(answers.items()):
+            if not isinstance(ret, dict):
+                done["errors"].append(f"{minion}: {str(ret).splitlines()[0][:200] if str(ret) else 'no answer'}")
+                continue
+            done["removed"][minion], done["kept"][minion] = ret.get("removed", []), ret.get("kept", [])
+            done["errors"] += [f"{minion}: {line}" for line in ret.get("errors", [])]
+        if not answers:
+            done["errors"].append(f"no answer from {config.get('target')}")
+        if not dry_run:
+            removed = sorted({tag for tags in done["removed"].values() for tag in tags})
+            _utils("pigeon_registry.history_add")(app, _utils("pigeon_registry.record")(
+                "prune", None, "failed" if done["errors"] else "success", user=user, source="cli",
+                when=held.get("since"), started=started,
+                message=f"{len(removed)} images removed" + (f"; {done['errors'][0]}" if done["errors"] else ""),
+                removed=removed))
+        if done["errors"]:
+            __context__["retcode"] = 1
+        return {"prune": done}
+    finally:
+        _utils("pigeon_registry.unlock")(app)
 
 
 def release(*args, **kwargs):

@@ -2,7 +2,8 @@
 Runner ``stacks``: the registry's views, read-only. ``status`` (per app, each
 stack's version, state and slot, the routes, the lock, and what really runs
 with the drift from the registry), ``history``, ``details`` (each container as
-docker has it on the app's minions) and ``logs`` (their last lines) are what
+docker has it on the app's minions), ``logs`` (their last lines) and ``proxy``
+(HAProxy's counters and servers of the app's slots) are what
 salt-api's deploy user may call besides the deploy runner (``_runners/deploy.py``, the door of
 the actions); their arguments pass the same schema (``_utils/pigeon_schema.py``).
 ``routes`` is every app's routes, for an operator on the master.
@@ -250,6 +251,52 @@ def logs(*args, **kwargs):
     answers, problems = _config_minions(app, "stack_containers.logs", app=app, version=values.get("version"),
                                         service=values.get("service"), tail=values.get("tail", 100))
     return {"logs": answers, "problems": problems}
+
+
+def proxy(*args, **kwargs):
+    """
+    What HAProxy says of the app on every minion of ``loadbal.target``: per load balancer,
+    per slot, the backend's counters (sessions, responses by class, errors, retries) and
+    its servers (address, UP/DOWN, last check), with the version the registry has in that
+    slot and its state; and the routes HAProxy uses. {"slots": {slot: {backend, version,
+    state}}, "balancers": {minion: {"backends": {backend: {counters, servers}}, "routes":
+    {key: backend}}}, "problems": [one line per minion that failed]}.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run stacks.proxy app=app
+    """
+    values, refused = _door("proxy", args, kwargs)
+    if refused:
+        return refused
+    app = values["app"]
+    definitions = _registry("definitions")()
+    unknown = _unknown(app, definitions)
+    if unknown:
+        return _refuse(unknown)
+    entry = _registry("load")(app)
+    in_slot = {stack.get("slot"): (version, stack.get("state")) for version, stack in entry["stacks"].items()}
+    backend = __utils__["pigeon_statemachine.backend"]
+    slots = {slot: {"backend": backend(app, slot), "version": in_slot.get(slot, (None, None))[0],
+                    "state": in_slot.get(slot, (None, None))[1]}
+             for slot in __utils__["pigeon_statemachine.slots"]()}
+    loadbal = (definitions.get(app) or {}).get("loadbal") or {}
+    target, tgt_type = loadbal.get("target"), loadbal.get("target_type", "glob")
+    stats = _ask(target, tgt_type, "haproxy_runtime.stats", backends=[s["backend"] for s in slots.values()])
+    maps = _ask(target, tgt_type, "haproxy_runtime.show_map")
+    balancers, problems = {}, []
+    for minion, found in sorted(stats.items()):
+        if not isinstance(found, dict):
+            problems.append(f"{minion}: {str(found).splitlines()[0][:200] if str(found) else 'no answer'}")
+            continue
+        routes_ = maps.get(minion)
+        balancers[minion] = {"backends": found, "routes": {k: v for k, v in routes_.items() if k.startswith(
+            f"{app}/")} if isinstance(routes_, dict) else None}
+    if not stats:
+        problems.append(f"no answer from {target}")
+    return {"slots": slots, "balancers": balancers, "problems": problems}
 
 
 def routes(**kwargs):

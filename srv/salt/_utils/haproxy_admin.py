@@ -172,6 +172,21 @@ def backend_stat(rows, backend):
     }
 
 
+COUNTERS = ("scur", "stot", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "econ", "eresp", "wretr", "wredis")
+
+
+def backend_counters(rows, backend):
+    """
+    A backend's traffic counters out of parsed `show stat` rows, or None when no BACKEND row
+    has that name: {"status", and the integers of COUNTERS: current and total sessions,
+    responses by class, connection and response errors, retries, redispatches}.
+    """
+    row = next((r for r in rows if r.get("pxname") == backend and r.get("type") == STAT_TYPE_BACKEND), None)
+    if row is None:
+        return None
+    return dict({name: _int(row.get(name)) for name in COUNTERS}, status=row.get("status", ""))
+
+
 def parse_map(text):
     """
     Parse `show map <file>` output (``0x55d... key value`` lines) into {key: value}.

@@ -51,6 +51,12 @@ def image(name, version):
     return name if ":" in last or "@" in last else f"{name}:{version}"
 
 
+def image_templates(app, definition):
+    """The image of each service before a version is put in (``image`` above), sorted."""
+    _, defined = services(definition)
+    return sorted({str(((sdef or {}).get("docker_config") or {}).get("image", app)) for sdef in defined.values()})
+
+
 def slot_alias(app, slot):
     """The DNS name of a slot's servers on the app's default network: every load-balanced
     container of the stack in that slot has it as an alias; HAProxy resolves it."""

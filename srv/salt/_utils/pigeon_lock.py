@@ -66,14 +66,16 @@ def _ours(path, held):
         return False
 
 
-def acquire(directory, app, info, wait=0.0, poll=0.1):
+def acquire(directory, app, info, wait=0.0, poll=0.1, stop=None):
     """
     Take the lock of ``app`` for this thread, waiting up to ``wait`` seconds.
     ``info`` (a dict: action, version, user, ...) is written into it.
 
     Returns ``{"held": None, "stale": content or None}`` when taken (``stale``:
     what a holder that died left), or ``{"held": content}`` naming who holds
-    it when not. Taking a lock this thread holds already succeeds.
+    it when not. Taking a lock this thread holds already succeeds. ``stop``: asked
+    at each poll while waiting; when it returns something true, the wait ends,
+    untaken: ``{"held": content, "stopped": what it returned}``.
     """
     path = _path(directory, app)
     deadline = time.monotonic() + max(float(wait or 0), 0.0)
@@ -93,6 +95,10 @@ def acquire(directory, app, info, wait=0.0, poll=0.1):
             if time.monotonic() >= deadline:
                 os.close(fd)
                 return {"held": held or {"owner": "unknown"}}
+            stopped = stop() if stop else None
+            if stopped:
+                os.close(fd)
+                return {"held": held or {"owner": "unknown"}, "stopped": stopped}
             time.sleep(poll)
     except BaseException:
         if fd is not None:

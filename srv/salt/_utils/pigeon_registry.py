@@ -37,7 +37,7 @@ def _utils(name):
 
 
 HISTORY_KEEP = 500
-REGISTRY, HISTORY = "pigeon/registry", "pigeon/history"
+REGISTRY, HISTORY, CANCEL = "pigeon/registry", "pigeon/history", "pigeon/cancel"
 
 
 def now():
@@ -118,14 +118,19 @@ WAIT_HINT = "try again when it ends, or add --wait SECONDS"
 
 def lock(app, action, version, user, wait=0, hint=WAIT_HINT):
     """
-    Take the app's deploy lock for this thread, waiting up to ``wait`` seconds.
-    Returns (held, None) with what the lock now says, or (None, why not: one line ending
-    with ``hint``, what the sender can do).
+    Take the app's deploy lock for this thread, waiting up to ``wait`` seconds, unless a
+    ``cancel`` of the app is asked while it waits. Returns (held, None) with what the lock
+    now says, or (None, why not: one line ending with ``hint``, what the sender can do).
     """
     me = {"action": action, "version": version, "user": user or "unknown",
           "since": now(), "started": time.time()}
-    taken = _utils("pigeon_lock.acquire")(_lock_dir(), app, me, wait=wait)
+    taken = _utils("pigeon_lock.acquire")(_lock_dir(), app, me, wait=wait,
+                                          stop=lambda: cancelled(app, me["started"]))
     held = taken["held"]
+    if taken.get("stopped"):
+        asked = taken["stopped"]
+        return None, (f"cancelled by {asked.get('user', 'unknown')} at {asked.get('when', '?')} while it "
+                      f"waited for the lock of {app}: nothing ran")
     if held:
         doing = " ".join(str(x) for x in (held.get("action"), held.get("version")) if x)
         return None, (f"{app} is locked by {doing or 'an action'} of {held.get('user', 'unknown')} "
@@ -138,6 +143,19 @@ def lock(app, action, version, user, wait=0, hint=WAIT_HINT):
         except Exception:  # pylint: disable=broad-except
             log.exception("pigeon: could not record the stale lock of %s", app)
     return me, None
+
+
+def cancel(app, user):
+    """Ask the actions of ``app`` that wait for its lock now to stop waiting, untaken (an
+    action that holds the lock runs on to its end). Only those waiting already are stopped:
+    the request is older than any action that starts later."""
+    _cache().store(CANCEL, app, {"user": user or "unknown", "when": now(), "at": time.time()})
+
+
+def cancelled(app, since):
+    """The cancel asked of ``app`` after ``since`` (epoch seconds), or None."""
+    asked = _cache().fetch(CANCEL, app)
+    return asked if isinstance(asked, dict) and float(asked.get("at") or 0) > since else None
 
 
 def unlock(app):
