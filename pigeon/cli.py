@@ -279,7 +279,8 @@ def run_action(client, args, out):
         said.append(header)
     try:
         answer = client.deploy(args.command, request, on_step=progress, on_wait=waiting if progress else None,
-                               on_tick=ticker.tick if progress and ticker else None, on_job=job)
+                               on_tick=ticker.tick if progress and ticker else None, on_job=job,
+                               on_plan=lambda: setattr(args, "stepped", True))
     finally:
         if ticker:  # also before an error's line, or Ctrl-C's
             ticker.clear()
@@ -450,23 +451,28 @@ def watch_action(client, args, out, before=None):
             shown.append(step["step"])
             out(step_line(step))
 
+    def ended():
+        """The job's entry in the app's history, once it has one."""
+        entries = client.runner("stacks.history", kwarg={"app": args.app, "limit": 0})
+        return next((e for e in reversed(entries) if isinstance(e, dict) and e.get("job") == args.subject),
+                    None) if isinstance(entries, list) else None
+
     try:
-        answer = client.watch(args.subject, args.app, on_step=show, on_tick=ticker.tick if ticker else None,
-                              before=before)
+        answer = client.watch(args.subject, args.app, ended, on_step=show,
+                              on_tick=ticker.tick if ticker else None, before=before)
     finally:
         if ticker:
             ticker.clear()
-    if answer is None:  # no action of the app runs now: it ended
-        entries = client.runner("stacks.history", kwarg={"app": args.app, "limit": 1})
-        last = entries[-1] if isinstance(entries, list) and entries else {}
-        out(f"no action of {args.app} runs now; the last one recorded: {last.get('action')} "
-            f"{last.get('version') or ''} {last.get('result')} at {last.get('finished') or last.get('when')}"
-            .replace("  ", " "))
-        if last.get("result") not in ("success", None):
-            raise StacksError(f"the last action on {args.app} ended {last.get('result')}: "
-                              f"{last.get('error') or last.get('message') or 'see ./stacks.py history'}",
-                              EXIT_FAILED, {"app": args.app, "last": last})
-        return {"app": args.app, "job": args.subject, "last": last}
+    if isinstance(answer, dict) and "history" in answer:  # it ended: what the history says of it
+        entry = answer["history"]
+        out(f"job {args.subject} ended: {entry.get('action')} {entry.get('version') or ''} {entry.get('result')} "
+            f"at {entry.get('finished') or entry.get('when')}".replace("  ", " "))
+        if entry.get("result") != "success":
+            raise StacksError(f"{entry.get('action')} {args.app} {entry.get('version') or ''} {entry.get('result')}: "
+                              f"{entry.get('error') or entry.get('message') or 'see ./stacks.py history'}"
+                              .replace("  ", " "), EXIT_FAILED, {"app": args.app, "job": args.subject, "entry": entry})
+        out(entry.get("message") or "done")
+        return {"app": args.app, "job": args.subject, "entry": entry}
     outcome = answer.get("outcome") if isinstance(answer, dict) else None
     if not isinstance(outcome, dict):
         raise StacksError(f"job {args.subject} returned no outcome: {first_line(str(answer))}")
@@ -530,14 +536,16 @@ def _cancel_on_interrupt(client, args, out):
     print("stacks.py: interrupted while waiting for the lock: cancelling", file=sys.stderr)
     try:
         args.subject = args.job
-        watch_action(client, args, out, before=lambda: client.runner("deploy.cancel", kwarg={"app": args.app}))
+        watch_action(client, args, out, before=lambda: client.runner(
+            "deploy.cancel", kwarg={"app": args.app, "job": args.job}))
     except StacksError as exc:
         print(f"stacks.py: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         print(f"stacks.py: interrupted; detached from job {args.job}: follow it with ./stacks.py watch "
               f"{args.job} --app-name {args.app}", file=sys.stderr)
-    return EXIT_FAILED
+        return EXIT_FAILED
+    return EXIT_OK  # it had taken the lock meanwhile, and ran to its end
 
 
 def lock_holder(lock):
@@ -599,6 +607,9 @@ def show_details(client, args, out):
     return answer
 
 
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # an app's log may hold terminal escapes
+
+
 def show_logs(client, args, out):
     """The last lines of the app's containers, each line after its container's name."""
     kwarg = {"tail": args.tail}
@@ -612,7 +623,7 @@ def show_logs(client, args, out):
         for name, text in sorted((containers or {}).items()):
             shown += 1
             for line in str(text).splitlines():
-                out(f"{name} | {line}")
+                out(f"{name} | {CONTROL.sub('?', line)}")
     if not shown:
         out(f"{args.app}: no container{' of ' + args.version if args.version else ''}")
     for line in answer.get("problems") or []:

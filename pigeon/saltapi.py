@@ -218,7 +218,7 @@ class SaltApi:
 
     TICK = 0.5  # seconds between two calls of on_tick while nothing happens
 
-    def deploy(self, action, kwarg, on_step=None, on_wait=None, on_tick=None, on_job=None):
+    def deploy(self, action, kwarg, on_step=None, on_wait=None, on_tick=None, on_job=None, on_plan=None):
         """
         Run the deploy runner's ``action`` (deploy.release, ...) with ``kwarg`` and return
         what it returned: {"outcome": ...} (``_utils/pigeon_outcome.py``), or {"refused":
@@ -231,7 +231,8 @@ class SaltApi:
         action waits for another's lock (salt/run/<jid>/waiting: {"holder": {action,
         version, user, since}, "wait": seconds}); ``on_tick(step)`` is called every TICK
         seconds of silence with the step that runs (None before the first); ``on_job(jid)``
-        as soon as the master gave the action its job id.
+        as soon as the master gave the action its job id; ``on_plan()`` when the action holds
+        the lock and has its plan (the table of steps came).
         Falls back to the synchronous runner client when the master does not allow
         runner_async.
         """
@@ -260,18 +261,19 @@ class SaltApi:
                 raise StacksError("salt-api did not start the action", EXIT_API) from exc
             if on_job:
                 on_job(jid)
-            return self._follow(stream, jid, kwarg.get("app"), on_step, on_wait, on_tick)
+            return self._follow(stream, jid, kwarg.get("app"), on_step, on_wait, on_tick, on_plan=on_plan)
         finally:
             stream.close()
 
-    def watch(self, jid, app, on_step=None, on_tick=None, before=None):
+    def watch(self, jid, app, ended, on_step=None, on_tick=None, before=None):
         """
         Follow an action started elsewhere (its job id ``jid``, on ``app``) to its end, and
         return what the deploy runner returned, as ``deploy`` does. Its steps are passed to
         ``on_step`` as they end when the runner's table of steps is seen (an action still
-        waiting for the lock), else they come with the outcome. None when no action of ``app``
-        runs (the lock is free): it ended, and its end is in the history. ``before()`` is
-        called once the event stream is open (what it makes happen is not missed).
+        waiting for the lock), else they come with the outcome. ``ended()`` gives the job's
+        history entry once it has one (asked first, and after each quiet while): then
+        {"history": entry}. ``before()`` is called once the event stream is open (what it
+        makes happen is not missed).
         """
         if self.token is None:
             self.login()
@@ -283,14 +285,17 @@ class SaltApi:
         try:
             if before:
                 before()
-            if self._lock_free(app, time.monotonic() + self.timeout):
-                return None
-            return self._follow(stream, jid, app, on_step or (lambda step: None), None, on_tick)
+            entry = ended()
+            if entry:
+                return {"history": entry}
+            return self._follow(stream, jid, app, on_step or (lambda step: None), None, on_tick, ended=ended)
         finally:
             stream.close()
 
-    def _follow(self, stream, jid, app, on_step, on_wait, on_tick):
-        """Read the event stream for the events of runner job ``jid`` until its return."""
+    def _follow(self, stream, jid, app, on_step, on_wait, on_tick, on_plan=None, ended=None):
+        """Read the event stream for the events of runner job ``jid`` until its return. After
+        each quiet while: ``ended()`` (its history entry, then {"history": entry}), else
+        whether the app's lock is free (twice: the action died)."""
         deadline = time.monotonic() + self.timeout
         unlocked, names, ended = 0, {}, set()
         quiet_since = time.monotonic()
@@ -307,6 +312,11 @@ class SaltApi:
                     on_tick(next((step for sid, step in names.items() if sid not in ended), None))
                 if time.monotonic() - quiet_since >= self.SILENCE:  # a quiet while: is the action still there?
                     quiet_since = time.monotonic()
+                    if ended:
+                        entry = ended()
+                        if entry:
+                            return {"history": entry}
+                        continue
                     unlocked = unlocked + 1 if self._lock_free(app, deadline) else 0
                     if unlocked >= 2:
                         raise StacksError("the action ended without a result (did its process on "
@@ -318,6 +328,8 @@ class SaltApi:
                 quiet_since = time.monotonic()
             if tag == f"salt/run/{jid}/steps":  # the runner's table: state ID -> step
                 names = (event.get("data") or {}).get("steps") or {}
+                if on_plan:
+                    on_plan()
             elif tag == f"salt/run/{jid}/waiting":
                 if on_wait:
                     on_wait(event.get("data") or {})

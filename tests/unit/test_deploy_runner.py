@@ -777,3 +777,77 @@ def test_a_dry_run_prune_records_nothing(deploy, minions):
 ])
 def test_prune_takes_its_keys_only(deploy, minions, kwargs, refused):
     assert refused in deploy.prune(**kwargs)["refused"] and minions.calls == []
+
+
+def test_a_cancel_that_comes_as_the_holder_lets_go_still_stops_the_waiter(deploy, monkeypatch):
+    """The lock taken in the same poll as the cancel arrived: given back, refused."""
+    registry = deploy.registry
+    real = registry._LOADER["pigeon_lock.acquire"]
+
+    def taken_as_cancel_arrives(directory, app, info, wait=0, stop=None, **kwargs):
+        time.sleep(0.01)
+        registry.cancel(app, "bob")
+        return real(directory, app, info, wait=wait, **kwargs)
+
+    monkeypatch.setitem(registry._LOADER, "pigeon_lock.acquire", taken_as_cancel_arrives)
+    held, refusal = registry.lock("app", "release", "1.0", "alice", wait=5)
+    assert held is None and refusal.startswith("cancelled by bob at ")
+    assert registry.holder("app") is None  # given back
+
+
+def test_a_cancel_of_one_job_leaves_the_other_waiters(deploy):
+    registry, result = deploy.registry, {}
+
+    def wait_for_the_lock(job):
+        result[job] = registry.lock("app", "release", job, "u", wait=3, job=job)
+        if result[job][0]:
+            registry.unlock("app")  # by the thread that holds it
+
+    with locked_by_alice(deploy):
+        waiters = {job: threading.Thread(target=wait_for_the_lock, args=(job,)) for job in ("j1", "j2")}
+        for thread in waiters.values():
+            thread.start()
+        time.sleep(0.3)
+        registry.cancel("app", "bob", job="j1")
+        waiters["j1"].join(5)
+        assert result["j1"][0] is None and result["j1"][1].startswith("cancelled by bob")
+        assert "j2" not in result  # still waiting
+    waiters["j2"].join(5)
+    assert result["j2"][1] is None and result["j2"][0]["job"] == "j2"  # it took the lock when alice let go
+
+
+def test_history_entries_carry_the_job(deploy):
+    deploy.orchestrate_returns = recorded("release-first")
+    deploy.release(app="app", version="1.0")
+    deploy.activate(app="app", version="9.9")  # refused by the plan
+    assert [(e["result"], e.get("job")) for e in history(deploy)] == [("success", JID), ("refused", JID)]
+
+
+def test_prune_keeps_other_apps_versions_and_waits_for_an_app_sharing_its_images(deploy, minions, monkeypatch):
+    shop = copy.deepcopy(DEFINITION)  # another app built from the same image name
+    monkeypatch.setattr(deploy.registry, "definitions", lambda: {"app": copy.deepcopy(DEFINITION), "shop": shop})
+    deploy.__utils__["pigeon_registry.definitions"] = deploy.registry.definitions
+    entry = deploy.registry.load("shop")
+    entry["stacks"] = {"7.0": {"state": "active", "slot": "a"}}
+    deploy.registry.store(dict(entry, app="shop"))
+    assert deploy.prune(app="app")["prune"]["errors"] == []
+    assert "7.0" in minions.calls[-1][3]["keep"]  # shop's version is not app's to remove
+    held = threading.Event()
+    done = threading.Event()
+
+    def shop_releases():
+        deploy.registry.lock("shop", "release", "7.1", "carol")
+        held.set()
+        done.wait(10)
+        deploy.registry.unlock("shop")
+
+    thread = threading.Thread(target=shop_releases)
+    thread.start()
+    try:
+        assert held.wait(5)
+        refused = deploy.prune(app="app")["refused"]
+    finally:
+        done.set()
+        thread.join(10)
+    assert refused.startswith("shop, whose images share a name with app's, is locked by release of carol")
+    assert len(minions.calls) == 1 and lock_free(deploy)

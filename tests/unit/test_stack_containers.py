@@ -791,6 +791,11 @@ def test_the_views_say_in_one_line_that_docker_does_not_answer(monkeypatch):
     ("shop/web:{version}-slim", "shop/web:2.0", None),
     ("shop/base:12", "shop/base:12", None),  # a tag of its own: no version
     ("app", "app:1.0", "1.0"),
+    # the version only in the tag: no template makes another repository's image the app's
+    ("{version}:latest", "redis:latest", None),
+    ("{version}/app:1", "other/app:1", None),
+    ("reg:5000/{version}", "reg:5000/x", None),
+    ("reg:5000/web:{version}", "reg:5000/web:1.2", "1.2"),
 ])
 def test_the_version_of_an_image(template, repo_tag, version):
     assert sc._version_of(template, repo_tag) == version

@@ -1199,15 +1199,16 @@ def test_watch_follows_a_running_action_to_its_outcome(api, capsys):
 
 
 def test_watch_of_an_action_that_ended_shows_its_history_entry(api, capsys):
-    api.by_fun["stacks.status"] = {"app": {"stacks": {}, "routes": {}, "generation": 1, "lock": None}}
-    api.by_fun["stacks.history"] = [{"action": "release", "version": "1.4", "result": "failed",
-                                     "finished": "2026-12-04T03:00:00Z", "error": "step containers failed: x"}]
+    api.by_fun["stacks.history"] = [
+        {"action": "release", "version": "1.4", "result": "failed", "job": JID,
+         "finished": "2026-12-04T03:00:00Z", "error": "step containers failed: x"},
+        {"action": "rollback", "version": "1.3", "result": "success", "job": "20261204030000000009",
+         "finished": "2026-12-04T03:01:00Z"}]  # a later action of the app: not this job
     code = cli.main(_argv(api, action=("watch", JID, "-a", "app")))
     captured = capsys.readouterr()
     assert code == errors.EXIT_FAILED
-    assert captured.out.splitlines()[-1] == ("no action of app runs now; the last one recorded: release 1.4 "
-                                             "failed at 2026-12-04T03:00:00Z")
-    assert captured.err.splitlines() == ["stacks.py: the last action on app ended failed: step containers failed: x"]
+    assert captured.out.splitlines()[-1] == f"job {JID} ended: release 1.4 failed at 2026-12-04T03:00:00Z"
+    assert captured.err.splitlines() == ["stacks.py: release app 1.4 failed: step containers failed: x"]
 
 
 def test_ctrl_c_detaches_and_says_how_to_watch(api, capsys, monkeypatch):
@@ -1294,8 +1295,9 @@ def test_ctrl_c_while_waiting_for_the_lock_cancels_the_action(api, capsys, monke
     assert code == errors.EXIT_FAILED
     assert err == ["stacks.py: interrupted while waiting for the lock: cancelling",
                    f"stacks.py: release app rec-1 refused: {CANCELLED}"]
-    assert [r["body"][0]["fun"] for r in api.requests if r["path"] == "/"][-3:] == [
-        "deploy.release", "deploy.cancel", "stacks.status"]
+    runs = [r["body"][0] for r in api.requests if r["path"] == "/"][-3:]
+    assert [low["fun"] for low in runs] == ["deploy.release", "deploy.cancel", "stacks.history"]
+    assert runs[1]["kwarg"] == {"app": "app", "job": JID}  # this job only, not the other waiters
 
 
 def test_prune_says_what_it_removed_and_kept(api, capsys):
@@ -1314,3 +1316,9 @@ def test_prune_dry_run_and_errors(api, capsys):
     assert sent["kwarg"] == {"app": "app", "keep_last": 3, "dry_run": True}
     assert code == errors.EXIT_FAILED and out[0] == "lab-minion: would remove 1 images, kept 0"
     assert err == ["stacks.py: prune of app: app2: no answer"]
+
+
+def test_logs_do_not_pass_terminal_escapes(api, capsys):
+    api.payload = {"logs": {"m": {"c1": "2026 \x1b]0;pwned\x07red \x1b[31mX\x1b[0m\tok\n"}}, "problems": []}
+    code, out, err, _ = _view(api, capsys, "logs", "-a", "app")
+    assert code == 0 and out == ["c1 | 2026 ?]0;pwned?red ?[31mX?[0m\tok"]

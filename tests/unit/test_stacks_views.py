@@ -137,3 +137,11 @@ def test_the_proxy_view_names_each_slots_version(views, monkeypatch):
     assert result["problems"] == ["lb2: ERROR: no socket"]
     assert asked[0] == ("lb*", "haproxy_runtime.stats", {"backends": ["app_a", "app_b", "app_c"]})
     assert views.proxy(app="ap")["refused"].endswith("did you mean app?")
+
+
+def test_the_container_views_of_an_app_gone_from_the_pillar_say_so(views, monkeypatch):
+    monkeypatch.setattr(views, "_ask", lambda *a, **k: pytest.fail("asked minions of no target"))
+    assert views.logs(app="old") == {"logs": {}, "problems": [
+        "no stacks:old:config:target in the master's pillar: its minions are unknown"]}
+    assert views.details(app="old")["problems"] == [
+        "no stacks:old:config:target in the master's pillar: its minions are unknown"]

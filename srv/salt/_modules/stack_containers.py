@@ -463,6 +463,9 @@ def _health_of_status(status, state):
     return "running"
 
 
+LOGS_MAX = 262144  # characters of one container's log lines in an answer
+
+
 def logs(app, version=None, service=None, tail=100):
     """
     The last ``tail`` lines of each of the app's containers on this minion (one version's,
@@ -479,7 +482,9 @@ def logs(app, version=None, service=None, tail=100):
         for info in _stack_containers(client, app, version, service):
             name = ((info.get("Names") or ["?"])[0]).lstrip("/")
             text = client.logs(name, stdout=True, stderr=True, timestamps=True, tail=int(tail))
-            found[name] = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+            text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+            # bounded on its way through the event bus and salt-api: the newest lines kept
+            found[name] = text if len(text) <= LOGS_MAX else "[older lines cut]\n" + text[-LOGS_MAX:].split("\n", 1)[-1]
         return found
 
     return _viewed(app, what)
@@ -498,6 +503,12 @@ def _version_of(template, repo_tag):
 
     if "{version}" in template:
         before, _, after = template.partition("{version}")
+        # the version only in the tag: after the repository's last ":" (past its last "/"),
+        # so that no template can make an image of another repository look like the app's
+        repository = before.rpartition(":")[0]
+        if "{version}" in after or ":" not in before.rsplit("/", 1)[-1] or not repository \
+                or ":" in after or "/" in after:
+            return None
         pattern = re.escape(before) + f"({_TAG})" + re.escape(after)
     else:
         last = template.rsplit("/", 1)[-1]

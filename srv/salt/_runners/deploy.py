@@ -95,9 +95,12 @@ def _run(action, values, source, user=None):
     hint = {"hint": "send the request again when it ends"} if source == "reactor" else {}
     if values.get("wait") and source != "reactor":
         _announce_wait(app, values["wait"])
-    held, refusal = _utils("pigeon_registry.lock")(app, action, checked, user, values.get("wait", 0), **hint)
+    # the runner job's id, for cancel of one job and for watch (the reactor's threads share one)
+    job = globals().get("__jid__") if source != "reactor" else None
+    held, refusal = _utils("pigeon_registry.lock")(app, action, checked, user, values.get("wait", 0), job=job,
+                                                   **hint)
     if refusal:
-        _utils("pigeon_plan.refused")(app, action, checked, refusal, user=user, source=source)
+        _utils("pigeon_plan.refused")(app, action, checked, refusal, user=user, source=source, job=job)
         return _utils("pigeon_outcome.refused")(request, refusal)
     planned = request
     try:
@@ -107,15 +110,13 @@ def _run(action, values, source, user=None):
             app, action, version=version, force=values.get("force", False), definition=definition,
             expect_revision=values.get("expect_revision"), keep_failed=values.get("keep_failed", False))
         if planned.get("error"):
-            _utils("pigeon_plan.refused")(app, action, checked, planned["error"], user=user, source=source)
+            _utils("pigeon_plan.refused")(app, action, checked, planned["error"], user=user, source=source, job=job)
             return _utils("pigeon_outcome.refused")(request, planned["error"])
         outcome = _utils("pigeon_outcome.nothing_ran")(planned)
         if planned["steps"]:
             if source != "reactor":  # the reactor's threads share this module's __jid__: no progress
                 _announce(planned)
-            ret = _utils("pigeon_orchestrate.run")(
-                action, planned, jid=globals().get("__jid__") if source != "reactor" else None,
-                user=globals().get("__user__"))
+            ret = _utils("pigeon_orchestrate.run")(action, planned, jid=job, user=globals().get("__user__"))
             outcome = _utils("pigeon_outcome.build")(planned, ret)
         if outcome["ok"]:
             outcome["changed"] = _utils("pigeon_plan.commit")(app, planned, held, source=source)
@@ -186,9 +187,9 @@ def _dry_run(action, values):
 
 def cancel(*args, **kwargs):
     """
-    Stop the actions of an app that wait for its deploy lock (``--wait``): they end refused,
-    nothing of them ran, and the history says who cancelled them. The action that holds the
-    lock runs on to its end. Keys: app.
+    Stop the actions of an app that wait for its deploy lock (``--wait``), or only the one of
+    runner job ``job``: they end refused, nothing of them ran, and the history says who
+    cancelled them. The action that holds the lock runs on to its end. Keys: app, job.
     Returns {"cancel": {"app", "holder": what holds the lock now, or None}}.
 
     CLI Example:
@@ -206,7 +207,7 @@ def cancel(*args, **kwargs):
         close = difflib.get_close_matches(app, sorted(definitions), n=1)
         return _refuse(f"unknown app {app!r}: no stacks:{app} in the master's pillar"
                        + (f"; did you mean {close[0]}?" if close else ""))
-    _utils("pigeon_registry.cancel")(app, _user())
+    _utils("pigeon_registry.cancel")(app, _user(), job=values.get("job"))
     held = _utils("pigeon_registry.holder")(app)
     return {"cancel": {"app": app, "holder": {k: v for k, v in held.items() if k != "fd"} if held else None}}
 
@@ -241,18 +242,36 @@ def prune(*args, **kwargs):
     started = time.time()
     try:
         config = definition.get("config") or {}
-        keep = sorted(_utils("pigeon_registry.load")(app)["stacks"])
+        templates = _utils("pigeon_definition.image_templates")(app, definition)
+        # apps whose images share a name with this one's keep theirs too, and one of them
+        # that holds its lock may be building an image: then no prune
+        keep = set()
+        for other in sorted(set(definitions) | set(_utils("pigeon_registry.apps")())):
+            keep |= set(_utils("pigeon_registry.load")(other)["stacks"])
+            shared = other != app and isinstance(definitions.get(other), dict) and set(templates) & set(
+                _utils("pigeon_definition.image_templates")(other, definitions[other]))
+            busy = _utils("pigeon_registry.holder")(other) if shared else None
+            if busy:
+                return _refuse(f"{other}, whose images share a name with {app}'s, is locked by "
+                               f"{busy.get('action')} of {busy.get('user')}; try again when it ends")
         import salt.client  # pylint: disable=import-outside-toplevel
 
-        with salt.client.get_local_client(mopts=__opts__) as client:
-            answers = client.cmd(config.get("target"), "stack_containers.prune_images", tgt_type=config.get(
-                "target_type", "glob"), timeout=120, kwarg={
-                    "app": app, "templates": _utils("pigeon_definition.image_templates")(app, definition),
-                    "keep": keep, "last": values.get("keep_last", 3), "dry_run": dry_run}) or {}
+        try:
+            with salt.client.get_local_client(mopts=__opts__) as client:
+                answers = client.cmd(config.get("target"), "stack_containers.prune_images", tgt_type=config.get(
+                    "target_type", "glob"), timeout=120, kwarg={
+                        "app": app, "templates": templates, "keep": sorted(keep),
+                        "last": values.get("keep_last", 3), "dry_run": dry_run}) or {}
+        except Exception as exc:  # pylint: disable=broad-except  (the master could not publish)
+            log.exception("deploy: prune of %s could not reach its minions", app)
+            return _refuse(f"prune of {app} could not reach {config.get('target')}: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}; see the master's log")
         done = {"removed": {}, "kept": {}, "errors": [], "dry_run": dry_run}
         for minion, ret in sorted(answers.items()):
             if not isinstance(ret, dict):
-                done["errors"].append(f"{minion}: {str(ret).splitlines()[0][:200] if str(ret) else 'no answer'}")
+                done["errors"].append(f"{minion}: " + ("did not answer within 120 s; run prune again"
+                                                       if ret is False or not str(ret)
+                                                       else str(ret).splitlines()[0][:200]))
                 continue
             done["removed"][minion], done["kept"][minion] = ret.get("removed", []), ret.get("kept", [])
             done["errors"] += [f"{minion}: {line}" for line in ret.get("errors", [])]

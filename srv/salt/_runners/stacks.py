@@ -197,8 +197,11 @@ def _config_minions(name, fun, **kwarg):
     did not answer."""
     definition = _registry("definitions")().get(name) or {}
     config = definition.get("config") or {}
+    if not config.get("target"):  # in the registry, gone from the pillar: no minions to ask
+        return {}, [f"no stacks:{name}:config:target in the master's pillar: its minions are unknown"]
     answers = _ask(config.get("target"), config.get("target_type", "glob"), fun, timeout=30, **kwarg)
-    problems = [f"{minion}: {str(ret).splitlines()[0][:200] if str(ret) else 'no answer'}"
+    problems = [f"{minion}: " + ("did not answer within 30 s" if ret is False or not str(ret)
+                                 else str(ret).splitlines()[0][:200])
                 for minion, ret in answers.items() if not isinstance(ret, (list, dict))]
     if not answers:
         problems.append(f"no answer from {config.get('target')}")
@@ -284,6 +287,9 @@ def proxy(*args, **kwargs):
              for slot in __utils__["pigeon_statemachine.slots"]()}
     loadbal = (definitions.get(app) or {}).get("loadbal") or {}
     target, tgt_type = loadbal.get("target"), loadbal.get("target_type", "glob")
+    if not target:  # in the registry, gone from the pillar
+        return {"slots": slots, "balancers": {}, "problems": [
+            f"no stacks:{app}:loadbal:target in the master's pillar: its load balancers are unknown"]}
     stats = _ask(target, tgt_type, "haproxy_runtime.stats", backends=[s["backend"] for s in slots.values()])
     maps = _ask(target, tgt_type, "haproxy_runtime.show_map")
     balancers, problems = {}, []

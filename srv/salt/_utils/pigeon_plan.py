@@ -103,11 +103,11 @@ def make(app, action, version=None, force=False, definition=None, expect_revisio
     return planned
 
 
-def refused(app, action, version, message, user=None, source="cli"):
+def refused(app, action, version, message, user=None, source="cli", job=None):
     """Record a refused action (nothing ran)."""
     registry = _utils("pigeon_registry.record")
     _utils("pigeon_registry.history_add")(app, registry(action, version, "refused", user=user,
-                                                        source=source, message=message))
+                                                        source=source, message=message, job=job))
 
 
 def commit(app, planned, held, source="cli"):
@@ -126,7 +126,7 @@ def commit(app, planned, held, source="cli"):
         store(entry)
     record = _utils("pigeon_registry.record")(
         planned["action"], planned.get("version"), "success", user=who, source=source,
-        when=held.get("since"), started=held.get("started"), noop=planned.get("noop", False),
+        when=held.get("since"), started=held.get("started"), job=held.get("job"), noop=planned.get("noop", False),
         message=planned.get("message"), states=planned.get("states"))
     _utils("pigeon_registry.history_add")(app, record)
     return {"message": planned.get("message") or "", "noop": planned.get("noop", False),
@@ -137,6 +137,6 @@ def abort(app, planned, held, outcome, source="cli"):
     """Record a failed action in the history: the failed step and its error, what was cleaned."""
     record = _utils("pigeon_registry.record")(
         planned.get("action"), planned.get("version"), "failed", user=held.get("user"), source=source,
-        when=held.get("since"), started=held.get("started"), error=outcome.get("error"),
+        when=held.get("since"), started=held.get("started"), job=held.get("job"), error=outcome.get("error"),
         step=outcome.get("failed_step"), cleaned=outcome.get("cleaned") or None)
     _utils("pigeon_registry.history_add")(app, record)

@@ -116,19 +116,25 @@ def _lock_dir():
 WAIT_HINT = "try again when it ends, or add --wait SECONDS"
 
 
-def lock(app, action, version, user, wait=0, hint=WAIT_HINT):
+def lock(app, action, version, user, wait=0, hint=WAIT_HINT, job=None):
     """
     Take the app's deploy lock for this thread, waiting up to ``wait`` seconds, unless a
-    ``cancel`` of the app is asked while it waits. Returns (held, None) with what the lock
-    now says, or (None, why not: one line ending with ``hint``, what the sender can do).
+    ``cancel`` of the app (or of this ``job``) is asked while it waits. Returns (held, None)
+    with what the lock now says, or (None, why not: one line ending with ``hint``, what the
+    sender can do).
     """
     me = {"action": action, "version": version, "user": user or "unknown",
-          "since": now(), "started": time.time()}
+          "since": now(), "started": time.time(), "job": job}
+    asked_since = time.monotonic()  # the kernel's clock, the same in every process
     taken = _utils("pigeon_lock.acquire")(_lock_dir(), app, me, wait=wait,
-                                          stop=lambda: cancelled(app, me["started"]))
+                                          stop=lambda: cancelled(app, asked_since, job) if wait else None)
     held = taken["held"]
-    if taken.get("stopped"):
-        asked = taken["stopped"]
+    asked = taken.get("stopped")
+    if not asked and not held and wait:
+        asked = cancelled(app, asked_since, job)  # cancelled as the holder let go: taken, given back
+        if asked:
+            unlock(app)
+    if asked:
         return None, (f"cancelled by {asked.get('user', 'unknown')} at {asked.get('when', '?')} while it "
                       f"waited for the lock of {app}: nothing ran")
     if held:
@@ -145,17 +151,30 @@ def lock(app, action, version, user, wait=0, hint=WAIT_HINT):
     return me, None
 
 
-def cancel(app, user):
-    """Ask the actions of ``app`` that wait for its lock now to stop waiting, untaken (an
-    action that holds the lock runs on to its end). Only those waiting already are stopped:
-    the request is older than any action that starts later."""
-    _cache().store(CANCEL, app, {"user": user or "unknown", "when": now(), "at": time.time()})
+CANCEL_KEEP = 50  # the requests kept per app (an action waits at most pigeon_schema.MAX_WAIT)
 
 
-def cancelled(app, since):
-    """The cancel asked of ``app`` after ``since`` (epoch seconds), or None."""
+def cancel(app, user, job=None):
+    """Ask the actions of ``app`` that wait for its lock now (only the one of runner job
+    ``job``, when given) to stop waiting, untaken; an action that holds the lock runs on to
+    its end. Only actions waiting already are stopped: a request is older than any action
+    that starts after it (time.monotonic: the kernel's clock, which no one sets back)."""
+    cache = _cache()
+    asked = [a for a in cache.fetch(CANCEL, app) or [] if isinstance(a, dict)
+             and time.monotonic() - float(a.get("at") or 0) < 3600][-(CANCEL_KEEP - 1):]
+    asked.append({"user": user or "unknown", "when": now(), "at": time.monotonic(), "job": job})
+    cache.store(CANCEL, app, asked)
+
+
+def cancelled(app, since, job=None):
+    """The cancel asked of ``app`` after ``since`` (time.monotonic) for every waiting action or
+    for ``job``, or None."""
     asked = _cache().fetch(CANCEL, app)
-    return asked if isinstance(asked, dict) and float(asked.get("at") or 0) > since else None
+    for request in reversed(asked if isinstance(asked, list) else []):
+        if isinstance(request, dict) and float(request.get("at") or 0) > since and \
+                request.get("job") in (None, job):
+            return request
+    return None
 
 
 def unlock(app):

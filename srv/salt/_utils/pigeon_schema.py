@@ -33,6 +33,7 @@ APP_RE = re.compile(r"\A[a-z][a-z0-9_-]{0,40}\Z")
 # a version is a docker image tag ("\Z", not "$": "$" lets a trailing newline in)
 VERSION_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 NONCE_RE = re.compile(r"\A[A-Za-z0-9_-]{16,64}\Z")
+JID_RE = re.compile(r"\A[0-9]{20}\Z")  # a Salt job id
 # a salt target, as a pillar author writes it: no newline, no control character
 TARGET_RE = re.compile(r"\A[^\x00-\x1f\x7f]{1,512}\Z")
 NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # frontends, docker networks, sls names
@@ -132,7 +133,7 @@ REQUESTS = {
     "deactivate": {"app": (APP, True), "version": (VERSION, True), "force": (FLAG, False),
                    "wait": (WAIT, False), **LOOK},
     "rollback": {"app": (APP, True), "wait": (WAIT, False), **LOOK},
-    "cancel": {"app": (APP, True)},
+    "cancel": {"app": (APP, True), "job": (Text(JID_RE, "a job id: 20 digits", noun="a job id"), False)},
     "prune": {"app": (APP, True), "keep_last": (Integer(0, 100), False), "dry_run": (FLAG, False)},
     "status": {"app": (APP, False), "observe": (FLAG, False)},
     "history": {"app": (APP, True), "limit": (Integer(0, 500), False)},
