@@ -297,7 +297,7 @@ class SaltApi:
         each quiet while: ``ended()`` (its history entry, then {"history": entry}), else
         whether the app's lock is free (twice: the action died)."""
         deadline = time.monotonic() + self.timeout
-        unlocked, names, ended = 0, {}, set()
+        unlocked, names, finished = 0, {}, set()
         quiet_since = time.monotonic()
         while True:
             now = time.monotonic()
@@ -309,7 +309,7 @@ class SaltApi:
             item = stream.next(min(deadline, now + pause, quiet_since + self.SILENCE))
             if item is None:
                 if on_tick:
-                    on_tick(next((step for sid, step in names.items() if sid not in ended), None))
+                    on_tick(next((step for sid, step in names.items() if sid not in finished), None))
                 if time.monotonic() - quiet_since >= self.SILENCE:  # a quiet while: is the action still there?
                     quiet_since = time.monotonic()
                     if ended:
@@ -339,7 +339,7 @@ class SaltApi:
                         ("State was not run because", "One or more requisite failed")):
                     continue  # a step started in parallel (its end comes with the outcome)
                 if state.get("__id__") in names:  # a step of the plan (looked up, not parsed)
-                    ended.add(state["__id__"])
+                    finished.add(state["__id__"])
                     on_step(progress_step(names[state["__id__"]], state))
             elif tag == f"salt/run/{jid}/ret":
                 return event.get("data", {}).get("return")

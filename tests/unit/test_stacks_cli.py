@@ -1322,3 +1322,58 @@ def test_logs_do_not_pass_terminal_escapes(api, capsys):
     api.payload = {"logs": {"m": {"c1": "2026 \x1b]0;pwned\x07red \x1b[31mX\x1b[0m\tok\n"}}, "problems": []}
     code, out, err, _ = _view(api, capsys, "logs", "-a", "app")
     assert code == 0 and out == ["c1 | 2026 ?]0;pwned?red ?[31mX?[0m\tok"]
+
+
+class StepThenSilence:
+    """An /events stream that gives the runner's table and one step's end, then nothing
+    (its master died after the first step)."""
+
+    JID = "20261203000000000000"
+
+    def __init__(self, api):
+        self.status = 200
+        self.events = [
+            (f"salt/run/{self.JID}/steps", {"data": {"steps": {"s1": "containers", "s2": "routes"}}}),
+            (f"salt/job/{self.JID}/prog/m/0", {"data": {"ret": {"__id__": "s1", "result": True, "duration": 5}}})]
+
+    def next(self, until):
+        return self.events.pop(0) if self.events else None
+
+    def close(self):
+        pass
+
+
+def test_a_master_that_dies_after_a_step_is_one_line(monkeypatch):
+    """After a step has ended, the quiet-while check still asks the lock (a regression: the set of
+    ended steps once shadowed the history look-up and raised TypeError)."""
+    client = saltapi.SaltApi("http://127.0.0.1:1", "deployer", "pw", "pam", timeout=3600)
+    client.token = "t"
+    monkeypatch.setattr(saltapi, "EventStream", StepThenSilence)
+    monkeypatch.setattr(saltapi.SaltApi, "SILENCE", 0)
+    ticks, steps = [], []
+
+    def post(path, payload):
+        if payload[0]["client"] == "runner_async":
+            return {"return": [{"jid": StepThenSilence.JID, "tag": "x"}]}
+        return {"return": [{"app": {"stacks": {}, "routes": {}, "generation": 1, "lock": None}}]}
+
+    monkeypatch.setattr(client, "_post", post)
+    with pytest.raises(errors.StacksError) as raised:
+        client.deploy("release", {"app": "app", "version": "1.0"}, on_step=steps.append, on_tick=ticks.append)
+    assert str(raised.value).startswith("the action ended without a result")
+    assert [s["step"] for s in steps] == ["containers"] and ticks and set(ticks) == {"routes"}
+
+
+def test_watch_finds_the_jobs_history_entry_after_a_quiet_while(monkeypatch):
+    client = saltapi.SaltApi("http://127.0.0.1:1", "deployer", "pw", "pam", timeout=3600)
+    client.token = "t"
+    monkeypatch.setattr(saltapi, "EventStream", SilentStream)
+    monkeypatch.setattr(saltapi.SaltApi, "SILENCE", 0)
+    looked = []
+
+    def ended():
+        looked.append(1)
+        return {"job": "j", "result": "success"} if len(looked) >= 3 else None
+
+    assert client.watch("j", "app", ended) == {"history": {"job": "j", "result": "success"}}
+    assert len(looked) == 3
