@@ -22,7 +22,7 @@ from pigeon.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, StacksError, first_l
 from pigeon.help import COMMANDS, command_help
 from pigeon.saltapi import SaltApi, TokenCache, token_cache_path
 
-ACTIONS = ("release", "activate", "deactivate", "rollback")
+ACTIONS = ("release", "activate", "deactivate", "rollback", "repair")
 VIEWS = ("status", "history", "details", "logs", "proxy", "lock", "watch", "cancel", "prune")
 MAX_WAIT = 3600  # the deploy runner's bound of wait (pigeon_schema.MAX_WAIT)
 APP_SHAPE = re.compile(r"[a-z][a-z0-9_-]{0,40}")  # pigeon_schema.APP_RE
@@ -53,7 +53,7 @@ def parse_args(argv):
         epilog="Exit codes: 0 done, 1 failed or refused, 2 bad usage, 3 salt-api unreachable or "
                "credentials refused, 4 deadline passed.")
     parser.add_argument("command", nargs="?", choices=ACTIONS + VIEWS, metavar="ACTION",
-                        help="release | activate | deactivate | rollback | status | history | details "
+                        help="release | activate | deactivate | rollback | repair | status | history | details "
                              "| logs | proxy | lock | watch | cancel | prune")
     parser.add_argument("subject", nargs="?", metavar="status|release|JOB",
                         help="lock: status (the default) or release; watch: the job id an action printed")
@@ -105,7 +105,7 @@ def parse_args(argv):
         parser.error(f"ACTION {args.command} and --action {args.action} disagree")
     args.command = args.command or args.action
     if not args.command:
-        parser.error("name an ACTION (release, activate, deactivate, rollback, status, history, details, logs, lock)")
+        parser.error(f"name an ACTION ({', '.join(ACTIONS + VIEWS)})")
     if args.command == "lock" and args.subject not in (None, "status", "release"):
         parser.error(f"lock {args.subject[:40]!r}: use lock status or lock release")
     elif args.command == "watch" and not re.fullmatch(r"[0-9]{20}", args.subject or ""):
@@ -167,7 +167,8 @@ def check_ca_file(path):
         with open(path, "rb") as fh:
             head = fh.read(1 << 20)
     except OSError as exc:
-        raise StacksError(f"--ca-file {path}: {exc.strerror or exc}", EXIT_USAGE) from None
+        raise StacksError(f"--ca-file {path}: {exc.strerror or exc}; give the certificate that signed "
+                          "salt-api's (in the lab: .lab/tls/ca.crt)", EXIT_USAGE) from None
     if b"-----BEGIN CERTIFICATE-----" not in head:
         raise StacksError(f"--ca-file {path}: not a PEM CA bundle (no BEGIN CERTIFICATE line); give the "
                      "certificate that signed salt-api's (in the lab: .lab/tls/ca.crt)", EXIT_USAGE)
@@ -308,12 +309,24 @@ def run_action(client, args, out):
         raise StacksError(f"{args.command} {target} failed: {outcome['error']}", EXIT_FAILED, report)
     if outcome.get("cleaned"):
         out(f"removed what interrupted actions left of {', '.join(outcome['cleaned'])}")
+    if args.command == "repair" and not outcome.get("changed", {}).get("noop"):
+        for line in repaired(outcome):
+            out(line)
     message = (outcome.get("changed") or {}).get("message") or ""
     if not args.version and report["version"]:
         target = f"{args.app} {report['version']}"
     out(f"{message}" if message else "done")
     out(f"Finished {args.command} {target} in {elapsed:.1f} s")
     return report
+
+
+def repaired(outcome):
+    """What a repair did to the containers, in lines."""
+    done = outcome.get("containers") or {}
+    lines = [f"{how} (it was {'stopped' if how == 'started' else 'missing'}): {', '.join(names)}"
+             for how, names in (("started", sorted(n for n, h in done.items() if h == "started")),
+                                ("created", sorted(n for n, h in done.items() if h == "created"))) if names]
+    return lines or (["every container was running: nothing started"] if not outcome.get("cleaned") else [])
 
 
 class Ticker:
@@ -681,6 +694,15 @@ def show_history(client, args, out):
     return items
 
 
+# what runs each command (parse_args knows no other)
+COMMANDS = {
+    **{action: run_action for action in ACTIONS},
+    "status": show_status, "history": show_history, "details": show_details, "logs": show_logs,
+    "proxy": show_proxy, "lock": show_lock, "watch": watch_action, "cancel": cancel_waiting,
+    "prune": prune_images,
+}
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     quiet = args.quiet or args.json
@@ -692,26 +714,7 @@ def main(argv=None):
     report = None
     try:
         client = make_client(args)
-        if args.command in ACTIONS:
-            report = run_action(client, args, out)
-        elif args.command == "status":
-            report = show_status(client, args, out)
-        elif args.command == "details":
-            report = show_details(client, args, out)
-        elif args.command == "logs":
-            report = show_logs(client, args, out)
-        elif args.command == "proxy":
-            report = show_proxy(client, args, out)
-        elif args.command == "lock":
-            report = show_lock(client, args, out)
-        elif args.command == "watch":
-            report = watch_action(client, args, out)
-        elif args.command == "cancel":
-            report = cancel_waiting(client, args, out)
-        elif args.command == "prune":
-            report = prune_images(client, args, out)
-        else:
-            report = show_history(client, args, out)
+        report = COMMANDS[args.command](client, args, out)
     except StacksError as exc:
         error, code, report = exc, exc.code, exc.report
         if args.verbose:

@@ -27,6 +27,13 @@ COMMANDS = {
                    ["  --app-name APP, -a APP   required", "  --version V, -V V        required",
                     "  --force                  allow removing the active stack (default: refused)", COMMON],
                    ["./stacks.py deactivate -a app -V 1.3", "./stacks.py deactivate -a app -V 1.4 --force"]),
+    "repair": ("Bring what runs back to what the registry says, gated like a release: HAProxy on the "
+               "load balancer, each stack's containers (stopped ones started, missing ones created from "
+               "the pillar, those of versions the registry does not know removed), healthy and UP, then "
+               "the registry's routes set again. The registry does not change.",
+               ["  --app-name APP, -a APP   required",
+                "  --version V, -V V        default: every stack of the app", COMMON],
+               ["./stacks.py repair -a app", "./stacks.py repair -a app --dry-run"]),
     "status": ("Per app: each stack's version, state, slot and traffic, the routes, the lock, and what "
                "really runs, with the drift from the registry.",
                ["  --app-name APP, -a APP   default: every app of the registry and the pillar",

@@ -239,13 +239,7 @@ class SaltApi:
         fun = f"deploy.{action}"
         if on_step is None:
             return self.runner(fun, kwarg=kwarg)
-        if self.token is None:
-            self.login()
-        stream = EventStream(self)
-        if stream.status == 401:
-            stream.close()
-            raise StacksError(f"salt-api refused the token of {self.user!r} on its event stream; "
-                              "check SALTAPI_USER, SALTAPI_PASS and SALTAPI_EAUTH", EXIT_API)
+        stream = self._open_stream()
         try:
             low = {"client": "runner_async", "fun": fun, "kwarg": kwarg}
             try:
@@ -275,13 +269,7 @@ class SaltApi:
         {"history": entry}. ``before()`` is called once the event stream is open (what it
         makes happen is not missed).
         """
-        if self.token is None:
-            self.login()
-        stream = EventStream(self)
-        if stream.status == 401:
-            stream.close()
-            raise StacksError(f"salt-api refused the token of {self.user!r} on its event stream; "
-                              "check SALTAPI_USER, SALTAPI_PASS and SALTAPI_EAUTH", EXIT_API)
+        stream = self._open_stream()
         try:
             if before:
                 before()
@@ -291,6 +279,17 @@ class SaltApi:
             return self._follow(stream, jid, app, on_step or (lambda step: None), None, on_tick, ended=ended)
         finally:
             stream.close()
+
+    def _open_stream(self):
+        """salt-api's event stream, open (logged in first when no token is held)."""
+        if self.token is None:
+            self.login()
+        stream = EventStream(self)
+        if stream.status == 401:
+            stream.close()
+            raise StacksError(f"salt-api refused the token of {self.user!r} on its event stream; "
+                              "check SALTAPI_USER, SALTAPI_PASS and SALTAPI_EAUTH", EXIT_API)
+        return stream
 
     def _follow(self, stream, jid, app, on_step, on_wait, on_tick, on_plan=None, ended=None):
         """Read the event stream for the events of runner job ``jid`` until its return. After
@@ -302,9 +301,9 @@ class SaltApi:
         while True:
             now = time.monotonic()
             if now >= deadline:
-                raise StacksError("no answer from salt-api within the deadline; the action may "
-                                  "still run on the master: see ./stacks.py status, or raise "
-                                  "--deadline", EXIT_DEADLINE)
+                raise StacksError(f"the deadline of {self.timeout:g} s passed while job {jid} still runs on "
+                                  f"the master; follow it with ./stacks.py watch {jid} --app-name {app} "
+                                  "(or raise --deadline)", EXIT_DEADLINE)
             pause = self.TICK if on_tick else self.SILENCE
             item = stream.next(min(deadline, now + pause, quiet_since + self.SILENCE))
             if item is None:

@@ -72,18 +72,22 @@ def deploy(tmp_path, monkeypatch):
                 pigeon_webhook_secret_file=str(secret_file), pigeon_ci_minions=["ci-1"])
     calls, fired = [], []
 
-    def orchestrate(action, plan, jid=None, user=None):
+    def orchestrate(action, plan, jid=None, user=None, stop=None):
         # recorded as the call of orch.<action> with its whole pillar, the plan
         calls.append(((f"orch.{action}",), {"pillar": {"pigeon_plan": plan}, "jid": jid, "user": user}))
+        module.stops.append(stop)
         answer = module.orchestrate_returns
+        if callable(answer):  # a stand-in orchestration that asks stop() as Salt's would
+            return answer(plan, stop)
         if isinstance(answer, Exception):
             raise answer
         return not_run_for_missing(copy.deepcopy(answer), plan)
 
     registry = load("_utils/pigeon_registry.py", "pigeon_registry_for_deploy")
     plan = load("_utils/pigeon_plan.py", "pigeon_plan_for_deploy")
-    utils = utils_dunder(*PURE, registry, plan)
-    for mod in (registry, plan):
+    minions = load("_utils/pigeon_minions.py", "pigeon_minions_for_deploy")
+    utils = utils_dunder(*PURE, registry, plan, minions)
+    for mod in (registry, plan, minions):
         mod.__opts__ = opts
         mod._LOADER = utils
     monkeypatch.setattr(registry, "definitions", lambda: {"app": copy.deepcopy(DEFINITION)})
@@ -97,7 +101,7 @@ def deploy(tmp_path, monkeypatch):
     module.__user__ = "deployer"
     module.orchestrate_returns = OK
     monkeypatch.setattr(module, "_fire", lambda data, tag: fired.append((tag, data)))
-    module.calls, module.fired, module.registry = calls, fired, registry
+    module.calls, module.fired, module.registry, module.stops = calls, fired, registry, []
     return module
 
 
@@ -730,7 +734,7 @@ class Minions:
     def __exit__(self, *exc):
         return False
 
-    def cmd(self, tgt, fun, tgt_type="glob", timeout=None, kwarg=None):
+    def cmd(self, tgt, fun, kwarg=None, tgt_type="glob", timeout=None):
         self.calls.append((tgt, fun, tgt_type, kwarg))
         return self.answers
 

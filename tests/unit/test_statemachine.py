@@ -467,6 +467,11 @@ def test_random_sequences_keep_invariants(slots):
                 assert p["states"] == {} and p["stop"] == [] and p["start"] is None
                 assert new["generation"] == e["generation"]
                 assert new["stacks"] == e["stacks"]
+            elif action in sm.KEEPS_REGISTRY:  # repair: steps run, the registry stays as it is
+                done[action] += 1
+                assert new == dict(e, routes=p["routes"]) and p["routes"] == e["routes"]
+                assert p["states"] == {} and p["stop"] == [] and p["start"] is None
+                assert [r["version"] for r in p["repair"]] == sorted(e["stacks"]) or version in e["stacks"]
             else:
                 done[action] += 1
                 assert new["generation"] == e["generation"] + 1
@@ -488,7 +493,7 @@ def test_random_sequences_keep_invariants(slots):
                                                     "since": f"t{step}", "by": "prop"}
             e = new
     # the walk really went through every transition, refusals and no-ops
-    assert all(n > 20 for n in done.values()), done
+    assert all(n > 10 for n in done.values()), done
     assert refusals > 100 and noops > 20, (refusals, noops)
 
 

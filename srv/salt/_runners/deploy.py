@@ -84,6 +84,7 @@ def _run(action, values, source, user=None):
     releases it (``pigeon_lock``).
     """
     app, version, user = values["app"], values.get("version"), user or _user()
+    since = time.monotonic()  # a cancel asked after this stops the action (deploy.cancel)
     request = {"action": action, "app": app, "version": version}
     definitions = _utils("pigeon_registry.definitions")()
     definition = definitions.get(app)
@@ -116,7 +117,8 @@ def _run(action, values, source, user=None):
         if planned["steps"]:
             if source != "reactor":  # the reactor's threads share this module's __jid__: no progress
                 _announce(planned)
-            ret = _utils("pigeon_orchestrate.run")(action, planned, jid=job, user=globals().get("__user__"))
+            ret = _utils("pigeon_orchestrate.run")(action, planned, jid=job, user=globals().get("__user__"),
+                                                   stop=_stop(app, since, job))
             outcome = _utils("pigeon_outcome.build")(planned, ret)
         if outcome["ok"]:
             outcome["changed"] = _utils("pigeon_plan.commit")(app, planned, held, source=source)
@@ -139,6 +141,20 @@ def _run(action, values, source, user=None):
         return outcome
     finally:
         _utils("pigeon_registry.unlock")(app)
+
+
+def _stop(app, since, job):
+    """stop() for the orchestration: why the action must stop before its next cancellable step
+    (a cancel asked since it began), or None. The registry's function is looked up here: the
+    orchestration calls stop() inside the state system's loader, where this module's
+    ``__utils__`` cannot be reached."""
+    cancelled = _utils("pigeon_registry.cancelled")
+
+    def stop():
+        asked = cancelled(app, since, job)
+        return f"cancelled by {asked.get('user') or 'unknown'} at {asked.get('when') or '?'}" if asked else None
+
+    return stop
 
 
 def _announce(planned):
@@ -187,9 +203,11 @@ def _dry_run(action, values):
 
 def cancel(*args, **kwargs):
     """
-    Stop the actions of an app that wait for its deploy lock (``--wait``), or only the one of
-    runner job ``job``: they end refused, nothing of them ran, and the history says who
-    cancelled them. The action that holds the lock runs on to its end. Keys: app, job.
+    Stop the actions of an app (or only the one of runner job ``job``): those that wait for
+    its deploy lock (``--wait``) end refused, nothing of them ran; the one that holds the lock
+    stops before its next step up to its routes (a release's cleanup then removes what it
+    started), and runs on to its end once production or preview moved (its routes step ran).
+    The history says who cancelled them. Keys: app, job.
     Returns {"cancel": {"app", "holder": what holds the lock now, or None}}.
 
     CLI Example:
@@ -254,14 +272,11 @@ def prune(*args, **kwargs):
             if busy:
                 return _refuse(f"{other}, whose images share a name with {app}'s, is locked by "
                                f"{busy.get('action')} of {busy.get('user')}; try again when it ends")
-        import salt.client  # pylint: disable=import-outside-toplevel
-
         try:
-            with salt.client.get_local_client(mopts=__opts__) as client:
-                answers = client.cmd(config.get("target"), "stack_containers.prune_images", tgt_type=config.get(
-                    "target_type", "glob"), timeout=120, kwarg={
-                        "app": app, "templates": templates, "keep": sorted(keep),
-                        "last": values.get("keep_last", 3), "dry_run": dry_run}) or {}
+            answers = _utils("pigeon_minions.ask")(
+                config.get("target"), config.get("target_type", "glob"), "stack_containers.prune_images",
+                timeout=120, app=app, templates=templates, keep=sorted(keep), last=values.get("keep_last", 3),
+                dry_run=dry_run)
         except Exception as exc:  # pylint: disable=broad-except  (the master could not publish)
             log.exception("deploy: prune of %s could not reach its minions", app)
             return _refuse(f"prune of {app} could not reach {config.get('target')}: {type(exc).__name__}: "
@@ -342,6 +357,23 @@ def rollback(*args, **kwargs):
         salt-run deploy.rollback app=app
     """
     return _action("rollback", args, kwargs)
+
+
+def repair(*args, **kwargs):
+    """
+    Bring what runs back to what the registry says, gated like a release: HAProxy on the load
+    balancer, each stack's containers (stopped ones started, missing ones created from the
+    pillar, those of versions the registry does not know removed) healthy and UP, then the
+    registry's routes set again. The registry does not change. Keys: app, version (one stack
+    only), wait, dry_run, expect_revision.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.repair app=app
+    """
+    return _action("repair", args, kwargs)
 
 
 # ---------------------------------------------------------------------------

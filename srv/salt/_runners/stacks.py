@@ -36,10 +36,7 @@ def _registry(name):
 
 def _ask(tgt, tgt_type, fun, timeout=10, **kwarg):
     """Call an execution function on minions: {minion: return}. Missing minions are absent."""
-    import salt.client  # pylint: disable=import-outside-toplevel
-
-    with salt.client.get_local_client(mopts=__opts__) as client:
-        return client.cmd(tgt, fun, kwarg=kwarg, tgt_type=tgt_type, timeout=timeout) or {}
+    return __utils__["pigeon_minions.ask"](tgt, tgt_type, fun, timeout=timeout, **kwarg)
 
 
 def _observe(app, definition, entry, lock_=None):
@@ -117,6 +114,19 @@ def _door(kind, args, kwargs):
         return None, _refuse(str(exc))
 
 
+def _app_view(kind, args, kwargs):
+    """The door of a view of one app: (values, the pillar's definitions, None), or (None, None,
+    {"refused": one line}) when the request fails the schema or names no app."""
+    values, refused = _door(kind, args, kwargs)
+    if refused:
+        return None, None, refused
+    definitions = _registry("definitions")()
+    unknown = _unknown(values["app"], definitions)
+    if unknown:
+        return None, None, _refuse(unknown)
+    return values, definitions, None
+
+
 def _unknown(app, definitions):
     """Why ``app`` is no app (neither in the stacks: pillar nor in the registry), or None."""
     known = set(definitions) | set(_registry("apps")())
@@ -191,11 +201,10 @@ def history(*args, **kwargs):
     return _registry("history")(values["app"], values.get("limit", 20))
 
 
-def _config_minions(name, fun, **kwarg):
-    """Call ``fun`` on the minions of app ``name`` (``stacks:<name>:config:target``): (answers,
-    problems), ``answers`` {minion: return}, ``problems`` one line per minion that failed or
-    did not answer."""
-    definition = _registry("definitions")().get(name) or {}
+def _config_minions(name, definition, fun, **kwarg):
+    """Call ``fun`` on the minions of app ``name`` (``stacks:<name>:config:target`` of its
+    ``definition``): (answers, problems), ``answers`` {minion: return}, ``problems`` one line
+    per minion that failed or did not answer."""
     config = definition.get("config") or {}
     if not config.get("target"):  # in the registry, gone from the pillar: no minions to ask
         return {}, [f"no stacks:{name}:config:target in the master's pillar: its minions are unknown"]
@@ -220,14 +229,12 @@ def details(*args, **kwargs):
 
         salt-run stacks.details app=app version=1.4
     """
-    values, refused = _door("details", args, kwargs)
+    values, definitions, refused = _app_view("details", args, kwargs)
     if refused:
         return refused
     app = values["app"]
-    unknown = _unknown(app, _registry("definitions")())
-    if unknown:
-        return _refuse(unknown)
-    answers, problems = _config_minions(app, "stack_containers.details", app=app, version=values.get("version"))
+    answers, problems = _config_minions(app, definitions.get(app) or {}, "stack_containers.details",
+                                        app=app, version=values.get("version"))
     containers = [dict(c, minion=minion) for minion, found in sorted(answers.items()) for c in found]
     return {"containers": containers, "problems": problems}
 
@@ -244,15 +251,13 @@ def logs(*args, **kwargs):
 
         salt-run stacks.logs app=app version=1.4 service=web tail=20
     """
-    values, refused = _door("logs", args, kwargs)
+    values, definitions, refused = _app_view("logs", args, kwargs)
     if refused:
         return refused
     app = values["app"]
-    unknown = _unknown(app, _registry("definitions")())
-    if unknown:
-        return _refuse(unknown)
-    answers, problems = _config_minions(app, "stack_containers.logs", app=app, version=values.get("version"),
-                                        service=values.get("service"), tail=values.get("tail", 100))
+    answers, problems = _config_minions(app, definitions.get(app) or {}, "stack_containers.logs", app=app,
+                                        version=values.get("version"), service=values.get("service"),
+                                        tail=values.get("tail", 100))
     return {"logs": answers, "problems": problems}
 
 
@@ -271,14 +276,10 @@ def proxy(*args, **kwargs):
 
         salt-run stacks.proxy app=app
     """
-    values, refused = _door("proxy", args, kwargs)
+    values, definitions, refused = _app_view("proxy", args, kwargs)
     if refused:
         return refused
     app = values["app"]
-    definitions = _registry("definitions")()
-    unknown = _unknown(app, definitions)
-    if unknown:
-        return _refuse(unknown)
     entry = _registry("load")(app)
     in_slot = {stack.get("slot"): (version, stack.get("state")) for version, stack in entry["stacks"].items()}
     backend = __utils__["pigeon_statemachine.backend"]

@@ -117,6 +117,24 @@ def loadbal_hash(definition):
                           .encode()).hexdigest()[:16]
 
 
+def _stack(app, version, slot, definition, backend):
+    """What the steps need to start one stack (its containers, network, backend and the
+    servers HAProxy must have UP), or why the definition cannot make it (one line)."""
+    cts = containers(app, version, slot, definition)
+    registered = sum(1 for c in cts if c["registered"])
+    if not registered:
+        return f"broken pillar: no service of stacks:{app} is labelled register_backend=true"
+    reserved = sorted({k for c in cts for k in c["docker_config"] if k in RESERVED})
+    if reserved:
+        return (f"broken pillar: stacks:{app} docker_config sets {', '.join(reserved)}, "
+                "which Pigeon sets itself; remove it")
+    if registered > MAX_REPLICAS:
+        return (f"broken pillar: stacks:{app} would put {registered} containers in one "
+                f"HAProxy slot, more than its {MAX_REPLICAS} servers; lower count")
+    return {"backend": backend(app, slot), "network": stack_network(app, version), "expected_up": registered,
+            "containers": cts}
+
+
 def expand(app, action, version, definition, entry, planned, backend):
     """
     ``planned`` (the state machine's plan of ``action`` on the registry ``entry``) with
@@ -138,28 +156,21 @@ def expand(app, action, version, definition, entry, planned, backend):
     planned["loadbal_hash"] = loadbal_hash(definition)
     planned["converge_loadbal"] = entry.get("loadbal_hash") != planned["loadbal_hash"]
     if planned["start"]:
-        slot = planned["start"]["slot"]
-        cts = containers(app, planned["version"], slot, definition)
-        registered = sum(1 for c in cts if c["registered"])
-        if not registered:
-            return {"error": f"broken pillar: no service of stacks:{app} is labelled register_backend=true"}
-        reserved = sorted({k for c in cts for k in c["docker_config"] if k in RESERVED})
-        if reserved:
-            return {"error": f"broken pillar: stacks:{app} docker_config sets {', '.join(reserved)}, "
-                             "which Pigeon sets itself; remove it"}
-        if registered > MAX_REPLICAS:
-            return {"error": f"broken pillar: stacks:{app} would put {registered} containers in one "
-                             f"HAProxy slot, more than its {MAX_REPLICAS} servers; lower count"}
-        planned["start"].update(
-            # containers of versions the registry does not know were left by an interrupted
-            # action (or a release kept with --keep-failed, this version's own included): the
-            # release removes them first, so that it starts clean
-            keep=sorted(entry["stacks"]),
-            backend=backend(app, slot),
-            network=stack_network(app, planned["version"]),
-            expected_up=registered,
-            containers=cts,
-        )
+        stack = _stack(app, planned["version"], planned["start"]["slot"], definition, backend)
+        if isinstance(stack, str):
+            return {"error": stack}
+        # containers of versions the registry does not know were left by an interrupted
+        # action (or a release kept with --keep-failed, this version's own included): the
+        # release removes them first, so that it starts clean
+        planned["start"].update(stack, keep=sorted(entry["stacks"]))
+    for n, repaired in enumerate(planned.get("repair") or []):
+        stack = _stack(app, repaired["version"], repaired["slot"], definition, backend)
+        if isinstance(stack, str):
+            return {"error": stack}
+        # the first step removes the containers of versions the registry does not know
+        repaired.update(stack, keep=sorted(entry["stacks"]) if n == 0 else None)
+    if planned.get("repair"):
+        planned["gates"] = {r["backend"]: r["expected_up"] for r in planned["repair"]}
     if action in ("activate", "rollback") and not planned["noop"]:
         slot = entry["stacks"][planned["version"]]["slot"]
         planned["gate"] = {

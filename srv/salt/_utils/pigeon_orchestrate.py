@@ -25,11 +25,17 @@ import logging
 log = logging.getLogger(__name__)
 
 
-def run(action, plan, jid=None, user=None):
+CANCELLED = "not run: "  # the comment of a step that a cancel stopped, before its reason
+
+
+def run(action, plan, jid=None, user=None, stop=None):
     """
     Render and run ``orch.<action>`` on the master with pillar ``{"pigeon_plan": plan}``,
     as ``state.orchestrate orch.<action> pillar=...`` would. ``jid`` tags the progress
     events (one is made when None); ``user`` is who the minions' jobs are published as.
+    ``stop()``, asked before each step the plan marks ``cancellable``, gives a reason (one
+    line) to run it no more: that step fails with ``CANCELLED`` and the reason, and what
+    requires it does not run (a release's cleanup, an onfail, does).
     """
     # pylint: disable=import-outside-toplevel
     import salt.config
@@ -55,11 +61,30 @@ def run(action, plan, jid=None, user=None):
             # a progress event as each state ends, whatever the master's state_events says
             # (Salt's own State.event sends none on a master: its opts say local)
             highstate.state.event = _progress(opts, jid)
+            if stop is not None:
+                highstate.state.call = _stoppable(highstate.state.call, plan, stop)
             running = highstate.state.call_high(high, jid)
         finally:
             highstate.pop_active()
     data = {opts["id"]: running}
     return {"data": data, "outputter": "highstate", "retcode": 0 if salt.utils.state.check_result(data) else 1}
+
+
+def _stoppable(call, plan, stop):
+    """State.call that asks ``stop()`` before each cancellable step of ``plan``, and runs a
+    failing test state in its place when it gives a reason (Salt still times it, numbers it,
+    reports its progress and skips what requires it)."""
+    cancellable = {s["id"] for s in plan.get("steps") or [] if s.get("cancellable")}
+
+    def checked(low, *args, **kwargs):
+        why = stop() if low.get("__id__") in cancellable else None
+        if why:
+            kept = {k: v for k, v in low.items() if k.startswith("__") or k in ("name", "order")}
+            low = dict(kept, state="test", fun="configurable_test_state", changes=False, result=False,
+                       comment=CANCELLED + why)
+        return call(low, *args, **kwargs)
+
+    return checked
 
 
 def _progress(opts, jid):

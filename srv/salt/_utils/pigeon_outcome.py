@@ -7,6 +7,7 @@ plan and the return of ``state.orchestrate``, so that no client reads state IDs.
      "failed_step": the step that failed or None,
      "steps": [{"step", "result": True/False/None, "skipped": bool, "seconds", "comment"}],
      "cleaned": versions whose leftovers the release removed,
+     "containers": {name: "created" | "started"} what the steps started (a repair's work),
      "changed": what the registry recorded (stacks.commit's return) or None,
      "revision": the registry's revision after the action}
 
@@ -21,6 +22,8 @@ import json
 import re
 
 RENDER_PREFIX = r"^Rendering SLS '[^']+' failed: "
+# the comment of a step a cancel stopped, before the reason (pigeon_orchestrate.CANCELLED)
+CANCELLED = "not run: "
 REQUISITE_FAILED = "One or more requisite failed: "
 
 
@@ -52,7 +55,7 @@ def refused(plan_or_request, message):
 def _base(plan, **values):
     outcome = {"action": plan.get("action"), "app": plan.get("app"), "version": plan.get("version"),
                "ok": True, "refused": False, "error": None, "failed_step": None, "steps": [],
-               "cleaned": [], "changed": None, "revision": plan.get("generation")}
+               "cleaned": [], "containers": {}, "changed": None, "revision": plan.get("generation")}
     outcome.update(values)
     return outcome
 
@@ -84,17 +87,25 @@ def _minion_failure(step):
     return first_line(comment)
 
 
-def _leftovers(state):
-    """Versions whose leftovers a step's minions removed (stack_containers.running's changes)."""
-    found = set()
+def _minion_changes(state, key):
+    """The ``key`` changes of every minion state of a salt.state step (stack_containers.running's
+    ``leftovers_removed``, ``containers``), those that are dicts."""
     ret = (state.get("changes") or {}).get("ret")
     for states in ret.values() if isinstance(ret, dict) else []:
         for result in states.values() if isinstance(states, dict) else []:
-            removed = ((result or {}).get("changes") or {}).get("leftovers_removed") \
-                if isinstance(result, dict) else None
-            if isinstance(removed, dict):
-                found.update(str(v) for v in removed)
-    return found
+            found = ((result or {}).get("changes") or {}).get(key) if isinstance(result, dict) else None
+            if isinstance(found, dict):
+                yield found
+
+
+def _leftovers(state):
+    """Versions whose leftovers a step's minions removed (stack_containers.running's changes)."""
+    return {str(v) for removed in _minion_changes(state, "leftovers_removed") for v in removed}
+
+
+def _started(state):
+    """{container: "created" | "started"} of what a step's minions started."""
+    return {str(k): str(v) for started in _minion_changes(state, "containers") for k, v in started.items()}
 
 
 def build(plan, ret):
@@ -113,7 +124,7 @@ def build(plan, ret):
     names = {s["id"]: s["step"] for s in plan.get("steps") or []}
     order = {s["id"]: n for n, s in enumerate(plan.get("steps") or [])}
     states = sorted(per_master.values(), key=lambda s: (s.get("__run_num__", 0), order.get(s.get("__id__"), 0)))
-    steps, cleaned, failures = [], set(), []
+    steps, cleaned, started, failures = [], set(), {}, []
     for state in states:
         name = names.get(state.get("__id__"), state.get("__id__") or "?")
         comment = _requisites_named(str(state.get("comment", "")), state.get("__sls__"), names)
@@ -126,6 +137,7 @@ def build(plan, ret):
                 step["comment"] = _error(state)
             failures.append((skipped, step))
         cleaned |= _leftovers(state)
+        started.update(_started(state))
         steps.append(step)
     # a step of the plan with no state in the result never ran: the SLS does not have it
     ran = {state.get("__id__") for state in states}
@@ -141,12 +153,24 @@ def build(plan, ret):
     failed = min(failures, key=lambda f: f[0])[1] if failures else None
     ok = failed is None and ret.get("retcode", 0) in (0, None)
     error = None
-    if failed is not None:
+    if failed is not None and failed["comment"].startswith(CANCELLED):
+        error = _cancelled(failed, steps)
+    elif failed is not None:
         error = f"step {failed['step']} failed: {failed['comment']}"
     elif not ok:
         error = f"the orchestration returned retcode {ret.get('retcode')}; see the master's log"
     return _base(plan, ok=ok, error=error, failed_step=failed["step"] if failed else None,
-                 steps=steps, cleaned=sorted(cleaned))
+                 steps=steps, cleaned=sorted(cleaned), containers=dict(sorted(started.items())))
+
+
+def _cancelled(stopped, steps):
+    """'cancelled by alice at <when> before step routes; done: containers, cleanup; not run:
+    routes' (the outcome's error of an action a cancel stopped between steps)."""
+    done = [s["step"] for s in steps if s["result"] is True and not s["skipped"]]
+    not_run = [s["step"] for s in steps if s is stopped or (
+        s["skipped"] and s["comment"].startswith(REQUISITE_FAILED))]
+    return (f"{stopped['comment'][len(CANCELLED):]} before step {stopped['step']}; done: "
+            f"{', '.join(done) or 'nothing'}; not run: {', '.join(not_run)}")
 
 
 def _requisites_named(comment, sls, names):

@@ -119,7 +119,7 @@ def commit(app, planned, held, source="cli"):
     load, store = _utils("pigeon_registry.load"), _utils("pigeon_registry.store")
     entry = load(app)
     who = held.get("user") or "unknown"
-    if not planned.get("noop"):
+    if _utils("pigeon_statemachine.changes_registry")(planned):
         converged = planned.get("converge_loadbal") and planned["action"] == "release"
         applied = _utils("pigeon_statemachine.apply")(entry, planned, _utils("pigeon_registry.now")(), who)
         entry = dict(applied, loadbal_hash=planned["loadbal_hash"] if converged else entry.get("loadbal_hash"))

@@ -156,9 +156,10 @@ CANCEL_KEEP = 50  # the requests kept per app (an action waits at most pigeon_sc
 
 def cancel(app, user, job=None):
     """Ask the actions of ``app`` that wait for its lock now (only the one of runner job
-    ``job``, when given) to stop waiting, untaken; an action that holds the lock runs on to
-    its end. Only actions waiting already are stopped: a request is older than any action
-    that starts after it (time.monotonic: the kernel's clock, which no one sets back)."""
+    ``job``, when given) to stop waiting, untaken, and the one that holds it to stop before
+    its next cancellable step (``deploy._run``). Only actions begun already are stopped: a
+    request is older than any action that starts after it (time.monotonic: the kernel's
+    clock, which no one sets back)."""
     cache = _cache()
     asked = [a for a in cache.fetch(CANCEL, app) or [] if isinstance(a, dict)
              and time.monotonic() - float(a.get("at") or 0) < 3600][-(CANCEL_KEEP - 1):]

@@ -26,7 +26,7 @@ import re
 
 import yaml
 
-ACTIONS = ("release", "activate", "deactivate", "rollback")
+ACTIONS = ("release", "activate", "deactivate", "rollback", "repair")
 # an app names containers, docker networks, HAProxy backends and map keys: it starts with a
 # letter, and YAML must read it back as the same string (so `on`, `no`, `null`, `y` are refused)
 APP_RE = re.compile(r"\A[a-z][a-z0-9_-]{0,40}\Z")
@@ -133,6 +133,7 @@ REQUESTS = {
     "deactivate": {"app": (APP, True), "version": (VERSION, True), "force": (FLAG, False),
                    "wait": (WAIT, False), **LOOK},
     "rollback": {"app": (APP, True), "wait": (WAIT, False), **LOOK},
+    "repair": {"app": (APP, True), "version": (VERSION, False), "wait": (WAIT, False), **LOOK},
     "cancel": {"app": (APP, True), "job": (Text(JID_RE, "a job id: 20 digits", noun="a job id"), False)},
     "prune": {"app": (APP, True), "keep_last": (Integer(0, 100), False), "dry_run": (FLAG, False)},
     "status": {"app": (APP, False), "observe": (FLAG, False)},

@@ -23,7 +23,9 @@ A registry entry (one per app)::
 
 import re
 
-ACTIONS = ("release", "activate", "deactivate", "rollback")
+ACTIONS = ("release", "activate", "deactivate", "rollback", "repair")
+# actions that run steps and leave the registry as it is: repair brings what runs back to it
+KEEPS_REGISTRY = ("repair",)
 STATES = ("release", "active", "inactive")
 DEFAULT_SLOTS = ("a", "b", "c")
 # docker's tag grammar: 1 to 128 of [A-Za-z0-9_.-], not starting with . or -
@@ -92,7 +94,8 @@ def plan(entry, action, version=None, force=False, slots=DEFAULT_SLOTS):
       message, start ({version, slot} whose containers start, or None),
       stop ([{version, slot, state}] whose containers go, drained first when
       they took traffic), states ({version: new state, None = deactivated}),
-      routes (after the action), routes_before.
+      routes (after the action), routes_before; repair ([{version, slot, state}]: the
+      stacks whose containers a repair brings back to the registry).
     """
     if action not in ACTIONS:
         raise TransitionError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
@@ -201,6 +204,17 @@ def plan(entry, action, version=None, force=False, slots=DEFAULT_SLOTS):
             result["stop"].append(stop(version))
             result["message"] = f"{app} {version} deactivated"
 
+    elif action == "repair":  # no transition: every stack's containers as the registry says
+        if version is not None and version not in stacks:
+            raise TransitionError(f"{app} {version} is not deployed; nothing to repair "
+                                  "(./stacks.py status shows the stacks)")
+        result["repair"] = [stop(v) for v in sorted(stacks) if version in (None, v)]
+        if not result["repair"]:
+            result.update(noop=True, message=f"{app} has no stack; nothing to repair")
+        else:
+            result["message"] = f"{app}: " + ", ".join(
+                f"{s['version']} ({s['state']})" for s in result["repair"]) + " as the registry says"
+
     after = {v: dict(s) for v, s in stacks.items()}
     for v, state in result["states"].items():
         if state is None:
@@ -213,11 +227,16 @@ def plan(entry, action, version=None, force=False, slots=DEFAULT_SLOTS):
     return result
 
 
+def changes_registry(planned):
+    """Whether the registry changes when ``planned`` took effect."""
+    return not planned["noop"] and planned["action"] not in KEEPS_REGISTRY
+
+
 def apply(entry, planned, when, by):
     """The registry entry after ``planned`` took effect (a new dict)."""
     new = {
         "app": entry["app"],
-        "generation": entry["generation"] + (0 if planned["noop"] else 1),
+        "generation": entry["generation"] + (1 if changes_registry(planned) else 0),
         "stacks": {v: dict(s) for v, s in entry["stacks"].items()},
         "routes": dict(planned["routes"]),
     }

@@ -25,6 +25,8 @@ DOES = {
     "cleanup": "on failure: remove what the release started",
     "drain": "wait until HAProxy's sessions on the stack's backend end",
     "remove": "stop the stack's containers gracefully and remove them",
+    "repair": "start the stack's stopped containers, create its missing ones (after removing the "
+              "containers of versions the registry does not know); gate: docker health",
 }
 
 
@@ -40,9 +42,19 @@ def _step(action, name, kind, **extra):
 def steps(plan):
     """
     The steps the orchestration of ``plan`` runs, in order: [{"step", "kind", "id",
-    "does"}, ...]. An empty list: nothing to run (a plan that changes nothing, or
-    only the registry).
+    "does", "cancellable"}, ...]. An empty list: nothing to run (a plan that changes
+    nothing, or only the registry). A cancel stops the action before a ``cancellable``
+    step: those up to its routes (production and preview move there), never after them,
+    nor a release's cleanup.
     """
+    result = _steps(plan)
+    routes = next((n for n, s in enumerate(result) if s["kind"] == "routes"), -1)
+    for n, step in enumerate(result):
+        step["cancellable"] = n <= routes and step["kind"] != "cleanup"
+    return result
+
+
+def _steps(plan):
     action = plan["action"]
     result = []
     if plan.get("noop") and not (action == "deactivate" and plan.get("stop")):
@@ -54,6 +66,12 @@ def steps(plan):
         result.append(_step(action, "routes", "routes"))
         if not plan.get("keep_failed"):  # --keep-failed: a failed release stays for a look
             result.append(_step(action, "cleanup", "cleanup"))
+        return result
+    if action == "repair":  # HAProxy and every stack's containers back, then the registry's routes
+        result.append(_step(action, "loadbal", "loadbal"))
+        for stack in plan.get("repair") or []:
+            result.append(_step(action, f"repair {stack['version']}", "repair", version=stack["version"]))
+        result.append(_step(action, "routes", "routes"))
         return result
     if not plan.get("noop"):
         result.append(_step(action, "routes", "routes"))

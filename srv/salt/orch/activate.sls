@@ -9,6 +9,6 @@
 
 # the switch: production (and internal) to the release's slot, at runtime, only if every
 # server of that slot is UP; then the old inactive stack drains and goes
-{{ steps.routes(gate=plan.gate) }}  {#- a macro of steps.jinja: every value it renders goes through tojson #}
+{{ steps.routes(gate={plan.gate.backend: plan.gate.expected_up}) }}  {#- a macro of steps.jinja: every value it renders goes through tojson #}
 {{ steps.remove(['routes']) }}  {#- a macro of steps.jinja: every value it renders goes through tojson #}
 {%- endif %}

@@ -20,7 +20,7 @@
 
 # preview (internal) traffic to the new slot as soon as HAProxy has every one of its servers
 # UP with its check passed (the HAProxy health gate, waited for in the same call)
-{{ steps.routes(['containers', 'loadbal'], gate={'backend': plan.start.backend, 'expected_up': plan.start.expected_up}, wait=steps.lb.healthcheck_timeout) }}  {#- a macro of steps.jinja: every value it renders goes through tojson #}
+{{ steps.routes(['containers', 'loadbal'], gate={plan.start.backend: plan.start.expected_up}, wait=steps.lb.healthcheck_timeout) }}  {#- a macro of steps.jinja: every value it renders goes through tojson #}
 {%-   if 'cleanup' in steps.ids %}
 
 # a release that failed leaves nothing behind (unless --keep-failed)

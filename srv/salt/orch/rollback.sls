@@ -8,5 +8,5 @@
 {%- else %}
 
 # the switch back: production to the inactive stack's slot, only if all its servers are UP
-{{ steps.routes(gate=plan.gate) }}  {#- a macro of steps.jinja: every value it renders goes through tojson #}
+{{ steps.routes(gate={plan.gate.backend: plan.gate.expected_up}) }}  {#- a macro of steps.jinja: every value it renders goes through tojson #}
 {%- endif %}

@@ -1,0 +1,18 @@
+"""
+Ask minions from a runner: one execution function on a target, through Salt's
+LocalClient on the master. Both runners use it: the views (``_runners/stacks.py``:
+status, details, logs, proxy) and the deploy runner's ``prune`` (and ``repair``'s
+look at what runs).
+
+Reached as ``__utils__["pigeon_minions.ask"]``; the unit tests replace Salt's
+``get_local_client`` with a stand-in.
+"""
+
+
+def ask(tgt, tgt_type, fun, timeout=10, **kwarg):
+    """Call ``fun(**kwarg)`` on the minions of ``tgt``: {minion: return}. A minion that did
+    not answer within ``timeout`` seconds is absent, or False."""
+    import salt.client  # pylint: disable=import-outside-toplevel
+
+    with salt.client.get_local_client(mopts=__opts__) as client:
+        return client.cmd(tgt, fun, kwarg=kwarg, tgt_type=tgt_type or "glob", timeout=timeout) or {}
