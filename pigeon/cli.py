@@ -56,7 +56,7 @@ def parse_args(argv):
                         help="release | activate | deactivate | rollback | repair | status | history | details "
                              "| logs | proxy | lock | watch | cancel | prune")
     parser.add_argument("subject", nargs="?", metavar="status|release|JOB",
-                        help="lock: status (the default) or release; watch: the job id an action printed")
+                        help="lock: status (the default) or release; watch, cancel: the job id an action printed")
     parser.add_argument("--action", choices=ACTIONS, help="the original form of ACTION")
     parser.add_argument("--app-name", "-a", dest="app", help="the app (a key of the stacks: pillar)")
     parser.add_argument("--version", "-V", dest="version", help="the version (an image tag)")
@@ -84,6 +84,11 @@ def parse_args(argv):
                         help="prune: keep the images of the N newest versions no stack uses (0-100)")
     parser.add_argument("--tail", type=int, default=100, metavar="N",
                         help="logs: the last N lines of each container (1-10000)")
+    parser.add_argument("--proxy", action="store_true",
+                        help="logs: HAProxy's access log of the app's slots instead of its containers' logs")
+    parser.add_argument("--follow", "-f", action="store_true",
+                        help=f"logs: then print new lines as they come (asked every {FOLLOW_EVERY:g} s) "
+                             "until Ctrl-C")
     parser.add_argument("--saltapi-url", default=env.get("SALTAPI_URL"))
     parser.add_argument("--saltapi-user", default=env.get("SALTAPI_USER"))
     parser.add_argument("--saltapi-pass", default=None,
@@ -110,9 +115,12 @@ def parse_args(argv):
         parser.error(f"lock {args.subject[:40]!r}: use lock status or lock release")
     elif args.command == "watch" and not re.fullmatch(r"[0-9]{20}", args.subject or ""):
         parser.error("watch needs the job id an action printed (20 digits): ./stacks.py watch JOB --app-name APP")
-    elif args.subject and args.command not in ("lock", "watch"):
-        parser.error(f"{args.subject[:40]!r} after {args.command} is not an option (only lock and watch "
-                     "take one)")
+    elif args.command == "cancel" and args.subject and not re.fullmatch(r"[0-9]{20}", args.subject):
+        parser.error(f"cancel {args.subject[:40]!r}: give the job id an action printed (20 digits), or none "
+                     "to cancel every action of the app")
+    elif args.subject and args.command not in ("lock", "watch", "cancel"):
+        parser.error(f"{args.subject[:40]!r} after {args.command} is not an option (only lock, watch and "
+                     "cancel take one)")
     if args.command in ACTIONS + VIEWS[1:] and not args.app:
         parser.error(f"{args.command} needs --app-name")
     if args.command == "deactivate" and not args.version:
@@ -140,6 +148,14 @@ def parse_args(argv):
         parser.error("--tail: a whole number from 1 to 10000")
     if args.service is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", args.service):
         parser.error(f"--service {args.service[:60]!r}: 1-64 letters, digits, '_', '.', '-'")
+    for flag, given in (("--proxy", args.proxy), ("--follow", args.follow)):
+        if given and args.command != "logs":
+            parser.error(f"{flag} applies to logs only")
+    if args.proxy and args.service is not None:
+        parser.error("--service does not apply to --proxy: HAProxy has one backend per slot, not per service; "
+                     "use --version for one stack's requests")
+    if args.follow and args.json:
+        parser.error("--follow prints lines as they come: leave out --json")
     _check_url(parser, args)
     args.saltapi_pass = _password(parser, args, env)
     return args
@@ -306,7 +322,8 @@ def run_action(client, args, out):
     if outcome.get("refused"):
         raise StacksError(f"{args.command} {target} refused: {outcome['error']}", EXIT_FAILED, report)
     if not outcome.get("ok"):
-        raise StacksError(f"{args.command} {target} failed: {outcome['error']}", EXIT_FAILED, report)
+        how = "" if str(outcome.get("error")).startswith("cancelled by ") else "failed: "
+        raise StacksError(f"{args.command} {target} {how}{outcome['error']}", EXIT_FAILED, report)
     if outcome.get("cleaned"):
         out(f"removed what interrupted actions left of {', '.join(outcome['cleaned'])}")
     if args.command == "repair" and not outcome.get("changed", {}).get("noop"):
@@ -502,17 +519,25 @@ def watch_action(client, args, out, before=None):
 
 
 def cancel_waiting(client, args, out):
-    """Stop the actions of the app that wait for its lock; the one holding it runs on."""
-    answer = client.runner("deploy.cancel", kwarg={"app": args.app})
+    """Stop the app's actions (or the one of job JOB): those waiting for its lock end without
+    running; the one holding it stops before its next step up to its routes."""
+    kwarg = {"app": args.app, **({"job": args.subject} if args.subject else {})}
+    answer = client.runner("deploy.cancel", kwarg=kwarg)
     if isinstance(answer, dict) and isinstance(answer.get("refused"), str):
         raise StacksError(f"cancel refused: {answer['refused']}")
     done = answer.get("cancel") if isinstance(answer, dict) else None
     if not isinstance(done, dict):
         raise StacksError(f"deploy.cancel failed: {first_line(str(answer))}")
-    out(f"the actions of {args.app} that waited for its lock stop now; nothing of them ran")
+    which = f"job {args.subject} of {args.app}" if args.subject else f"the actions of {args.app}"
+    out(f"{which}: cancelled; one that waits for the lock stops now and nothing of it runs")
     holder = done.get("holder")
-    out(f"{args.app} is locked by {lock_holder(holder)}: that action runs on to its end" if holder
-        else f"{args.app} is not locked")
+    if holder and (not args.subject or holder.get("job") == args.subject):
+        out(f"{args.app} is locked by {lock_holder(holder)}: it stops before its next step, unless its "
+            f"routes step ran already (then it runs to its end); see ./stacks.py status")
+    elif holder:
+        out(f"{args.app} is locked by {lock_holder(holder)}, another job: it runs on")
+    else:
+        out(f"{args.app} is not locked")
     return done
 
 
@@ -542,11 +567,41 @@ def prune_images(client, args, out):
     return done
 
 
+def _on_interrupt(client, args, out, ask=None):
+    """Ctrl-C during an action. On a terminal it asks: detach (the action goes on) or cancel.
+    Elsewhere (CI, a pipe): an action still waiting for the lock is cancelled (an aborted job
+    must not deploy later), one that runs is left to run, with how to follow it."""
+    waiting = getattr(args, "waiting", False) and not getattr(args, "stepped", False)
+    interactive = ask is not None or (sys.stdin.isatty() and sys.stderr.isatty())
+    if interactive:
+        answer = (ask or _ask_detach_or_cancel)(args)
+        if answer == "cancel":
+            return _cancel_on_interrupt(client, args, out)
+    elif waiting:
+        return _cancel_on_interrupt(client, args, out)
+    print(f"stacks.py: interrupted; detached from job {args.job}, which goes on on the master: "
+          f"follow it with ./stacks.py watch {args.job} --app-name {args.app}, or see "
+          "./stacks.py status", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _ask_detach_or_cancel(args):
+    """'detach' or 'cancel', asked on the terminal (a second Ctrl-C, or end of input: detach)."""
+    sys.stderr.write(f"\nstacks.py: interrupted. Job {args.job} goes on on the master. [d]etach, or "
+                     "[c]ancel it (before its next step, up to its routes)? [d/c] ")
+    sys.stderr.flush()
+    try:
+        line = sys.stdin.readline()
+    except (KeyboardInterrupt, OSError):
+        return "detach"
+    return "cancel" if line.strip().lower() in ("c", "cancel") else "detach"
+
+
 def _cancel_on_interrupt(client, args, out):
-    """Ctrl-C while the action waited for the lock (no step ran): cancel it, and follow it to
-    its end to say so (it had taken the lock meanwhile: then it is followed to its end, and a
-    second Ctrl-C detaches)."""
-    print("stacks.py: interrupted while waiting for the lock: cancelling", file=sys.stderr)
+    """Cancel the action of this run (its job), and follow it to its end to say so: one that
+    waited ends refused, one that ran stops before its next step (or runs to its end after its
+    routes step); a second Ctrl-C detaches."""
+    print(f"stacks.py: cancelling job {args.job}", file=sys.stderr)
     try:
         args.subject = args.job
         watch_action(client, args, out, before=lambda: client.runner(
@@ -728,12 +783,8 @@ def main(argv=None):
         print(f"stacks.py: {error}", file=sys.stderr)
         return code
     except KeyboardInterrupt:
-        if getattr(args, "waiting", False) and not getattr(args, "stepped", False):
-            return _cancel_on_interrupt(client, args, out)
         if getattr(args, "job", None) and args.command in ACTIONS:
-            print(f"stacks.py: interrupted; detached from job {args.job}, which goes on on the master: "
-                  f"follow it with ./stacks.py watch {args.job} --app-name {args.app}, or see "
-                  "./stacks.py status", file=sys.stderr)
+            return _on_interrupt(client, args, out)
         else:
             print("stacks.py: interrupted; the action may still run on the master: "
                   "see ./stacks.py status", file=sys.stderr)

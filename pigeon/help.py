@@ -59,11 +59,13 @@ COMMANDS = {
               "responses by class, connection and response errors, retries).",
               ["  --app-name APP, -a APP   required", "  --json                   one JSON document"],
               ["./stacks.py proxy -a app", "./stacks.py proxy -a app --json"]),
-    "cancel": ("Stop the actions of APP that wait for its deploy lock (--wait): they end refused and "
-               "nothing of them runs. The action that holds the lock runs on to its end. Ctrl-C on an "
-               "action that still waits does the same for that action.",
-               ["  --app-name APP, -a APP   required"],
-               ["./stacks.py cancel -a app", "./stacks.py cancel -a app --json"]),
+    "cancel": ("Stop the actions of APP, or only job JOB: one that waits for the deploy lock (--wait) "
+               "ends refused and nothing of it runs; the one that holds the lock stops before its next "
+               "step, up to its routes step (a release's cleanup then removes what it started), and runs "
+               "to its end once its routes step ran. Ctrl-C on an action asks whether to detach or cancel.",
+               ["  --app-name APP, -a APP   required",
+                "  JOB                      default: every action of the app (the job id an action printed)"],
+               ["./stacks.py cancel -a app", "./stacks.py cancel 20261204031000123456 -a app"]),
     "prune": ("Remove, on the app's minions, the images of its versions that no stack uses. Kept: the "
               "versions in the registry, images a container uses, and the N newest other versions. "
               "Refused while an action holds the app's lock; recorded in the history.",

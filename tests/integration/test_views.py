@@ -5,6 +5,7 @@ deploy lock; ``lock release`` has nothing stale to release). Checked against doc
 itself and against a request whose line the app logs.
 """
 
+import re
 import subprocess
 import time
 import uuid
@@ -129,9 +130,11 @@ def test_cancel_stops_a_queued_action_and_it_never_runs(stacks, env):
             time.sleep(0.2)
         queued = subprocess.Popen(run + ["deactivate", "--app-name", APP, "--version", version, "--wait", "120"],
                                   env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)  # it waits for the release's lock
-        result = stacks("cancel", "--app-name", APP)
+        job = re.search(r"\(job (\d{20})\)", queued.stdout.readline()).group(1)  # its first line
+        time.sleep(1)  # it waits for the release's lock
+        result = stacks("cancel", job, "--app-name", APP)  # that job only: the release runs on
         assert result.rc == 0 and f"{APP} is locked by release {version} of " in result.out, result
+        assert "another job: it runs on" in result.out, result
         out, err = queued.communicate(timeout=60)
         assert queued.returncode == 1, (out, err)
         assert err.strip().endswith(f"while it waited for the lock of {APP}: nothing ran"), err
@@ -143,6 +146,43 @@ def test_cancel_stops_a_queued_action_and_it_never_runs(stacks, env):
         last = stacks("history", "--app-name", APP, "--limit", "3", "--json").json()["history"]
         assert any(e["action"] == "deactivate" and e["result"] == "refused" and "cancelled by" in e["message"]
                    for e in last), last
+    finally:
+        if release.poll() is None:
+            release.wait(120)
+        reset_app(stacks)
+
+
+def test_cancel_stops_a_running_release_before_its_routes_and_leaves_nothing(stacks, env, get):
+    reset_app(stacks)
+    active = new_version("kept")
+    assert stacks("release", "--app-name", APP, "--version", active).rc == 0
+    assert stacks("activate", "--app-name", APP, "--version", active).rc == 0
+    before = app_status(stacks)
+    version = new_version("cancelled")
+    run = [str(REPO / ".lab/venv/bin/python"), str(REPO / "stacks.py")]
+    release = subprocess.Popen(run + ["release", "--app-name", APP, "--version", version],
+                               env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        release.stdout.readline()  # its first line: it has its job, and holds the lock or soon will
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not stacks("lock", "--app-name", APP, "--json").json()["lock"]["lock"]:
+            time.sleep(0.1)
+        result = stacks("cancel", "--app-name", APP)  # while its containers start (about 4 s)
+        assert result.rc == 0 and "it stops before its next step" in result.out, result
+        out, err = release.communicate(timeout=120)
+        assert release.returncode == 1, (out, err)
+        [line] = err.strip().splitlines()
+        assert line.startswith(f"stacks.py: release {APP} {version} cancelled by ") and " before step " in line
+        assert "not run: " in line and "routes" in line.split("not run: ")[1], line
+        # nothing of it is left, the lock is free, production as before, status is true
+        after = app_status(stacks)
+        assert after["lock"] is None and after["stacks"] == before["stacks"] and after["routes"] == before["routes"]
+        assert after["observed"]["drift"] == [] and version not in after["observed"]["containers"], after
+        assert docker_names(version) == []
+        status, body = get(PRODUCTION)
+        assert status == 200 and body.split()[1] == active
+        entry = stacks("history", "--app-name", APP, "--limit", "1", "--json").json()["history"][-1]
+        assert (entry["action"], entry["result"]) == ("release", "failed") and "cancelled by" in entry["error"]
     finally:
         if release.poll() is None:
             release.wait(120)

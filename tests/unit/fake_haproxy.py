@@ -5,7 +5,8 @@ FakeHAProxy is a real AF_UNIX socket served by a thread, answering like
 HAProxy 2.6's admin socket in non-interactive mode (one command per connection,
 then close). Its map keeps HAProxy's behaviour: `add map` appends even when the
 key exists, `set map` on a missing key and `del map` on a missing key answer
-with an error line. The helpers build `show stat` answers column by column.
+with an error line. `show events pigeon_access` answers the lines of ``events`` (the
+access log's ring). The helpers build `show stat` answers column by column.
 """
 
 import socket
@@ -111,6 +112,18 @@ SHOW_SERVERS_STATE = (
     "4 app_b 3 s3 - 0 32 1 1 316 1 0 0 14 0 0 0 app_b 8080 - 0 0 - - 0\n\n"
 )
 
+# `show events pigeon_access`: the frontends' access log in haproxy.cfg's log-format (the lab's
+# HAProxy 2.6 wrote these): date, client, frontend, route, backend/server, status, timers, bytes,
+# termination state, request; HAProxy's answer ends with an empty line
+ACCESS_LOG = [
+    '04/Dec/2026:09:23:47.011 172.18.0.1:48016 www~ app/production app_b/s1 200 0/0/0/1/1 128 ---- "GET / HTTP/1.1"',
+    '04/Dec/2026:09:23:47.027 172.18.0.1:48032 www~ app/internal app_a/s2 200 0/0/0/0/0 128 ---- "GET /x HTTP/1.1"',
+    '04/Dec/2026:09:23:47.076 172.18.0.1:48052 www~ shop/production pigeon_no_stack/<NOSRV> 503 0/-1/-1/-1/0 126 '
+    'LR-- "GET /none HTTP/1.1"',
+    '04/Dec/2026:09:23:47.106 172.18.0.1:48056 www~ shop/production shop_a/s1 200 0/0/0/0/0 128 ---- "GET / HTTP/1.1"',
+    '04/Dec/2026:09:23:47.107 172.18.0.1:48056 www~ app/production app_b/s2 502 0/0/0/-1/2 228 SH-- "GET /b HTTP/1.1"',
+]
+
 UNKNOWN_MAP = "Unknown map identifier. Please use #<id> or <file>.\n"
 
 
@@ -125,6 +138,7 @@ class FakeHAProxy:
         self.maps = {MAP_REF: []}  # list of [key, value]: HAProxy keeps duplicates
         self.ignore_map_writes = False
         self.servers_state = SHOW_SERVERS_STATE
+        self.events = list(ACCESS_LOG)  # the lines of the ring pigeon_access, oldest first
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(self.path)
         self._server.listen(8)
@@ -170,6 +184,10 @@ class FakeHAProxy:
             return SHOW_INFO
         if cmd == "show servers state":
             return self.servers_state
+        if words[:2] == ["show", "events"]:
+            if words[2:] == ["pigeon_access"]:
+                return "".join(f"{line}\n" for line in self.events) + "\n"
+            return "No such event sink\n"
         if words[1:2] == ["map"] and words[0] in ("show", "set", "add", "del"):
             return self._map_command(words[0], words[2:])
         return "Unknown command. Please enter one of the following commands only :\n  help : this message\n"

@@ -427,6 +427,49 @@ def test_info_parses_key_value_lines(haproxy):
     assert len(result) == 11
 
 
+# --- access log -------------------------------------------------------------
+
+
+def test_access_log_keeps_the_lines_of_the_apps_backends(haproxy):
+    lines = hr.access_log(["app_a", "app_b", "app_c"], socket=haproxy.path)
+
+    assert haproxy.commands == ["show events pigeon_access"]
+    assert lines == [haproxy.events[0], haproxy.events[1], haproxy.events[4]]  # not shop's, nor no stack's
+    assert [line.split()[4] for line in lines] == ["app_b/s1", "app_a/s2", "app_b/s2"]
+
+
+def test_access_log_gives_the_last_tail_lines(haproxy):
+    haproxy.events = [f'04/Dec/2026:09:23:{n:02}.000 172.18.0.1:4{n:04} www~ app/production app_b/s1 200 '
+                      f'0/0/0/1/1 128 ---- "GET /{n} HTTP/1.1"' for n in range(60)]
+
+    assert hr.access_log(["app_b"], tail=3, socket=haproxy.path) == haproxy.events[-3:]
+    assert hr.access_log("app_b", tail="100", socket=haproxy.path) == haproxy.events  # from Salt's CLI
+    assert hr.access_log(["app_a"], socket=haproxy.path) == []
+
+
+def test_access_log_skips_lines_of_another_shape(haproxy):
+    haproxy.events = ["Proxy www started.", "", "a b c d app_b", haproxy.events[0]]
+
+    assert hr.access_log(["app_b"], socket=haproxy.path) == [haproxy.events[3]]
+
+
+@pytest.mark.parametrize("tail", [0, -1, "x", None])
+def test_access_log_refuses_a_tail_that_is_no_count(haproxy, tail):
+    with pytest.raises(hr.CommandExecutionError, match="give a whole number of lines from 1"):
+        hr.access_log(["app_b"], tail=tail, socket=haproxy.path)
+    assert haproxy.commands == []
+
+
+def test_access_log_of_a_haproxy_cfg_without_the_ring_says_what_to_apply(haproxy, monkeypatch):
+    monkeypatch.setattr(hr, "ACCESS_LOG", "pigeon_old")
+
+    with pytest.raises(hr.CommandExecutionError) as error:
+        hr.access_log(["app_b"], socket=haproxy.path)
+
+    assert str(error.value) == ("HAProxy's access log pigeon_old: No such event sink; apply the haproxy "
+                                "state to this minion (its haproxy.cfg has no such ring)")
+
+
 def test_defaults_come_from_minion_config(haproxy, maps_dir, monkeypatch):
     config = {"haproxy_runtime:socket": haproxy.path, "haproxy_runtime:maps_dir": str(maps_dir)}
     monkeypatch.setattr(hr, "__salt__", {"config.get": lambda key, default=None: config.get(key, default)})
@@ -550,7 +593,7 @@ def test_set_routes_with_wait_gives_up_when_the_servers_never_come_up(haproxy, m
 
 # --- Salt's loader ------------------------------------------------------------
 
-PUBLIC = ["backend_sessions", "backends", "check_up", "dump_server_state", "info", "servers", "set_routes",
+PUBLIC = ["access_log", "backend_sessions", "backends", "check_up", "dump_server_state", "info", "servers", "set_routes",
           "show_map", "stats", "sync_map", "wait_drained", "wait_up"]
 
 

@@ -48,3 +48,9 @@ def test_slot_names_are_made_in_one_place():
     for path in list((REPO / "srv" / "salt").rglob("*.sls")) + list((REPO / "srv" / "salt").rglob("*.jinja")):
         text = path.read_text()
         assert not re.search(r"'pigeon-' ~|~ '_' ~|\}\}_\{\{|pigeon-\{\{", text), path
+
+
+def test_the_mark_of_a_cancelled_step():
+    orchestrate = load("_utils/pigeon_orchestrate.py", "pigeon_orchestrate_one_source")
+    outcome = load("_utils/pigeon_outcome.py", "pigeon_outcome_one_source")
+    assert orchestrate.CANCELLED == outcome.CANCELLED

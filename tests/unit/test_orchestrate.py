@@ -120,3 +120,53 @@ def test_each_state_sends_its_progress_on_the_masters_bus(orchestrate, monkeypat
     assert [tag for tag, _ in sent] == [f"salt/job/{jid}/prog/testmaster/{n}" for n in sorted(by_run)]
     assert [data["ret"]["__id__"] for _, data in sent] == [by_run[n] for n in sorted(by_run)]
     assert all(data["len"] == 2 for _, data in sent)
+
+
+STEPS = """
+first:
+  test.succeed_with_changes: []
+second:
+  test.succeed_with_changes:
+    - require:
+      - test: first
+third:
+  test.succeed_with_changes:
+    - require:
+      - test: second
+cleanup:
+  test.succeed_with_changes:
+    - onfail_any:
+      - test: second
+      - test: third
+"""
+
+
+def test_a_cancel_stops_before_the_next_cancellable_step_and_the_cleanup_runs(orchestrate, tmp_path):
+    (tmp_path / "roots" / "orch" / "deactivate.sls").write_text(STEPS)
+    plan = {"action": "deactivate", "steps": [
+        {"step": "first", "id": "first", "cancellable": True}, {"step": "second", "id": "second", "cancellable": True},
+        {"step": "third", "id": "third", "cancellable": False}, {"step": "cleanup", "id": "cleanup",
+                                                                 "cancellable": False}]}
+    asked = []
+
+    def stop():  # cancelled once the first step ran
+        asked.append(len(asked))
+        return "cancelled by alice at t" if len(asked) > 1 else None
+
+    _, running = states(orchestrate.run("deactivate", plan, stop=stop))
+    by_id = {s["__id__"]: s for s in running.values()}
+    assert len(asked) == 2  # asked before first and second only: third and cleanup are not cancellable
+    assert by_id["first"]["result"] is True and by_id["first"]["changes"]
+    assert by_id["second"]["result"] is False and by_id["second"]["comment"] == "not run: cancelled by alice at t"
+    assert not by_id["second"]["changes"]
+    assert by_id["third"]["result"] is False and "requisite" in by_id["third"]["comment"].lower()
+    assert by_id["cleanup"]["result"] is True and by_id["cleanup"]["changes"]  # its onfail: it ran
+
+
+def test_without_a_cancel_every_step_runs(orchestrate, tmp_path):
+    (tmp_path / "roots" / "orch" / "deactivate.sls").write_text(STEPS)
+    plan = {"action": "deactivate", "steps": [{"step": "first", "id": "first", "cancellable": True}]}
+    _, running = states(orchestrate.run("deactivate", plan, stop=lambda: None))
+    by_id = {s["__id__"]: s for s in running.values()}
+    assert all(by_id[i]["result"] is True for i in ("first", "second", "third"))
+    assert "onfail" in by_id["cleanup"]["comment"]

@@ -842,3 +842,21 @@ def test_progress_steps_are_the_outcomes_steps():
 def test_errors_first_line():
     assert errors.first_line("\n  one \ntwo") == "one"
     assert errors.first_line("") == "(empty)"
+
+
+def test_a_cancelled_action_says_what_was_done_and_what_not():
+    plan = {"action": "release", "app": "app", "version": "1.0", "generation": 3, "steps": [
+        {"step": s, "id": f"pigeon-release-{s}"} for s in ("containers", "routes", "cleanup")]}
+
+    def state(step, n, result, comment, changes=None):
+        return {"__id__": f"pigeon-release-{step}", "__run_num__": n, "result": result, "comment": comment,
+                "changes": changes or {}, "duration": 10}
+
+    ret = {"retcode": 1, "data": {"master": {
+        "a": state("containers", 0, True, "States ran successfully."),
+        "b": state("routes", 1, False, "not run: cancelled by alice at t"),
+        "c": state("cleanup", 2, True, "States ran successfully.", {"ret": {}})}}}
+    built = outcome.build(plan, ret)
+    assert built["ok"] is False and built["failed_step"] == "routes"
+    assert built["error"] == ("cancelled by alice at t before step routes; done: containers, cleanup; "
+                              "not run: routes")

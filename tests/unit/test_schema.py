@@ -18,7 +18,7 @@ PILLAR = pathlib.Path(__file__).resolve().parents[2] / "srv" / "pillar" / "stack
 GOOD = {"app": "app", "version": "1.4", "keep_failed": True, "wait": 30, "force": False,
         "observe": False, "limit": 10, "action": "release", "timestamp": 1764662400,
         "nonce": "5f0c2a9e41d8b7c3a6e1", "dry_run": True, "expect_revision": 7,
-        "service": "web", "tail": 50, "keep_last": 2,
+        "service": "web", "tail": 50, "keep_last": 2, "proxy": True,
         "job": "20261204031115870025"}
 
 # values that must reach an error message as data only: the message stays one line

@@ -1231,6 +1231,44 @@ def test_ctrl_c_detaches_and_says_how_to_watch(api, capsys, monkeypatch):
                    f"with ./stacks.py watch {JID} --app-name app, or see ./stacks.py status"]
 
 
+@pytest.mark.parametrize("answer, sends_cancel", [("cancel", True), ("detach", False)])
+def test_ctrl_c_on_a_terminal_asks_detach_or_cancel(api, capsys, monkeypatch, answer, sends_cancel):
+    args = cli.parse_args(_argv(api))
+    args.job, asked = JID, []
+    api.by_fun["deploy.cancel"] = {"cancel": {"app": "app", "holder": None}}
+    api.by_fun["stacks.history"] = [{"action": "release", "version": "rec-1", "result": "failed", "job": JID,
+                                     "error": "cancelled by pigeon at t before step routes; done: containers, "
+                                              "cleanup; not run: routes"}]
+    code = cli._on_interrupt(cli.make_client(args), args, print, ask=lambda a: asked.append(a.job) or answer)
+    err = capsys.readouterr().err.splitlines()
+    assert asked == [JID] and code == errors.EXIT_FAILED
+    funs = [r["body"][0]["fun"] for r in api.requests if r["path"] == "/"]
+    assert ("deploy.cancel" in funs) is sends_cancel
+    if sends_cancel:
+        assert err == [f"stacks.py: cancelling job {JID}", "stacks.py: release app rec-1 failed: cancelled by "
+                       "pigeon at t before step routes; done: containers, cleanup; not run: routes"]
+    else:
+        assert err[0].startswith(f"stacks.py: interrupted; detached from job {JID}")
+
+
+def test_a_cancelled_action_says_what_was_done_and_not(api, capsys):
+    plan, ret, done = routes_failure()
+    done["outcome"]["error"] = "cancelled by pigeon at t before step routes; done: containers; not run: routes"
+    api.payload = done
+    assert cli.main(_argv(api, "--no-progress")) == errors.EXIT_FAILED
+    assert capsys.readouterr().err.splitlines() == [
+        "stacks.py: release app rec-1 cancelled by pigeon at t before step routes; done: containers; not run: routes"]
+
+
+def test_cancel_of_one_job(api, capsys):
+    api.payload = {"cancel": {"app": "app", "holder": {"action": "release", "version": "1.4", "user": "alice",
+                                                       "since": "t", "job": JID}}}
+    code, out, err, sent = _view(api, capsys, "cancel", JID, "-a", "app")
+    assert sent["kwarg"] == {"app": "app", "job": JID} and code == 0 and err == []
+    assert out[0] == f"job {JID} of app: cancelled; one that waits for the lock stops now and nothing of it runs"
+    assert out[1].startswith("app is locked by release 1.4 of alice since t: it stops before its next step")
+
+
 def test_a_step_started_in_parallel_is_shown_with_the_outcome_not_as_failed(api):
     """A parallel state's only progress event is its start (result None): its line comes with
     the outcome, never as FAILED."""
@@ -1279,9 +1317,10 @@ def test_cancel_stops_the_waiting_actions(api, capsys):
     code, out, err, sent = _view(api, capsys, "cancel", "-a", "app")
     assert sent == {"client": "runner", "fun": "deploy.cancel", "arg": [], "kwarg": {"app": "app"}}
     assert code == 0 and err == []
-    assert out == ["the actions of app that waited for its lock stop now; nothing of them ran",
-                   "app is locked by release 2.0 of alice since 2026-12-04T03:00:00Z (pid 4242 on master): "
-                   "that action runs on to its end"]
+    assert out == ["the actions of app: cancelled; one that waits for the lock stops now and nothing of it runs",
+                   "app is locked by release 2.0 of alice since 2026-12-04T03:00:00Z (pid 4242 on master): it "
+                   "stops before its next step, unless its routes step ran already (then it runs to its end); "
+                   "see ./stacks.py status"]
 
 
 def test_ctrl_c_while_waiting_for_the_lock_cancels_the_action(api, capsys, monkeypatch):
@@ -1300,7 +1339,7 @@ def test_ctrl_c_while_waiting_for_the_lock_cancels_the_action(api, capsys, monke
     code = cli.main(_argv(api, "--wait", "60"))
     err = capsys.readouterr().err.splitlines()
     assert code == errors.EXIT_FAILED
-    assert err == ["stacks.py: interrupted while waiting for the lock: cancelling",
+    assert err == [f"stacks.py: cancelling job {JID}",
                    f"stacks.py: release app rec-1 refused: {CANCELLED}"]
     runs = [r["body"][0] for r in api.requests if r["path"] == "/"][-3:]
     assert [low["fun"] for low in runs] == ["deploy.release", "deploy.cancel", "stacks.history"]

@@ -145,3 +145,66 @@ def test_the_container_views_of_an_app_gone_from_the_pillar_say_so(views, monkey
         "no stacks:old:config:target in the master's pillar: its minions are unknown"]}
     assert views.details(app="old")["problems"] == [
         "no stacks:old:config:target in the master's pillar: its minions are unknown"]
+
+
+def _proxy_views(views):
+    statemachine = load("_utils/pigeon_statemachine.py", "pigeon_statemachine_for_proxy_log")
+    views.__utils__.update({
+        "pigeon_registry.definitions": lambda: {"app": {"config": {"target": "app*"},
+                                                        "loadbal": {"target": "lb*", "target_type": "glob"}}},
+        "pigeon_registry.load": lambda app: {"app": app, "generation": 4, "routes": {}, "stacks": {
+            "1.4": {"state": "active", "slot": "b"}, "1.3": {"state": "inactive", "slot": "a"}}},
+        "pigeon_statemachine.slots": statemachine.slots, "pigeon_statemachine.backend": statemachine.backend,
+    })
+    return views
+
+
+LINE = '04/Dec/2026:09:23:47.011 172.18.0.1:48016 www~ app/production app_b/s1 200 0/0/0/1/1 128 ---- "GET / HTTP/1.1"'
+
+
+def test_the_proxy_log_asks_the_load_balancers_for_every_slots_backend(views, monkeypatch):
+    asked = []
+
+    def ask(tgt, tgt_type, fun, timeout=10, **kwarg):
+        asked.append((tgt, tgt_type, fun, kwarg))
+        return {"lb1": [LINE], "lb2": "ERROR: HAProxy admin socket /x: no such file\nmore", "lb3": []}
+
+    monkeypatch.setattr(_proxy_views(views), "_ask", ask)
+    assert views.logs(app="app", proxy=True, tail=20) == {
+        "proxy": {"lb1": [LINE], "lb3": []}, "problems": ["lb2: ERROR: HAProxy admin socket /x: no such file"]}
+    assert asked == [("lb*", "glob", "haproxy_runtime.access_log",
+                      {"backends": ["app_a", "app_b", "app_c"], "tail": 20})]
+
+
+def test_the_proxy_log_of_a_version_is_its_slots_backend(views, monkeypatch):
+    asked = []
+    monkeypatch.setattr(_proxy_views(views), "_ask", lambda tgt, tgt_type, fun, timeout=10, **kwarg: (
+        asked.append(kwarg) or {"lb1": []}))
+    assert views.logs(app="app", proxy=True, version="1.3") == {"proxy": {"lb1": []}, "problems": []}
+    assert asked == [{"backends": ["app_a"], "tail": 100}]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"version": "9.9"}, "logs: app has no stack 9.9, so no slot in HAProxy; see stacks.py status --app-name app"),
+    ({"service": "web"}, "logs: service does not apply with proxy: HAProxy has one backend per slot, not per "
+                         "service; give version for one stack's requests"),
+    ({"proxy": "true"}, "proxy 'true' is not valid: true or false (a boolean)"),
+])
+def test_the_proxy_log_refuses_what_it_cannot_filter(views, monkeypatch, kwargs, message):
+    monkeypatch.setattr(_proxy_views(views), "_ask", lambda *a, **k: pytest.fail("asked the load balancers"))
+    assert views.logs(**dict({"app": "app", "proxy": True}, **kwargs)) == {"refused": message}
+    assert views.__context__["retcode"] == 1
+
+
+def test_the_proxy_log_of_an_app_gone_from_the_pillar_says_so(views, monkeypatch):
+    monkeypatch.setattr(_proxy_views(views), "_ask", lambda *a, **k: pytest.fail("asked minions of no target"))
+    assert views.logs(app="old", proxy=True) == {"proxy": {}, "problems": [
+        "no stacks:old:loadbal:target in the master's pillar: its minions are unknown"]}
+
+
+def test_without_proxy_the_logs_are_the_containers(views, monkeypatch):
+    asked = []
+    monkeypatch.setattr(_proxy_views(views), "_ask", lambda tgt, tgt_type, fun, timeout=10, **kwarg: (
+        asked.append((tgt, fun)) or {"app1": {}}))
+    assert views.logs(app="app", proxy=False) == {"logs": {"app1": {}}, "problems": []}
+    assert asked == [("app*", "stack_containers.logs")]

@@ -47,3 +47,19 @@ def test_a_renamed_id_format_renames_every_id(monkeypatch):
     monkeypatch.setattr(steps_mod, "ID_FORMAT", "{action}/{step}")
     assert [s["id"] for s in steps_mod.steps(plan("release"))] == [
         "release/containers", "release/routes", "release/cleanup"]
+
+
+@pytest.mark.parametrize("p, cancellable", [
+    ({"action": "release", "converge_loadbal": True}, {"loadbal": True, "containers": True, "routes": True,
+                                                       "cleanup": False}),
+    ({"action": "activate", "stop": [{"version": "1.0", "state": "inactive"}]},
+     {"routes": True, "remove 1.0": False}),
+    ({"action": "deactivate", "stop": [{"version": "1.0", "state": "release"}]},
+     {"routes": True, "drain 1.0": False, "remove 1.0": False}),
+    ({"action": "deactivate", "noop": True, "stop": [{"version": "9", "state": None}]}, {"remove 9": False}),
+    ({"action": "repair", "repair": [{"version": "1.0"}, {"version": "2.0"}]},
+     {"loadbal": True, "repair 1.0": True, "repair 2.0": True, "routes": True}),
+])
+def test_a_cancel_stops_only_before_the_routes_step(p, cancellable):
+    """Up to the routes step an action can stop and leave the registry true; after it, not."""
+    assert {s["step"]: s["cancellable"] for s in steps_mod.steps(p)} == cancellable

@@ -1,12 +1,13 @@
 """
 Salt execution module ``haproxy_runtime``: the HAProxy control on a load-balancer minion.
 
-Server health and its gate, draining, routes and server state, over HAProxy's
-admin socket. Called by the orchestrations (``orch/steps.jinja``: set_routes
-with its health gate, wait_drained), the haproxy formula (``haproxy/service/
-running.sls``: dump_server_state, sync_map), the stacks runner (show_map) and
-people (docs/troubleshooting.md). Routes are written to the host's map file
-(which survives a reload) and to the running map (which takes effect at once).
+Server health and its gate, draining, routes, server state and the access log,
+over HAProxy's admin socket. Called by the orchestrations (``orch/steps.jinja``:
+set_routes with its health gate, wait_drained), the haproxy formula (``haproxy/
+service/running.sls``: dump_server_state, sync_map), the stacks runner (show_map,
+stats, access_log) and people (docs/troubleshooting.md). Routes are written to the
+host's map file (which survives a reload) and to the running map (which takes
+effect at once).
 
 The parts without Salt are utils modules, reached through ``__utils__`` (synced
 with this module by ``saltutil.sync_all`` or ``state.apply``):
@@ -40,6 +41,7 @@ DEFAULT_SOCKET = "/srv/pigeon/haproxy/run/admin.sock"
 DEFAULT_MAPS_DIR = "/srv/pigeon/haproxy/etc/maps"
 DEFAULT_MAPS_DIR_IN_CONTAINER = "/usr/local/etc/haproxy/maps"
 DEFAULT_SERVER_STATE = "/srv/pigeon/haproxy/run/server-state"
+ACCESS_LOG = "pigeon_access"  # the ring of haproxy.cfg (haproxy/templates/haproxy.cfg.jinja)
 CONNECT_WAIT = 5.0  # seconds to wait for the socket of an HAProxy that is starting
 
 
@@ -415,6 +417,39 @@ def dump_server_state(path=DEFAULT_SERVER_STATE, socket=None):
         )
     __utils__["haproxy_maps.atomic_write"](path, state)
     return {"path": path, "servers": count}
+
+
+def access_log(backends, tail=100, socket=None):
+    """
+    The last ``tail`` requests HAProxy logged for these backends (an app's slots), oldest
+    first, one line each: accept date, client, frontend, route, backend/server, status,
+    timers TR/Tw/Tc/Tr/Ta (ms), bytes, termination state, request. Read from the ring
+    ``pigeon_access`` of haproxy.cfg (`show events`): about 1 MB in memory, emptied when
+    HAProxy restarts or reloads. Called by the stacks runner (``stacks.py logs --proxy``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' haproxy_runtime.access_log '[app_a, app_b]' tail=20
+    """
+    if isinstance(backends, str):
+        backends = [backends]
+    try:
+        count = int(tail)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        raise CommandExecutionError(f"tail {tail!r}: give a whole number of lines from 1")
+    answer = _command(socket, f"show events {ACCESS_LOG}")
+    try:
+        lines = __utils__["haproxy_admin.access_lines"](answer, [str(name) for name in backends or []])
+    except ValueError as exc:
+        raise CommandExecutionError(
+            f"HAProxy's access log {ACCESS_LOG}: {exc}; apply the haproxy state to this minion"
+            " (its haproxy.cfg has no such ring)"
+        ) from exc
+    return lines[-count:]
 
 
 def info(socket=None):

@@ -2,7 +2,8 @@
 Runner ``stacks``: the registry's views, read-only. ``status`` (per app, each
 stack's version, state and slot, the routes, the lock, and what really runs
 with the drift from the registry), ``history``, ``details`` (each container as
-docker has it on the app's minions), ``logs`` (their last lines) and ``proxy``
+docker has it on the app's minions), ``logs`` (their last lines, or HAProxy's
+access log of the app's slots) and ``proxy``
 (HAProxy's counters and servers of the app's slots) are what
 salt-api's deploy user may call besides the deploy runner (``_runners/deploy.py``, the door of
 the actions); their arguments pass the same schema (``_utils/pigeon_schema.py``).
@@ -201,13 +202,13 @@ def history(*args, **kwargs):
     return _registry("history")(values["app"], values.get("limit", 20))
 
 
-def _config_minions(name, definition, fun, **kwarg):
+def _config_minions(name, definition, fun, section="config", **kwarg):
     """Call ``fun`` on the minions of app ``name`` (``stacks:<name>:config:target`` of its
-    ``definition``): (answers, problems), ``answers`` {minion: return}, ``problems`` one line
-    per minion that failed or did not answer."""
-    config = definition.get("config") or {}
+    ``definition``, or ``loadbal:target`` with section="loadbal"): (answers, problems),
+    ``answers`` {minion: return}, ``problems`` one line per minion that failed or did not answer."""
+    config = definition.get(section) or {}
     if not config.get("target"):  # in the registry, gone from the pillar: no minions to ask
-        return {}, [f"no stacks:{name}:config:target in the master's pillar: its minions are unknown"]
+        return {}, [f"no stacks:{name}:{section}:target in the master's pillar: its minions are unknown"]
     answers = _ask(config.get("target"), config.get("target_type", "glob"), fun, timeout=30, **kwarg)
     problems = [f"{minion}: " + ("did not answer within 30 s" if ret is False or not str(ret)
                                  else str(ret).splitlines()[0][:200])
@@ -244,21 +245,50 @@ def logs(*args, **kwargs):
     The last ``tail`` lines (default 100) of the app's containers on every minion of
     ``config.target`` (one version's, one service's, or all), time-stamped by docker:
     {"logs": {minion: {container: text}}, "problems": [one line per minion that failed]}.
+    With ``proxy``, HAProxy's access log of the app's slots instead (one version's slot, or
+    all; see _proxy_log): {"proxy": {minion: [line]}, "problems": [...]}.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run stacks.logs app=app version=1.4 service=web tail=20
+        salt-run stacks.logs app=app proxy=True tail=20
     """
     values, definitions, refused = _app_view("logs", args, kwargs)
     if refused:
         return refused
     app = values["app"]
+    if values.get("proxy"):
+        return _proxy_log(app, values, definitions.get(app) or {})
     answers, problems = _config_minions(app, definitions.get(app) or {}, "stack_containers.logs", app=app,
                                         version=values.get("version"), service=values.get("service"),
                                         tail=values.get("tail", 100))
     return {"logs": answers, "problems": problems}
+
+
+def _proxy_log(app, values, definition):
+    """stacks.logs with proxy: the last ``tail`` requests HAProxy logged for the app's slot
+    backends on every minion of ``loadbal.target``, oldest first (haproxy_runtime.access_log).
+    With ``version``, its slot's backend only (a slot is reused: older lines of that backend
+    may be of a version that was there before); ``service`` is refused, as HAProxy has one
+    backend per slot, not per service."""
+    if values.get("service"):
+        return _refuse("logs: service does not apply with proxy: HAProxy has one backend per slot, not per "
+                       "service; give version for one stack's requests")
+    backend = __utils__["pigeon_statemachine.backend"]
+    version = values.get("version")
+    if version:
+        slot = (_registry("load")(app)["stacks"].get(version) or {}).get("slot")
+        if not slot:
+            return _refuse(f"logs: {app} has no stack {version}, so no slot in HAProxy; see stacks.py "
+                           f"status --app-name {app}")
+        backends = [backend(app, slot)]
+    else:
+        backends = [backend(app, slot) for slot in __utils__["pigeon_statemachine.slots"]()]
+    answers, problems = _config_minions(app, definition, "haproxy_runtime.access_log", section="loadbal",
+                                        backends=backends, tail=values.get("tail", 100))
+    return {"proxy": answers, "problems": problems}
 
 
 def proxy(*args, **kwargs):

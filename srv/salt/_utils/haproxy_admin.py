@@ -233,3 +233,21 @@ def server_state_count(text):
     if not text.split("\n", 1)[0].strip().isdigit():
         return None
     return len([line for line in text.splitlines()[1:] if line.strip() and not line.startswith("#")])
+
+
+def access_lines(text, backends):
+    """
+    The lines of a `show events <ring>` answer (the access log of haproxy.cfg, one request a
+    line: date, client, frontend, route, ``backend/server``, status ...) whose backend is one of
+    ``backends``, oldest first. Other lines (another app's, HAProxy's own messages) are left
+    out; an answer that is no event list ("No such event sink") raises ValueError.
+    """
+    if text.startswith(("No such event sink", "Unknown command")):
+        raise ValueError(text.strip().splitlines()[0])
+    wanted = set(backends)
+    found = []
+    for line in text.splitlines():
+        fields = line.split(" ", 5)
+        if len(fields) > 5 and fields[4].partition("/")[0] in wanted:
+            found.append(line)
+    return found

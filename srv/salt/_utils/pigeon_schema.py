@@ -143,7 +143,7 @@ REQUESTS = {
     "logs": {"app": (APP, True), "version": (VERSION, False),
              "service": (Text(NAME_RE, "1-64 letters, digits, '_', '.', '-', starting with a letter or digit",
                               noun="a service name"), False),
-             "tail": (Integer(1, 10000), False)},
+             "tail": (Integer(1, 10000), False), "proxy": (FLAG, False)},
     # a CI webhook body or CI minion event (deploy.ci_event), after its signature was checked
     "ci": {"action": (OneOf(*ACTIONS), True), "app": (APP, True), "version": (VERSION, False),
            "timestamp": (Integer(0, 2**40), False),
