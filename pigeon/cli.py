@@ -326,6 +326,12 @@ def run_action(client, args, out):
         raise StacksError(f"{args.command} {target} {how}{outcome['error']}", EXIT_FAILED, report)
     if outcome.get("cleaned"):
         out(f"removed what interrupted actions left of {', '.join(outcome['cleaned'])}")
+    pruned = (outcome.get("changed") or {}).get("pruned")
+    if isinstance(pruned, dict):  # stacks:<app>:prune:after_deactivate
+        images = sum(len(v) for v in (pruned.get("removed") or {}).values())
+        folders = sum(len(v) for v in (pruned.get("folders") or {}).values())
+        out(f"pruned: {images} images and {folders} build folders removed"
+            + (f"; prune failed: {pruned['errors'][0]} (run ./stacks.py prune)" if pruned.get("errors") else ""))
     if args.command == "repair" and not outcome.get("changed", {}).get("noop"):
         for line in repaired(outcome):
             out(line)
@@ -560,6 +566,8 @@ def prune_images(client, args, out):
             out(f"  {verb} {tag}")
         for tag in kept:
             out(f"  kept {tag}")
+        for folder in (done.get("folders") or {}).get(minion) or []:
+            out(f"  {verb} the build folder {folder}")
     if done.get("errors"):
         raise StacksError(f"prune of {args.app}: {done['errors'][0]}"
                           + (f" (and {len(done['errors']) - 1} more)" if len(done["errors"]) > 1 else ""),
@@ -676,27 +684,79 @@ def show_details(client, args, out):
 
 
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # an app's log may hold terminal escapes
+FOLLOW_EVERY = 2.0  # seconds between two asks of logs --follow
+CUT = "[older lines cut]"  # stack_containers.logs' first line when it kept only the newest lines
 
 
 def show_logs(client, args, out):
-    """The last lines of the app's containers, each line after its container's name."""
+    """The last lines of the app's containers, each line after its container's name; with --proxy,
+    HAProxy's access log of the app's slots, each line after its load balancer. With --follow,
+    asked again every FOLLOW_EVERY seconds, printing only the lines that came since, until Ctrl-C
+    (exit 0): a loop of this client through salt-api, since the deploy credential reaches only
+    the runners."""
     kwarg = {"tail": args.tail}
     if args.version:
         kwarg["version"] = args.version
     if args.service:
         kwarg["service"] = args.service
-    answer = _view(client, "stacks.logs", args, **kwarg)
-    shown = 0
-    for minion, containers in sorted((answer.get("logs") or {}).items()):
-        for name, text in sorted((containers or {}).items()):
-            shown += 1
-            for line in str(text).splitlines():
-                out(f"{name} | {CONTROL.sub('?', line)}")
-    if not shown:
-        out(f"{args.app}: no container{' of ' + args.version if args.version else ''}")
-    for line in answer.get("problems") or []:
-        out(f"PROBLEM: {line}")
+    if args.proxy:
+        kwarg["proxy"] = True
+    answer = None
+    try:
+        answer = _view(client, "stacks.logs", args, **kwarg)
+        printed, problems = _print_logs(args, answer, {}, [], out)
+        if args.proxy and not any(printed.values()):
+            out(f"{args.app}: no request in HAProxy's access log"
+                + (f" of the slot of {args.version}" if args.version else ""))
+        elif not printed:
+            out(f"{args.app}: no container{' of ' + args.version if args.version else ''}")
+        while args.follow:
+            time.sleep(FOLLOW_EVERY)
+            answer = _view(client, "stacks.logs", args, **kwarg)
+            printed, problems = _print_logs(args, answer, printed, problems, out)
+    except KeyboardInterrupt:
+        if not args.follow:
+            raise
     return answer
+
+
+def _log_lines(args, answer):
+    """{(minion, label): [line]} of a stacks.logs answer: each container's lines under its name,
+    or with --proxy each load balancer's access log under the minion's name."""
+    if args.proxy:
+        return {(minion, minion): [str(line) for line in lines] for minion, lines in
+                (answer.get("proxy") or {}).items() if isinstance(lines, list)}
+    return {(minion, name): str(text).splitlines() for minion, containers in (answer.get("logs") or {}).items()
+            for name, text in (containers or {}).items()}
+
+
+def _print_logs(args, answer, before, problems_before, out):
+    """Print the lines of ``answer`` that ``before`` ({(minion, label): [line]} of the previous
+    answer) did not have, and its problems not already printed; return this answer's
+    ({(minion, label): [line]}, problems)."""
+    now = _log_lines(args, answer)
+    for (minion, label), lines in sorted(now.items()):
+        if (minion, label) in before:
+            lines = new_lines([x for x in before[(minion, label)] if x != CUT], [x for x in lines if x != CUT])
+        for line in lines:
+            out(f"{label} | {CONTROL.sub('?', line)}")
+    problems = [str(line) for line in answer.get("problems") or []]
+    for line in problems:
+        if line not in problems_before:
+            out(f"PROBLEM: {line}")
+    return now, problems
+
+
+def new_lines(before, now):
+    """The lines of ``now`` that came after ``before``: both are the last lines of a log that only
+    grows (a container's, an access log), so the longest end of ``before`` that ``now`` starts
+    with was printed already. Nothing in common (the log started again, or more than --tail lines
+    came between two asks): all of ``now``."""
+    if before:
+        for size in range(min(len(before), len(now)), 0, -1):
+            if now[size - 1] == before[-1] and now[:size] == before[-size:]:
+                return now[size:]
+    return now
 
 
 def show_proxy(client, args, out):

@@ -49,11 +49,18 @@ COMMANDS = {
                  "  --json                   one JSON document"],
                 ["./stacks.py details -a app", "./stacks.py details -a app -V 1.4 --json"]),
     "logs": ("The last lines of the app's containers (time-stamped by docker), each line after its "
-             "container's name, from every minion of its config.target.",
-             ["  --app-name APP, -a APP   required", "  --version V, -V V        default: every version",
-              "  --service S              default: every service", "  --tail N                 default: 100 lines "
-              "a container (1-10000)", "  --json                   one JSON document"],
-             ["./stacks.py logs -a app -V 1.4 --service web", "./stacks.py logs -a app --tail 20"]),
+             "container's name, from every minion of its config.target. With --proxy, HAProxy's access "
+             "log of the app's slots instead (one request a line: date, client, frontend, route, "
+             "backend/server, status, timers, bytes), each line after its load balancer.",
+             ["  --app-name APP, -a APP   required",
+              "  --version V, -V V        default: every version (--proxy: that version's slot)",
+              "  --service S              default: every service (not with --proxy)",
+              "  --tail N                 default: 100 lines a container or load balancer (1-10000)",
+              "  --proxy                  default: the containers' logs",
+              "  --follow, -f             then print new lines as they come (every 2 s) until Ctrl-C "
+              "(default: once)",
+              "  --json                   one JSON document (not with --follow)"],
+             ["./stacks.py logs -a app -V 1.4 --service web --tail 20", "./stacks.py logs -a app --proxy -f"]),
     "proxy": ("What HAProxy says of the app on each load balancer: the routes, and per slot the version "
               "in it, its servers (address, UP/DOWN, last check, sessions) and its counters (sessions, "
               "responses by class, connection and response errors, retries).",

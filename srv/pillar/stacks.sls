@@ -18,6 +18,7 @@ stacks:
       target: '^(lab|debian)-minion$'  # where the app runs
       target_type: pcre
       formula: demoapp              # applied before the containers start (builds the image)
+      build_dir: /srv/pigeon/build/demoapp  # one folder per version (the formula's); prune cleans it
     task_definitions:
       count: 2                      # replicas of the whole set of services
       web:

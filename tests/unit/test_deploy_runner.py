@@ -753,11 +753,12 @@ def test_prune_asks_the_app_minions_keeping_the_registrys_versions(deploy, minio
     _registry(deploy, {"1.4": "active", "1.3": "inactive"})
     result = deploy.prune(app="app", keep_last=2)
     assert result == {"prune": {"removed": {"lab-minion": ["pigeon/demoapp:0.9"]},
-                                "kept": {"lab-minion": ["pigeon/demoapp:1.4"]}, "errors": [], "dry_run": False}}
+                                "kept": {"lab-minion": ["pigeon/demoapp:1.4"]}, "folders": {"lab-minion": []},
+                                "errors": [], "dry_run": False}}
     [(tgt, fun, tgt_type, kwarg)] = minions.calls
     assert (tgt, fun) == (DEFINITION["config"]["target"], "stack_containers.prune_images")
     assert kwarg == {"app": "app", "templates": ["pigeon/demoapp"], "keep": ["1.3", "1.4"], "last": 2,
-                     "dry_run": False}
+                     "dry_run": False, "build_dir": "/srv/pigeon/build/demoapp"}  # the pillar's config:build_dir
     entry = history(deploy)[-1]
     assert (entry["action"], entry["result"], entry["removed"]) == ("prune", "success", ["pigeon/demoapp:0.9"])
     assert lock_free(deploy)
@@ -855,3 +856,25 @@ def test_prune_keeps_other_apps_versions_and_waits_for_an_app_sharing_its_images
         thread.join(10)
     assert refused.startswith("shop, whose images share a name with app's, is locked by release of carol")
     assert len(minions.calls) == 1 and lock_free(deploy)
+
+
+def test_a_deactivate_prunes_after_when_the_pillar_asks(deploy, minions, monkeypatch):
+    definition = dict(copy.deepcopy(DEFINITION), prune={"after_deactivate": True, "keep_last": 1})
+    monkeypatch.setattr(deploy.registry, "definitions", lambda: {"app": definition})
+    deploy.__utils__["pigeon_registry.definitions"] = deploy.registry.definitions
+    _registry(deploy, {"1.4": "active", "1.3": "inactive"})
+    deploy.orchestrate_returns = recorded("deactivate-release")
+    outcome = deploy.deactivate(app="app", version="1.3")["outcome"]
+    assert outcome["ok"] is True
+    [(_, fun, _, kwarg)] = minions.calls
+    assert fun == "stack_containers.prune_images" and kwarg["last"] == 1 and kwarg["keep"] == ["1.4"]
+    assert outcome["changed"]["pruned"]["removed"] == {"lab-minion": ["pigeon/demoapp:0.9"]}
+    assert [e["action"] for e in history(deploy)[-2:]] == ["deactivate", "prune"]
+    assert lock_free(deploy)
+
+
+def test_without_the_pillar_option_a_deactivate_prunes_nothing(deploy, minions):
+    _registry(deploy, {"1.4": "active", "1.3": "inactive"})
+    deploy.orchestrate_returns = recorded("deactivate-release")
+    outcome = deploy.deactivate(app="app", version="1.3")["outcome"]
+    assert outcome["ok"] is True and "pruned" not in outcome["changed"] and minions.calls == []

@@ -30,15 +30,16 @@ def test_the_clis_shapes_are_the_schemas():
 
 
 def test_no_second_copy_of_the_name_patterns_on_the_master():
-    """The app pattern is pigeon_schema's alone; the version pattern has one guarded copy, the
-    state machine's own guard, equal to the door's."""
+    """The app pattern is pigeon_schema's alone; the version pattern has two guarded copies, the
+    state machine's own guard and the minions' module's (which folders prune may remove),
+    equal to the door's (test_the_version_grammar_of_the_minions_module)."""
     assert sm.VERSION_RE.pattern == schema.VERSION_RE.pattern
     for path in (REPO / "srv" / "salt").rglob("*.py"):
         if path.name == "pigeon_schema.py":
             continue
         text = path.read_text()
         assert not re.search(r"^APP_RE\s*=", text, re.M), path
-        if path.name != "pigeon_statemachine.py":
+        if path.name not in ("pigeon_statemachine.py", "stack_containers.py"):
             assert not re.search(r"^VERSION_RE\s*=", text, re.M), path
 
 
@@ -54,3 +55,8 @@ def test_the_mark_of_a_cancelled_step():
     orchestrate = load("_utils/pigeon_orchestrate.py", "pigeon_orchestrate_one_source")
     outcome = load("_utils/pigeon_outcome.py", "pigeon_outcome_one_source")
     assert orchestrate.CANCELLED == outcome.CANCELLED
+
+
+def test_the_version_grammar_of_the_minions_module():
+    containers = load("_modules/stack_containers.py", "stack_containers_one_source")
+    assert containers.VERSION_RE.pattern == schema.VERSION_RE.pattern

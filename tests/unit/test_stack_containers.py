@@ -847,3 +847,27 @@ def test_prune_dry_run_removes_nothing(prune_client):
     assert prune_client.removed == [] and "pigeon/base:bookworm" not in result["removed"]
     assert result["removed"] == ["pigeon/demoapp:1.0", "pigeon/demoapp:1.1", "pigeon/demoapp:1.3",
                                  "pigeon/demoapp:1.4"]
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_prune_removes_the_build_folders_of_the_versions_not_kept(prune_client, tmp_path, dry_run):
+    build = tmp_path / "build"
+    for name in ("1.0", "1.2", "1.3", "1.4", "0.1-failed", ".hidden"):
+        (build / name).mkdir(parents=True)
+        (build / name / "Dockerfile").write_text("FROM x\n")
+    (build / "notes.txt").write_text("a file: left alone\n")
+    (tmp_path / "elsewhere").mkdir()
+    (build / "0.9").symlink_to(tmp_path / "elsewhere")  # a link: left alone
+    result = sc.prune_images("app", ["pigeon/demoapp"], keep=["1.4"], last=1, dry_run=dry_run,
+                             build_dir=str(build))
+    # kept: 1.4 (registry), 1.2 (a container), 1.3 (newest other); 1.0 and a folder with no image go
+    assert result["folders"] == [str(build / "0.1-failed"), str(build / "1.0")]
+    left = sorted(p.name for p in build.iterdir())
+    gone = [] if dry_run else ["0.1-failed", "1.0"]
+    assert left == sorted({".hidden", "0.1-failed", "0.9", "1.0", "1.2", "1.3", "1.4", "notes.txt"} - set(gone))
+    assert (tmp_path / "elsewhere").is_dir()
+
+
+def test_prune_without_the_build_folder_says_nothing_of_folders(prune_client, tmp_path):
+    result = sc.prune_images("app", ["pigeon/demoapp"], keep=["1.4"], last=1, build_dir=str(tmp_path / "none"))
+    assert result["folders"] == [] and all("none" not in e for e in result["errors"])

@@ -11,6 +11,8 @@ A container with a docker HEALTHCHECK counts as healthy when docker says
 import concurrent.futures
 import logging
 import os
+import re
+import shutil
 import time
 
 try:
@@ -21,6 +23,8 @@ except ImportError:  # pragma: no cover - the pure part needs no salt
 log = logging.getLogger(__name__)
 
 __virtualname__ = "stack_containers"
+# a version, as the door checks it (pigeon_schema.VERSION_RE; tests/unit/test_one_source.py)
+VERSION_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 
 
 def __virtual__():
@@ -519,13 +523,37 @@ def _version_of(template, repo_tag):
     return match.group(1) if match else None
 
 
-def prune_images(app, templates, keep, last=3, dry_run=False):
+def _prune_folders(build_dir, kept, dry_run, result):
+    """Remove the folders of ``build_dir`` named as a version not in ``kept`` (real folders
+    only: a link or a file is left alone), into ``result``."""
+    try:
+        names = sorted(os.listdir(build_dir))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        result["errors"].append(f"{build_dir}: {exc.strerror or exc}")
+        return
+    for name in names:
+        path = os.path.join(build_dir, name)
+        if name in kept or not VERSION_RE.match(name) or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        try:
+            if not dry_run:
+                shutil.rmtree(path)
+            result["folders"].append(path)
+        except OSError as exc:
+            result["errors"].append(f"{path}: {exc.strerror or exc}")
+
+
+def prune_images(app, templates, keep, last=3, dry_run=False, build_dir=None):
     """
     Remove the images of the app's versions that no stack uses: an image (``repo:tag``)
     that is a version of one of the services' image ``templates`` is kept when its
     version is in ``keep`` (the registry's), when a container (of any state) uses it, or
     when it is among the ``last`` newest other versions; the others are removed (untagged,
-    never forced). Returns {"removed": [repo:tag], "kept": [repo:tag], "errors": [one line]}.
+    never forced). With ``build_dir`` (the config formula's folder of one folder per version,
+    ``config:build_dir``), the folders of versions not kept go too. Returns {"removed":
+    [repo:tag], "kept": [repo:tag], "folders": [removed folders], "errors": [one line]}.
 
     CLI Example:
 
@@ -551,7 +579,9 @@ def prune_images(app, templates, keep, last=3, dry_run=False):
                 versions[version] = (max(created, int(image.get("Created") or 0)), tags + [repo_tag])
         others = sorted((v for v in versions if v not in keep), key=lambda v: versions[v][0], reverse=True)
         kept_versions = keep | set(others[:max(int(last), 0)])
-        result = {"removed": [], "kept": [], "errors": []}
+        result = {"removed": [], "kept": [], "folders": [], "errors": []}
+        if build_dir:
+            _prune_folders(str(build_dir), kept_versions, dry_run, result)
         for version, (_, tags) in sorted(versions.items()):
             for repo_tag in sorted(tags):
                 if version in kept_versions:

@@ -124,6 +124,9 @@ def _run(action, values, source, user=None):
             outcome["changed"] = _utils("pigeon_plan.commit")(app, planned, held, source=source)
             outcome["revision"] = outcome["changed"]["revision"]
             outcome["version"] = planned.get("version")
+            after = (definition.get("prune") or {}) if isinstance(definition, dict) else {}
+            if action == "deactivate" and planned["steps"] and after.get("after_deactivate"):
+                outcome["changed"]["pruned"] = _prune_after(app, user, after.get("keep_last", 3), held, source)
         else:
             _utils("pigeon_plan.abort")(app, planned, held, outcome, source=source)
         return outcome
@@ -141,6 +144,18 @@ def _run(action, values, source, user=None):
         return outcome
     finally:
         _utils("pigeon_registry.unlock")(app)
+
+
+def _prune_after(app, user, keep_last, held, source):
+    """The prune a deactivate runs when the pillar asks (stacks:<app>:prune:after_deactivate),
+    under the lock it holds: prune's return, or {"errors": [why not]}. A failed prune does
+    not fail the deactivate, which is done."""
+    try:
+        done = _pruned(app, _utils("pigeon_registry.definitions")(), user, keep_last, False, held, source)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.exception("deploy: the prune after the deactivate of %s failed", app)
+        done = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; see the master's log"
+    return {"errors": [done]} if isinstance(done, str) else done
 
 
 def _stop(app, since, job):
@@ -234,10 +249,11 @@ def prune(*args, **kwargs):
     """
     Remove, on every minion of the app's ``config.target``, the images of its versions that no
     stack uses: kept are the registry's versions, the images a container uses, and the
-    ``keep_last`` (default 3) newest other versions. Under the app's deploy lock (refused while
-    an action runs), recorded in the history. With ``dry_run``, what it would remove.
+    ``keep_last`` (default 3) newest other versions; with ``config:build_dir`` in the pillar,
+    the build folders of the versions not kept go too. Under the app's deploy lock (refused
+    while an action runs), recorded in the history. With ``dry_run``, what it would remove.
     Keys: app, keep_last, dry_run. Returns {"prune": {"removed": {minion: [repo:tag]}, "kept":
-    {minion: [...]}, "errors": [one line], "dry_run": bool}}.
+    {minion: [...]}, "folders": {minion: [folders]}, "errors": [one line], "dry_run": bool}}.
 
     CLI Example:
 
@@ -257,53 +273,66 @@ def prune(*args, **kwargs):
     held, refusal = _utils("pigeon_registry.lock")(app, "prune", None, user, 0, hint="try again when it ends")
     if refusal:
         return _refuse(refusal)
-    started = time.time()
     try:
-        config = definition.get("config") or {}
-        templates = _utils("pigeon_definition.image_templates")(app, definition)
-        # apps whose images share a name with this one's keep theirs too, and one of them
-        # that holds its lock may be building an image: then no prune
-        keep = set()
-        for other in sorted(set(definitions) | set(_utils("pigeon_registry.apps")())):
-            keep |= set(_utils("pigeon_registry.load")(other)["stacks"])
-            shared = other != app and isinstance(definitions.get(other), dict) and set(templates) & set(
-                _utils("pigeon_definition.image_templates")(other, definitions[other]))
-            busy = _utils("pigeon_registry.holder")(other) if shared else None
-            if busy:
-                return _refuse(f"{other}, whose images share a name with {app}'s, is locked by "
-                               f"{busy.get('action')} of {busy.get('user')}; try again when it ends")
-        try:
-            answers = _utils("pigeon_minions.ask")(
-                config.get("target"), config.get("target_type", "glob"), "stack_containers.prune_images",
-                timeout=120, app=app, templates=templates, keep=sorted(keep), last=values.get("keep_last", 3),
-                dry_run=dry_run)
-        except Exception as exc:  # pylint: disable=broad-except  (the master could not publish)
-            log.exception("deploy: prune of %s could not reach its minions", app)
-            return _refuse(f"prune of {app} could not reach {config.get('target')}: {type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}; see the master's log")
-        done = {"removed": {}, "kept": {}, "errors": [], "dry_run": dry_run}
-        for minion, ret in sorted(answers.items()):
-            if not isinstance(ret, dict):
-                done["errors"].append(f"{minion}: " + ("did not answer within 120 s; run prune again"
-                                                       if ret is False or not str(ret)
-                                                       else str(ret).splitlines()[0][:200]))
-                continue
-            done["removed"][minion], done["kept"][minion] = ret.get("removed", []), ret.get("kept", [])
-            done["errors"] += [f"{minion}: {line}" for line in ret.get("errors", [])]
-        if not answers:
-            done["errors"].append(f"no answer from {config.get('target')}")
-        if not dry_run:
-            removed = sorted({tag for tags in done["removed"].values() for tag in tags})
-            _utils("pigeon_registry.history_add")(app, _utils("pigeon_registry.record")(
-                "prune", None, "failed" if done["errors"] else "success", user=user, source="cli",
-                when=held.get("since"), started=started,
-                message=f"{len(removed)} images removed" + (f"; {done['errors'][0]}" if done["errors"] else ""),
-                removed=removed))
-        if done["errors"]:
-            __context__["retcode"] = 1
-        return {"prune": done}
+        done = _pruned(app, definitions, user, values.get("keep_last", 3), dry_run, held)
     finally:
         _utils("pigeon_registry.unlock")(app)
+    if isinstance(done, str):
+        return _refuse(done)
+    if done["errors"]:
+        __context__["retcode"] = 1
+    return {"prune": done}
+
+
+def _pruned(app, definitions, user, keep_last, dry_run, held, source="cli"):
+    """The prune of ``app``, its lock held: what was removed and kept on each minion (prune's
+    return), recorded in the history; or why it cannot run (one line)."""
+    started = time.time()
+    definition = definitions[app]
+    config = definition.get("config") or {}
+    templates = _utils("pigeon_definition.image_templates")(app, definition)
+    # apps whose images share a name with this one's keep theirs too, and one of them
+    # that holds its lock may be building an image: then no prune
+    keep = set()
+    for other in sorted(set(definitions) | set(_utils("pigeon_registry.apps")())):
+        keep |= set(_utils("pigeon_registry.load")(other)["stacks"])
+        shared = other != app and isinstance(definitions.get(other), dict) and set(templates) & set(
+            _utils("pigeon_definition.image_templates")(other, definitions[other]))
+        busy = _utils("pigeon_registry.holder")(other) if shared else None
+        if busy:
+            return (f"{other}, whose images share a name with {app}'s, is locked by "
+                    f"{busy.get('action')} of {busy.get('user')}; try again when it ends")
+    try:
+        answers = _utils("pigeon_minions.ask")(
+            config.get("target"), config.get("target_type", "glob"), "stack_containers.prune_images",
+            timeout=120, app=app, templates=templates, keep=sorted(keep), last=keep_last, dry_run=dry_run,
+            **({"build_dir": config["build_dir"]} if config.get("build_dir") else {}))
+    except Exception as exc:  # pylint: disable=broad-except  (the master could not publish)
+        log.exception("deploy: prune of %s could not reach its minions", app)
+        return (f"prune of {app} could not reach {config.get('target')}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200] if str(exc) else ''}; see the master's log")
+    done = {"removed": {}, "kept": {}, "folders": {}, "errors": [], "dry_run": dry_run}
+    for minion, ret in sorted(answers.items()):
+        if not isinstance(ret, dict):
+            done["errors"].append(f"{minion}: " + ("did not answer within 120 s; run prune again"
+                                                   if ret is False or not str(ret)
+                                                   else str(ret).splitlines()[0][:200]))
+            continue
+        done["removed"][minion], done["kept"][minion] = ret.get("removed", []), ret.get("kept", [])
+        done["folders"][minion] = ret.get("folders", [])
+        done["errors"] += [f"{minion}: {line}" for line in ret.get("errors", [])]
+    if not answers:
+        done["errors"].append(f"no answer from {config.get('target')}")
+    if not dry_run:
+        removed = sorted({tag for tags in done["removed"].values() for tag in tags})
+        folders = sum(len(f) for f in done["folders"].values())
+        _utils("pigeon_registry.history_add")(app, _utils("pigeon_registry.record")(
+            "prune", None, "failed" if done["errors"] else "success", user=user, source=source,
+            when=held.get("since"), started=started,
+            message=f"{len(removed)} images removed" + (f", {folders} build folders" if folders else "")
+                    + (f"; {done['errors'][0]}" if done["errors"] else ""),
+            removed=removed))
+    return done
 
 
 def release(*args, **kwargs):

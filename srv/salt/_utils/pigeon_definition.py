@@ -152,6 +152,7 @@ def expand(app, action, version, definition, entry, planned, backend):
         "target": definition["config"]["target"],
         "target_type": definition["config"].get("target_type", "glob"),
         "formula": definition["config"].get("formula"),
+        "build_dir": definition["config"].get("build_dir"),
     }
     planned["loadbal_hash"] = loadbal_hash(definition)
     planned["converge_loadbal"] = entry.get("loadbal_hash") != planned["loadbal_hash"]

@@ -40,6 +40,8 @@ NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # frontends, docke
 SLS_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 # rendered into haproxy.cfg: an HTTP path without spaces, and an HAProxy time
 CHECK_PATH_RE = re.compile(r"\A/[!-~]{0,255}\Z")
+# a folder on the app minions (config:build_dir): absolute, plain names, no "." or ".." part
+BUILD_DIR_RE = re.compile(r"\A(?:/(?!\.{1,2}(?:/|\Z))[A-Za-z0-9_.-]{1,64}){2,16}\Z")
 HAPROXY_TIME_RE = re.compile(r"\A[0-9]{1,7}(us|ms|s|m|h|d)?\Z")
 TARGET_TYPES = ("glob", "pcre", "list", "grain", "grain_pcre", "pillar", "pillar_pcre",
                 "nodegroup", "range", "compound", "ipcidr")
@@ -265,6 +267,15 @@ def check_definition(app, definition):
                      "1-64 letters, digits, '_', '.', '-'")
     if config.get("formula") is not None:
         _pillar_text(f"{base}:config:formula", config["formula"], SLS_RE, "an sls name")
+    if config.get("build_dir") is not None:
+        _pillar_text(f"{base}:config:build_dir", config["build_dir"], BUILD_DIR_RE,
+                     "an absolute folder at least two deep, of plain names (no '.' or '..')")
+    prune = _mapping(f"{base}:prune", definition.get("prune"), required=False)
+    if "after_deactivate" in prune and not isinstance(prune["after_deactivate"], bool):
+        raise Invalid(f"broken pillar: {base}:prune:after_deactivate {_show(prune['after_deactivate'])} "
+                      "is not true or false; see docs/pillar.md")
+    if "keep_last" in prune:
+        _pillar_integer(f"{base}:prune:keep_last", prune["keep_last"], 0, 100)
     healthcheck = _mapping(f"{base}:loadbal:healthcheck", loadbal.get("healthcheck"), required=False)
     if "timeout" in healthcheck:
         _pillar_integer(f"{base}:loadbal:healthcheck:timeout", healthcheck["timeout"], 1, 3600)
