@@ -5,6 +5,7 @@ deploy lock; ``lock release`` has nothing stale to release). Checked against doc
 itself and against a request whose line the app logs.
 """
 
+import pathlib
 import re
 import subprocess
 import time
@@ -189,6 +190,9 @@ def test_cancel_stops_a_running_release_before_its_routes_and_leaves_nothing(sta
         reset_app(stacks)
 
 
+BUILD = pathlib.Path("/srv/pigeon/build/demoapp")  # stacks:app:config:build_dir (the minion is this machine)
+
+
 def image_exists(tag):
     return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
 
@@ -205,10 +209,13 @@ def test_prune_removes_the_images_no_stack_uses(stacks):
         assert result.rc == 0, result
         assert f"  would remove pigeon/demoapp:{gone}" in result.out.splitlines()
         assert f"  kept pigeon/demoapp:{active}" in result.out.splitlines()
-        assert image_exists(f"pigeon/demoapp:{gone}")  # a dry run removes nothing
+        assert f"  would remove the build folder {BUILD / gone}" in result.out.splitlines()
+        assert image_exists(f"pigeon/demoapp:{gone}") and (BUILD / gone).is_dir()  # a dry run removes nothing
         result = stacks("prune", "--app-name", APP, "--keep", "0")
         assert result.rc == 0, result
         assert not image_exists(f"pigeon/demoapp:{gone}") and image_exists(f"pigeon/demoapp:{active}")
+        # the build folders (the lab's pillar: config:build_dir) of the pruned version only
+        assert not (BUILD / gone).exists() and (BUILD / active / "Dockerfile").is_file()
         assert image_exists("pigeon/base:bookworm")  # not an image of the app
         last = stacks("history", "--app-name", APP, "--limit", "1", "--json").json()["history"][-1]
         assert last["action"] == "prune" and f"pigeon/demoapp:{gone}" in last["removed"]
