@@ -319,22 +319,10 @@ def run_action(client, args, out):
     report["seconds"] = round(elapsed, 3)
     if getattr(args, "job", None):
         report["job"] = args.job
-    if outcome.get("refused"):
-        raise StacksError(f"{args.command} {target} refused: {outcome['error']}", EXIT_FAILED, report)
     if not outcome.get("ok"):
-        how = "" if str(outcome.get("error")).startswith("cancelled by ") else "failed: "
-        raise StacksError(f"{args.command} {target} {how}{outcome['error']}", EXIT_FAILED, report)
-    if outcome.get("cleaned"):
-        out(f"removed what interrupted actions left of {', '.join(outcome['cleaned'])}")
-    pruned = (outcome.get("changed") or {}).get("pruned")
-    if isinstance(pruned, dict):  # stacks:<app>:prune:after_deactivate
-        images = sum(len(v) for v in (pruned.get("removed") or {}).values())
-        folders = sum(len(v) for v in (pruned.get("folders") or {}).values())
-        out(f"pruned: {images} images and {folders} build folders removed"
-            + (f"; prune failed: {pruned['errors'][0]} (run ./stacks.py prune)" if pruned.get("errors") else ""))
-    if args.command == "repair" and not outcome.get("changed", {}).get("noop"):
-        for line in repaired(outcome):
-            out(line)
+        raise StacksError(f"{args.command} {target} {failure(outcome)}", EXIT_FAILED, report)
+    for line in done_lines(dict(outcome, action=args.command)):
+        out(line)
     message = (outcome.get("changed") or {}).get("message") or ""
     if not args.version and report["version"]:
         target = f"{args.app} {report['version']}"
@@ -517,11 +505,38 @@ def watch_action(client, args, out, before=None):
             out(step_line(step))
     target = f"{outcome.get('app')} {outcome.get('version') or ''}".strip()
     if not outcome.get("ok"):
-        verb = "refused" if outcome.get("refused") else "failed"
-        raise StacksError(f"{outcome.get('action')} {target} {verb}: {outcome.get('error')}", EXIT_FAILED,
+        raise StacksError(f"{outcome.get('action')} {target} {failure(outcome)}", EXIT_FAILED,
                           dict(outcome, job=args.subject))
+    for line in done_lines(outcome):
+        out(line)
     out((outcome.get("changed") or {}).get("message") or "done")
     return dict(outcome, job=args.subject)
+
+
+def failure(outcome):
+    """'refused: …', 'failed: …' or 'cancelled by …' (after the action and its target)."""
+    error = str(outcome.get("error"))
+    if outcome.get("refused"):
+        return f"refused: {error}"
+    return error if error.startswith("cancelled by ") else f"failed: {error}"
+
+
+def done_lines(outcome):
+    """What an action that succeeded did besides its steps: leftovers removed, a repair's
+    containers, a prune after a deactivate."""
+    lines = []
+    if outcome.get("cleaned"):
+        lines.append(f"removed what interrupted actions left of {', '.join(outcome['cleaned'])}")
+    pruned = (outcome.get("changed") or {}).get("pruned")
+    if isinstance(pruned, dict):  # stacks:<app>:prune:after_deactivate
+        images = sum(len(v) for v in (pruned.get("removed") or {}).values())
+        folders = sum(len(v) for v in (pruned.get("folders") or {}).values())
+        lines.append(f"pruned: {images} images and {folders} build folders removed"
+                     + (f"; prune failed: {pruned['errors'][0]} (run ./stacks.py prune)" if pruned.get("errors")
+                        else ""))
+    if outcome.get("action") == "repair" and not (outcome.get("changed") or {}).get("noop"):
+        lines += repaired(outcome)
+    return lines
 
 
 def cancel_waiting(client, args, out):

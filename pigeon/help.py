@@ -73,7 +73,8 @@ COMMANDS = {
                ["  --app-name APP, -a APP   required",
                 "  JOB                      default: every action of the app (the job id an action printed)"],
                ["./stacks.py cancel -a app", "./stacks.py cancel 20261204031000123456 -a app"]),
-    "prune": ("Remove, on the app's minions, the images of its versions that no stack uses. Kept: the "
+    "prune": ("Remove, on the app's minions, the images of its versions that no stack uses (and their "
+              "build folders, with config:build_dir in the pillar). Kept: the "
               "versions in the registry, images a container uses, and the N newest other versions. "
               "Refused while an action holds the app's lock; recorded in the history.",
               ["  --app-name APP, -a APP   required", "  --keep N                 default: 3 (0-100)",

@@ -75,7 +75,6 @@ def deploy(tmp_path, monkeypatch):
     def orchestrate(action, plan, jid=None, user=None, stop=None):
         # recorded as the call of orch.<action> with its whole pillar, the plan
         calls.append(((f"orch.{action}",), {"pillar": {"pigeon_plan": plan}, "jid": jid, "user": user}))
-        module.stops.append(stop)
         answer = module.orchestrate_returns
         if callable(answer):  # a stand-in orchestration that asks stop() as Salt's would
             return answer(plan, stop)
@@ -101,7 +100,7 @@ def deploy(tmp_path, monkeypatch):
     module.__user__ = "deployer"
     module.orchestrate_returns = OK
     monkeypatch.setattr(module, "_fire", lambda data, tag: fired.append((tag, data)))
-    module.calls, module.fired, module.registry, module.stops = calls, fired, registry, []
+    module.calls, module.fired, module.registry = calls, fired, registry
     return module
 
 
@@ -878,3 +877,44 @@ def test_without_the_pillar_option_a_deactivate_prunes_nothing(deploy, minions):
     deploy.orchestrate_returns = recorded("deactivate-release")
     outcome = deploy.deactivate(app="app", version="1.3")["outcome"]
     assert outcome["ok"] is True and "pruned" not in outcome["changed"] and minions.calls == []
+
+
+def test_stop_tells_a_cancel_asked_after_the_action_began(deploy):
+    before = time.monotonic()
+    deploy.registry.cancel("app", "early", job=None)  # asked before the action: not for it
+    since = time.monotonic()
+    stop = deploy._stop("app", since, JID)
+    assert stop() is None
+    deploy.registry.cancel("app", "bob", job="20261204000000000009")  # another job's
+    assert stop() is None
+    deploy.registry.cancel("app", "alice", job=JID)
+    assert stop().startswith("cancelled by alice at ")
+    assert deploy._stop("app", before, None)().startswith("cancelled by early at ")  # every action's
+
+
+def test_a_cancel_of_an_earlier_boot_stops_nothing(deploy, monkeypatch):
+    deploy.registry.cancel("app", "alice")
+    monkeypatch.setattr(deploy.registry, "_boot_id", lambda: "another-boot")
+    assert deploy.registry.cancelled("app", 0.0) is None  # its monotonic time means nothing now
+
+
+def test_a_running_action_cancelled_before_its_routes_aborts_and_frees_the_lock(deploy):
+    base = recorded("release-first")
+
+    def orchestration(plan, stop):
+        # what Salt does with the stand-in: stop() asked before the routes step, which then fails
+        deploy.registry.cancel("app", "alice", job=JID)
+        ret = copy.deepcopy(base)
+        for state in next(iter(ret["data"].values())).values():
+            if state.get("__id__") == "pigeon-release-routes":
+                why = stop()
+                state.update(result=False, changes={}, comment=f"not run: {why}")
+        ret["retcode"] = 1
+        return ret
+
+    deploy.orchestrate_returns = orchestration
+    outcome = deploy.release(app="app", version="1.0")["outcome"]
+    assert outcome["ok"] is False and outcome["failed_step"] == "routes"
+    assert outcome["error"].startswith("cancelled by alice at ") and "not run: routes" in outcome["error"]
+    assert stacks(deploy) == {} and lock_free(deploy)
+    assert history(deploy)[-1]["result"] == "failed" and "cancelled by alice" in history(deploy)[-1]["error"]

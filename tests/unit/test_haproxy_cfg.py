@@ -91,3 +91,12 @@ def test_the_log_format_is_what_access_lines_reads(cfg):
     assert admin.access_lines("\n".join(ACCESS_LOG) + "\n\n", ["app_b"]) == [ACCESS_LOG[0], ACCESS_LOG[4]]
     parts = ACCESS_LOG[0].split(" ", len(fields) - 1)  # the request, last, has spaces of its own
     assert parts[4] == "app_b/s1" and parts[-1] == '"GET / HTTP/1.1"'
+
+
+def test_an_apps_requests_no_stack_served_are_in_its_log():
+    """The 503s of an outage (the app's route going to pigeon_no_stack) are the app's lines;
+    another app's are not."""
+    text = "\n".join(ACCESS_LOG) + "\n"
+    assert admin.access_lines(text, ["shop_a", "shop_b"], app="shop") == [ACCESS_LOG[2], ACCESS_LOG[3]]
+    assert admin.access_lines(text, ["app_a", "app_b"], app="app") == [ACCESS_LOG[0], ACCESS_LOG[1], ACCESS_LOG[4]]
+    assert admin.access_lines(text, ["shop_a"]) == [ACCESS_LOG[3]]  # without app: the backends only

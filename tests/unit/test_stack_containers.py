@@ -852,7 +852,7 @@ def test_prune_dry_run_removes_nothing(prune_client):
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_prune_removes_the_build_folders_of_the_versions_not_kept(prune_client, tmp_path, dry_run):
     build = tmp_path / "build"
-    for name in ("1.0", "1.2", "1.3", "1.4", "0.1-failed", ".hidden"):
+    for name in ("1.0", "1.1", "1.2", "1.3", "1.4", "0.1-failed", ".hidden"):
         (build / name).mkdir(parents=True)
         (build / name / "Dockerfile").write_text("FROM x\n")
     (build / "notes.txt").write_text("a file: left alone\n")
@@ -860,14 +860,61 @@ def test_prune_removes_the_build_folders_of_the_versions_not_kept(prune_client, 
     (build / "0.9").symlink_to(tmp_path / "elsewhere")  # a link: left alone
     result = sc.prune_images("app", ["pigeon/demoapp"], keep=["1.4"], last=1, dry_run=dry_run,
                              build_dir=str(build))
-    # kept: 1.4 (registry), 1.2 (a container), 1.3 (newest other); 1.0 and a folder with no image go
-    assert result["folders"] == [str(build / "0.1-failed"), str(build / "1.0")]
+    # kept: 1.4 (registry), 1.2 (a container), 1.3 (newest other); 1.0's image goes, and its folder;
+    # 1.1's image could not be removed, so its folder stays; a folder of a version with no image of
+    # the app (another app's, a failed build) is not the app's: it stays
+    # (a dry run does not try: it would remove 1.1's too)
+    assert result["folders"] == [str(build / "1.0")] + ([str(build / "1.1")] if dry_run else [])
     left = sorted(p.name for p in build.iterdir())
-    gone = [] if dry_run else ["0.1-failed", "1.0"]
-    assert left == sorted({".hidden", "0.1-failed", "0.9", "1.0", "1.2", "1.3", "1.4", "notes.txt"} - set(gone))
+    gone = [] if dry_run else ["1.0"]
+    assert left == sorted({".hidden", "0.1-failed", "0.9", "1.0", "1.1", "1.2", "1.3", "1.4", "notes.txt"}
+                          - set(gone))
     assert (tmp_path / "elsewhere").is_dir()
 
 
 def test_prune_without_the_build_folder_says_nothing_of_folders(prune_client, tmp_path):
     result = sc.prune_images("app", ["pigeon/demoapp"], keep=["1.4"], last=1, build_dir=str(tmp_path / "none"))
     assert result["folders"] == [] and all("none" not in e for e in result["errors"])
+
+
+class OneContainerClient:
+    """A docker client that has one container, with these labels and state."""
+
+    def __init__(self, labels, running):
+        self.labels, self.running, self.started = labels, running, []
+
+    def inspect_container(self, name):
+        return {"State": {"Running": self.running}, "Config": {"Labels": self.labels}}
+
+    def start(self, name):
+        self.started.append(name)
+
+    def close(self):
+        pass
+
+
+CONTAINER = {"name": "shop-web-2-api-1", "labels": {"pigeon.app": "shop", "pigeon.version": "web-2"}}
+
+
+def test_a_stopped_container_of_the_stack_is_started(monkeypatch):
+    client = OneContainerClient({"pigeon.app": "shop", "pigeon.version": "web-2"}, running=False)
+    monkeypatch.setattr(sc, "_client", lambda url, timeout=60: client)
+    assert sc._start_one(None, CONTAINER, "net", "img", {}, {}) == "started"
+    assert client.started == ["shop-web-2-api-1"]
+
+
+def test_a_container_of_another_app_with_the_same_name_is_never_started(monkeypatch):
+    # app shop-web version 2 names its containers as app shop version web-2 does
+    client = OneContainerClient({"pigeon.app": "shop-web", "pigeon.version": "2"}, running=False)
+    monkeypatch.setattr(sc, "_client", lambda url, timeout=60: client)
+    with pytest.raises(sc.CommandExecutionError, match="two apps' names collide"):
+        sc._start_one(None, CONTAINER, "net", "img", {}, {})
+    assert client.started == []
+
+
+def test_prune_leaves_a_build_dir_that_is_a_link(prune_client, tmp_path):
+    (tmp_path / "real" / "1.0").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    result = sc.prune_images("app", ["pigeon/demoapp"], keep=["1.4"], last=1, build_dir=str(tmp_path / "link"))
+    assert result["folders"] == [] and (tmp_path / "real" / "1.0").is_dir()
+    assert any("is a link" in e for e in result["errors"])

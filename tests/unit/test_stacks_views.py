@@ -173,7 +173,7 @@ def test_the_proxy_log_asks_the_load_balancers_for_every_slots_backend(views, mo
     assert views.logs(app="app", proxy=True, tail=20) == {
         "proxy": {"lb1": [LINE], "lb3": []}, "problems": ["lb2: ERROR: HAProxy admin socket /x: no such file"]}
     assert asked == [("lb*", "glob", "haproxy_runtime.access_log",
-                      {"backends": ["app_a", "app_b", "app_c"], "tail": 20})]
+                      {"backends": ["app_a", "app_b", "app_c"], "tail": 20, "app": "app"})]  # and its 503s
 
 
 def test_the_proxy_log_of_a_version_is_its_slots_backend(views, monkeypatch):

@@ -471,7 +471,7 @@ def test_random_sequences_keep_invariants(slots):
                 done[action] += 1
                 assert new == dict(e, routes=p["routes"]) and p["routes"] == e["routes"]
                 assert p["states"] == {} and p["stop"] == [] and p["start"] is None
-                assert [r["version"] for r in p["repair"]] == sorted(e["stacks"]) or version in e["stacks"]
+                assert [r["version"] for r in p["repair"]] == ([version] if version else sorted(e["stacks"]))
             else:
                 done[action] += 1
                 assert new["generation"] == e["generation"] + 1
@@ -493,7 +493,8 @@ def test_random_sequences_keep_invariants(slots):
                                                     "since": f"t{step}", "by": "prop"}
             e = new
     # the walk really went through every transition, refusals and no-ops
-    assert all(n > 10 for n in done.values()), done
+    # (rollback needs an inactive stack and repair a stack: this walk gives them fewer turns)
+    assert all(n > (10 if action in ("rollback", "repair") else 20) for action, n in done.items()), done
     assert refusals > 100 and noops > 20, (refusals, noops)
 
 

@@ -419,13 +419,14 @@ def dump_server_state(path=DEFAULT_SERVER_STATE, socket=None):
     return {"path": path, "servers": count}
 
 
-def access_log(backends, tail=100, socket=None):
+def access_log(backends, tail=100, socket=None, app=None):
     """
     The last ``tail`` requests HAProxy logged for these backends (an app's slots), oldest
     first, one line each: accept date, client, frontend, route, backend/server, status,
     timers TR/Tw/Tc/Tr/Ta (ms), bytes, termination state, request. Read from the ring
     ``pigeon_access`` of haproxy.cfg (`show events`): about 1 MB in memory, emptied when
-    HAProxy restarts or reloads. Called by the stacks runner (``stacks.py logs --proxy``).
+    HAProxy restarts or reloads. With ``app``, also its requests that no stack served (503).
+    Called by the stacks runner (``stacks.py logs --proxy``).
 
     CLI Example:
 
@@ -443,7 +444,8 @@ def access_log(backends, tail=100, socket=None):
         raise CommandExecutionError(f"tail {tail!r}: give a whole number of lines from 1")
     answer = _command(socket, f"show events {ACCESS_LOG}")
     try:
-        lines = __utils__["haproxy_admin.access_lines"](answer, [str(name) for name in backends or []])
+        lines = __utils__["haproxy_admin.access_lines"](answer, [str(name) for name in backends or []],
+                                                        app=str(app) if app else None)
     except ValueError as exc:
         raise CommandExecutionError(
             f"HAProxy's access log {ACCESS_LOG}: {exc}; apply the haproxy state to this minion"

@@ -157,9 +157,18 @@ def _start_one(url, container, stack_network, image, create, host):
     client = _client(url)
     try:
         try:
-            state = client.inspect_container(container["name"])["State"]
+            found = client.inspect_container(container["name"])
+            state = found["State"]
         except docker.errors.NotFound:
             state = None
+        if state is not None:
+            labels = (found.get("Config") or {}).get("Labels") or {}
+            mine = {k: container["labels"][k] for k in ("pigeon.app", "pigeon.version")}
+            if {k: labels.get(k) for k in mine} != mine:
+                raise CommandExecutionError(
+                    f"{container['name']}: a container of that name is not {mine['pigeon.app']} "
+                    f"{mine['pigeon.version']}'s (its labels say {labels.get('pigeon.app')} "
+                    f"{labels.get('pigeon.version')}): two apps' names collide; rename one app or version")
         if state is not None:
             if state.get("Running"):
                 return None
@@ -523,9 +532,15 @@ def _version_of(template, repo_tag):
     return match.group(1) if match else None
 
 
-def _prune_folders(build_dir, kept, dry_run, result):
-    """Remove the folders of ``build_dir`` named as a version not in ``kept`` (real folders
-    only: a link or a file is left alone), into ``result``."""
+def _prune_folders(build_dir, gone, dry_run, result):
+    """Remove the folders of ``build_dir`` named as a version in ``gone`` (whose images prune
+    removed), real folders only: a link or a file is left alone, and a folder of another name,
+    or of a version whose image stays or that has no image of the app, is not the app's to
+    remove. Into ``result``."""
+    if os.path.islink(build_dir):
+        result["errors"].append(f"{build_dir} is a link: its folders are left; name the real folder "
+                                "in config:build_dir")
+        return
     try:
         names = sorted(os.listdir(build_dir))
     except FileNotFoundError:
@@ -535,7 +550,7 @@ def _prune_folders(build_dir, kept, dry_run, result):
         return
     for name in names:
         path = os.path.join(build_dir, name)
-        if name in kept or not VERSION_RE.match(name) or os.path.islink(path) or not os.path.isdir(path):
+        if name not in gone or not VERSION_RE.match(name) or os.path.islink(path) or not os.path.isdir(path):
             continue
         try:
             if not dry_run:
@@ -552,7 +567,7 @@ def prune_images(app, templates, keep, last=3, dry_run=False, build_dir=None):
     version is in ``keep`` (the registry's), when a container (of any state) uses it, or
     when it is among the ``last`` newest other versions; the others are removed (untagged,
     never forced). With ``build_dir`` (the config formula's folder of one folder per version,
-    ``config:build_dir``), the folders of versions not kept go too. Returns {"removed":
+    ``config:build_dir``), the folders of the versions whose images go, go too. Returns {"removed":
     [repo:tag], "kept": [repo:tag], "folders": [removed folders], "errors": [one line]}.
 
     CLI Example:
@@ -580,19 +595,24 @@ def prune_images(app, templates, keep, last=3, dry_run=False, build_dir=None):
         others = sorted((v for v in versions if v not in keep), key=lambda v: versions[v][0], reverse=True)
         kept_versions = keep | set(others[:max(int(last), 0)])
         result = {"removed": [], "kept": [], "folders": [], "errors": []}
-        if build_dir:
-            _prune_folders(str(build_dir), kept_versions, dry_run, result)
+        gone = set()  # the versions whose every image went: their build folders go too
         for version, (_, tags) in sorted(versions.items()):
+            if version in kept_versions:
+                result["kept"] += sorted(tags)
+                continue
+            failed = False
             for repo_tag in sorted(tags):
-                if version in kept_versions:
-                    result["kept"].append(repo_tag)
-                    continue
                 try:
                     if not dry_run:
                         client.remove_image(repo_tag)
                     result["removed"].append(repo_tag)
                 except Exception as exc:  # pylint: disable=broad-except  (in use meanwhile, gone already)
                     result["errors"].append(f"{repo_tag}: {str(exc).splitlines()[0][:200]}")
+                    failed = True
+            if not failed:
+                gone.add(version)
+        if build_dir:
+            _prune_folders(str(build_dir), gone, dry_run, result)
         return result
 
     return _viewed(app, what)

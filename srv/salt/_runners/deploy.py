@@ -126,7 +126,8 @@ def _run(action, values, source, user=None):
             outcome["version"] = planned.get("version")
             after = (definition.get("prune") or {}) if isinstance(definition, dict) else {}
             if action == "deactivate" and planned["steps"] and after.get("after_deactivate"):
-                outcome["changed"]["pruned"] = _prune_after(app, user, after.get("keep_last", 3), held, source)
+                outcome["changed"]["pruned"] = _prune_after(app, dict(definitions, **{app: definition}), user,
+                                                            after.get("keep_last", 3), held, source)
         else:
             _utils("pigeon_plan.abort")(app, planned, held, outcome, source=source)
         return outcome
@@ -146,12 +147,12 @@ def _run(action, values, source, user=None):
         _utils("pigeon_registry.unlock")(app)
 
 
-def _prune_after(app, user, keep_last, held, source):
+def _prune_after(app, definitions, user, keep_last, held, source):
     """The prune a deactivate runs when the pillar asks (stacks:<app>:prune:after_deactivate),
     under the lock it holds: prune's return, or {"errors": [why not]}. A failed prune does
     not fail the deactivate, which is done."""
     try:
-        done = _pruned(app, _utils("pigeon_registry.definitions")(), user, keep_last, False, held, source)
+        done = _pruned(app, definitions, user, keep_last, False, held, source)
     except Exception as exc:  # pylint: disable=broad-except
         log.exception("deploy: the prune after the deactivate of %s failed", app)
         done = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; see the master's log"

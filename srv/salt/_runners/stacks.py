@@ -287,7 +287,8 @@ def _proxy_log(app, values, definition):
     else:
         backends = [backend(app, slot) for slot in __utils__["pigeon_statemachine.slots"]()]
     answers, problems = _config_minions(app, definition, "haproxy_runtime.access_log", section="loadbal",
-                                        backends=backends, tail=values.get("tail", 100))
+                                        backends=backends, tail=values.get("tail", 100),
+                                        **({} if version else {"app": app}))  # and its 503s of no stack
     return {"proxy": answers, "problems": problems}
 
 

@@ -235,12 +235,14 @@ def server_state_count(text):
     return len([line for line in text.splitlines()[1:] if line.strip() and not line.startswith("#")])
 
 
-def access_lines(text, backends):
+def access_lines(text, backends, app=None):
     """
     The lines of a `show events <ring>` answer (the access log of haproxy.cfg, one request a
     line: date, client, frontend, route, ``backend/server``, status ...) whose backend is one of
     ``backends``, oldest first. Other lines (another app's, HAProxy's own messages) are left
-    out; an answer that is no event list ("No such event sink") raises ValueError.
+    out; with ``app``, also the requests routed for that app that no stack served (its route
+    ``<app>/...`` going to ``pigeon_no_stack``: the 503s of an outage). An answer that is no
+    event list ("No such event sink") raises ValueError.
     """
     if text.startswith(("No such event sink", "Unknown command")):
         raise ValueError(text.strip().splitlines()[0])
@@ -248,6 +250,7 @@ def access_lines(text, backends):
     found = []
     for line in text.splitlines():
         fields = line.split(" ", 5)
-        if len(fields) > 5 and fields[4].partition("/")[0] in wanted:
+        if len(fields) > 5 and (fields[4].partition("/")[0] in wanted or app is not None
+                                and fields[3].startswith(f"{app}/") and fields[4].startswith("pigeon_no_stack/")):
             found.append(line)
     return found

@@ -167,7 +167,7 @@ def _cancelled(stopped, steps):
     """'cancelled by alice at <when> before step routes; done: containers, cleanup; not run:
     routes' (the outcome's error of an action a cancel stopped between steps)."""
     done = [s["step"] for s in steps if s["result"] is True and not s["skipped"]]
-    not_run = [s["step"] for s in steps if s is stopped or (
+    not_run = [s["step"] for s in steps if s is stopped or s["comment"].startswith(CANCELLED) or (
         s["skipped"] and s["comment"].startswith(REQUISITE_FAILED))]
     return (f"{stopped['comment'][len(CANCELLED):]} before step {stopped['step']}; done: "
             f"{', '.join(done) or 'nothing'}; not run: {', '.join(not_run)}")

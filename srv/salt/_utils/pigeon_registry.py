@@ -161,10 +161,27 @@ def cancel(app, user, job=None):
     request is older than any action that starts after it (time.monotonic: the kernel's
     clock, which no one sets back)."""
     cache = _cache()
-    asked = [a for a in cache.fetch(CANCEL, app) or [] if isinstance(a, dict)
+    asked = [a for a in cache.fetch(CANCEL, app) or [] if _this_boot(a)
              and time.monotonic() - float(a.get("at") or 0) < 3600][-(CANCEL_KEEP - 1):]
-    asked.append({"user": user or "unknown", "when": now(), "at": time.monotonic(), "job": job})
+    asked.append({"user": user or "unknown", "when": now(), "at": time.monotonic(), "job": job,
+                  "boot": _boot_id()})
     cache.store(CANCEL, app, asked)
+
+
+def _boot_id():
+    """This boot of the master's host (time.monotonic starts again at each one), or None."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def _this_boot(request):
+    """Whether a cancel request was asked since the host last booted: one of an earlier boot,
+    whose monotonic time means nothing now, never stops an action."""
+    return isinstance(request, dict) and request.get("boot") == _boot_id() and \
+        float(request.get("at") or 0) <= time.monotonic()
 
 
 def cancelled(app, since, job=None):
@@ -172,8 +189,7 @@ def cancelled(app, since, job=None):
     for ``job``, or None."""
     asked = _cache().fetch(CANCEL, app)
     for request in reversed(asked if isinstance(asked, list) else []):
-        if isinstance(request, dict) and float(request.get("at") or 0) > since and \
-                request.get("job") in (None, job):
+        if _this_boot(request) and float(request.get("at") or 0) > since and request.get("job") in (None, job):
             return request
     return None
 

@@ -27,6 +27,7 @@ import re
 import yaml
 
 ACTIONS = ("release", "activate", "deactivate", "rollback", "repair")
+CI_ACTIONS = ACTIONS[:4]  # what a CI event may ask: a repair is an operator's call
 # an app names containers, docker networks, HAProxy backends and map keys: it starts with a
 # letter, and YAML must read it back as the same string (so `on`, `no`, `null`, `y` are refused)
 APP_RE = re.compile(r"\A[a-z][a-z0-9_-]{0,40}\Z")
@@ -147,7 +148,7 @@ REQUESTS = {
                               noun="a service name"), False),
              "tail": (Integer(1, 10000), False), "proxy": (FLAG, False)},
     # a CI webhook body or CI minion event (deploy.ci_event), after its signature was checked
-    "ci": {"action": (OneOf(*ACTIONS), True), "app": (APP, True), "version": (VERSION, False),
+    "ci": {"action": (OneOf(*CI_ACTIONS), True), "app": (APP, True), "version": (VERSION, False),
            "timestamp": (Integer(0, 2**40), False),
            "nonce": (Text(NONCE_RE, "16-64 letters, digits, '-' and '_'"), False)},
 }
