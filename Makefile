@@ -38,6 +38,7 @@ vagrant:
 
 bench: lab
 	$(PY) tests/bench/bench.py --cycles 20 --clients 1 --rps 400 --json docs/benchmarks-400rps.json
+	$(PY) tests/bench/idle.py --seconds 60 --json docs/benchmarks-idle.json
 
 clean: down
 	rm -rf .lab

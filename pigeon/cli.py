@@ -451,7 +451,9 @@ def show_status(client, args, out):
                 traffic = "production, internal/preview"
             c = seen.get(version, {"healthy": 0, "total": 0, "minions": []})
             out(f"  {version:<16} {stack['state']:<9} slot {stack['slot']}  "
-                f"{c['healthy']}/{c['total']} healthy on {','.join(c['minions']) or '-'}  "
+                f"{c['healthy']}/{c['total']} healthy"
+                + (f" ({c['starting']} starting)" if c.get("starting") else "")
+                + f" on {','.join(c['minions']) or '-'}  "
                 f"traffic: {traffic}  (since {stack.get('since', '?')} by {stack.get('by', '?')})")
         if entry.get("lock"):
             out(f"  locked by {lock_holder(entry['lock'])}")

@@ -76,7 +76,8 @@ def truthful(stacks):
         return None
     for version in st["stacks"]:
         seen = st["observed"]["containers"].get(version, {})
-        if seen.get("healthy") != REPLICAS or seen.get("total") != REPLICAS:
+        # docker says "starting" until its first steady check (config:health_interval)
+        if seen.get("healthy", 0) + seen.get("starting", 0) != REPLICAS or seen.get("total") != REPLICAS:
             return None
     return st
 

@@ -74,4 +74,9 @@ def test_app_containers_carry_their_labels(host, stacks):
             assert f"pigeon-{APP}-{stack['slot']}" in networks["pigeon"]["Aliases"]
         else:  # the companion is not on HAProxy's network
             assert "pigeon" not in networks
-        assert info["State"]["Health"]["Status"] == "healthy"
+        # the image's check at Pigeon's steady interval (config:health_interval, 30 s by
+        # default); docker says "starting" until the first one, the release's gate checked it
+        check = info["Config"]["Healthcheck"]
+        assert check["Test"][0] == "CMD-SHELL" and "healthz" in check["Test"][1], check
+        assert check["Interval"] == 30 * 10**9, check
+        assert info["State"]["Health"]["Status"] in ("healthy", "starting")

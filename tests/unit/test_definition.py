@@ -55,8 +55,18 @@ def test_containers_of_the_lab_app():
     assert web["networks"] == [{"pigeon-app-1.4": [{"aliases": ["web"]}]},
                                {"pigeon": [{"aliases": ["pigeon-app-b"]}]}]
     assert cts[0]["networks"] == [{"pigeon-app-1.4": [{"aliases": ["api"]}]}]
+    # docker's steady health check every 30 s (the image's test): the gate checks by itself
     assert web["docker_config"] == {"image": "pigeon/demoapp:1.4", "stop_timeout": 10,
-                                    "restart_policy": "unless-stopped"}
+                                    "restart_policy": "unless-stopped", "healthcheck": {"Interval": 30 * 10**9}}
+
+
+def test_containers_health_interval_from_the_pillar_and_a_services_own_healthcheck():
+    d = copy.deepcopy(LAB)
+    d["config"]["health_interval"] = 5
+    d["task_definitions"]["api"]["docker_config"]["healthcheck"] = {"test": ["CMD", "true"], "interval": 10**9}
+    cts = {c["service"]: c for c in definition.containers("app", "2", "a", d)}
+    assert cts["web"]["docker_config"]["healthcheck"] == {"Interval": 5 * 10**9}
+    assert cts["api"]["docker_config"]["healthcheck"] == {"test": ["CMD", "true"], "interval": 10**9}
 
 
 def test_containers_keep_what_the_pillar_sets():

@@ -274,11 +274,20 @@ def _set(definition, path, value):
     ("version", "1.0\n", "stacks:app:version"),
     ("version", "-rm", "stacks:app:version"),
     ("loadbal.healthcheck", "30", "stacks:app:loadbal:healthcheck"),
+    ("config.health_interval", 0, "stacks:app:config:health_interval"),
+    ("config.health_interval", "30s", "stacks:app:config:health_interval"),
+    ("config.health_interval", True, "stacks:app:config:health_interval"),
+    ("config.health_interval", 3601, "stacks:app:config:health_interval"),
 ])
 def test_hostile_pillar_values_are_refused_naming_the_key(definition, path, value, key):
     _set(definition, path, value)
     message = broken(definition)
     assert message.startswith("broken pillar: ") and key in message
+
+
+def test_a_health_interval_in_seconds_passes(definition):
+    definition["config"]["health_interval"] = 5
+    assert schema.check_definition("app", definition) is None
 
 
 def test_a_float_version_says_quote_it(definition):

@@ -233,6 +233,8 @@ def inspections(monkeypatch):
         return answers.pop(0) if len(answers) > 1 else answers[0]
 
     monkeypatch.setattr(sc, "_inspect", fake)
+    monkeypatch.setattr(sc, "_docker_url", lambda: None)
+    monkeypatch.setattr(sc, "_run_test", lambda url, name: None)  # no test of its own: docker's word
     return answers, calls
 
 
@@ -266,7 +268,7 @@ def test_wait_healthy_fails_at_once_on_an_unhealthy_container(inspections):
     assert time.monotonic() - started < 1
     assert len(calls) == 2
     message = str(error.value)
-    assert message.startswith("app 1.2 not healthy (docker marked it unhealthy after 0s): ")
+    assert message.startswith("app 1.2 not healthy (its health check failed, 0s after the gate began): ")
     assert "app-1.2-web-2 unhealthy (curl: (22) The requested URL returned error: 500)" in message
     assert "app-1.2-web-1" not in message
 
@@ -291,6 +293,161 @@ def test_wait_healthy_times_out_when_containers_are_missing(inspections):
 
     with pytest.raises(Error, match=r"^app 1.2 not healthy after 0.1s: 1 of 2 containers exist$"):
         sc.wait_healthy(APP, VERSION, "2", timeout=0.1, interval=0.05)
+
+
+# --- the gate's own checks (docker checks a running stack only every health_interval) ------
+
+
+def test_health_test_of_a_shell_check_runs_it_as_docker_does():
+    inspected = {"Config": {"Healthcheck": {"Test": ["CMD-SHELL", "curl -fsS http://127.0.0.1:8080/healthz || exit 1"],
+                                            "Interval": 30 * 10**9, "Timeout": 2 * 10**9, "Retries": 3}}}
+    assert sc.health_test(inspected) == {
+        "cmd": ["/bin/sh", "-c", "curl -fsS http://127.0.0.1:8080/healthz || exit 1"],
+        "timeout": 2.0, "retries": 3, "start_period": 0.0}
+
+
+def test_health_test_of_an_exec_check_and_docker_defaults():
+    inspected = {"Config": {"Healthcheck": {"Test": ["CMD", "/bin/check", "--quick"], "Interval": 30 * 10**9}}}
+    assert sc.health_test(inspected) == {"cmd": ["/bin/check", "--quick"], "timeout": 30.0, "retries": 3,
+                                         "start_period": 0.0}
+
+
+@pytest.mark.parametrize("healthcheck", [None, {}, {"Test": ["NONE"]}, {"Test": []}, {"Test": ["CMD"]},
+                                         {"Interval": 30 * 10**9}])
+def test_health_test_of_a_container_without_one(healthcheck):
+    assert sc.health_test({"Config": {"Healthcheck": healthcheck}}) is None
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_probes_show_a_starting_container_healthy_once_its_own_check_passed():
+    clock, runs = Clock(), []
+    answers = [(False, "connection refused", 3, 0.0), (True, "ok", 3, 0.0)]
+    probes = sc.Probes(lambda name: runs.append(name) or answers.pop(0), clock=clock)
+
+    first = probes.view({"w-1": running("starting"), "w-2": running("healthy")})
+    assert sc.health(first["w-1"]) == "starting" and sc.health(first["w-2"]) == "healthy"
+    assert runs == ["w-1"]  # docker's healthy one is not checked again
+    clock.now += 0.1
+    probes.view({"w-1": running("starting"), "w-2": running("healthy")})
+    assert runs == ["w-1"]  # not again before PROBE_EVERY
+    clock.now += sc.PROBE_EVERY
+    shown = probes.view({"w-1": running("starting"), "w-2": running("healthy")})
+    assert sc.health(shown["w-1"]) == "healthy" and runs == ["w-1", "w-1"]
+    clock.now += 5
+    probes.view({"w-1": running("starting"), "w-2": running("healthy")})
+    assert runs == ["w-1", "w-1"]  # passed: the gate checks it no more
+
+
+def test_probes_mark_unhealthy_after_retries_failures_a_second_apart():
+    clock = Clock()
+    probes = sc.Probes(lambda name: (False, "HTTP 500", 3, 0.0), clock=clock)
+    states = []
+    for _ in range(7):  # failures every 0.5 s count once a second: 0, 1, 2 s
+        states.append(sc.health(probes.view({"w-1": running("starting")})["w-1"]))
+        clock.now += 0.5
+    assert states == ["starting"] * 4 + ["unhealthy"] * 3
+    ok, message = sc.summarize(probes.view({"w-1": running("starting")}), 1)
+    assert not ok and message == "0 of 1 containers healthy; w-1 unhealthy (HTTP 500)"
+
+
+def test_probes_do_not_count_failures_within_the_start_period():
+    clock = Clock()
+    probes = sc.Probes(lambda name: (False, "starting up", 1, 3.0), clock=clock)
+    seen = []
+    for _ in range(8):
+        seen.append(sc.health(probes.view({"w-1": running("starting")})["w-1"]))
+        clock.now += 0.5
+    assert seen == ["starting"] * 6 + ["unhealthy"] * 2
+
+
+def test_probes_leave_containers_without_a_test_to_docker():
+    clock, runs = Clock(), []
+    probes = sc.Probes(lambda name: runs.append(name), clock=clock)
+    for _ in range(4):
+        shown = probes.view({"w-1": running("starting"), "w-2": EXITED})
+        clock.now += 1
+    assert runs == ["w-1"] and sc.health(shown["w-1"]) == "starting" and shown["w-2"] == EXITED
+
+
+def test_wait_healthy_passes_on_the_gates_own_check_while_docker_says_starting(inspections, monkeypatch):
+    answers, _ = inspections
+    answers[:] = [{"app-1.2-web-1": running("starting"), "app-1.2-api-1": running("healthy")}]
+    runs = []
+    monkeypatch.setattr(sc, "_run_test", lambda url, name: runs.append(name) or (True, "ok", 3, 0.0))
+
+    result = sc.wait_healthy(APP, VERSION, 2, timeout=3, interval=0.01)
+
+    assert result["message"] == "2 of 2 containers healthy" and runs == ["app-1.2-web-1"]
+
+
+def test_wait_healthy_fails_when_the_gates_own_check_keeps_failing(inspections, monkeypatch):
+    answers, _ = inspections
+    answers[:] = [{"app-1.2-web-1": running("starting")}]
+    monkeypatch.setattr(sc, "_run_test", lambda url, name: (False, "curl: (7) Failed to connect", 2, 0.0))
+    monkeypatch.setattr(sc, "FAIL_APART", 0.05)
+    monkeypatch.setattr(sc, "PROBE_EVERY", 0.01)
+
+    with pytest.raises(Error) as error:
+        sc.wait_healthy(APP, VERSION, 1, timeout=5, interval=0.01)
+
+    assert str(error.value).startswith("app 1.2 not healthy (its health check failed, ")
+    assert str(error.value).endswith("app-1.2-web-1 unhealthy (curl: (7) Failed to connect)")
+
+
+class ExecClient:
+    """docker-py's APIClient as _run_test uses it."""
+
+    def __init__(self, healthcheck, code=0, output=b"ok\n", fail=None):
+        self.healthcheck, self.code, self.output, self.fail = healthcheck, code, output, fail
+        self.timeout, self.calls = 60, []
+
+    def inspect_container(self, name):
+        return {"Config": {"Healthcheck": self.healthcheck}}
+
+    def exec_create(self, name, cmd, stdout, stderr):
+        self.calls.append((name, cmd, self.timeout))
+        if self.fail:
+            raise self.fail
+        return {"Id": "e1"}
+
+    def exec_start(self, exec_id):
+        return self.output
+
+    def exec_inspect(self, exec_id):
+        return {"ExitCode": self.code}
+
+    def close(self):
+        self.calls.append("closed")
+
+
+def test_run_test_execs_the_containers_own_test(monkeypatch):
+    client = ExecClient({"Test": ["CMD-SHELL", "true"], "Timeout": 2 * 10**9, "Retries": 4})
+    monkeypatch.setattr(sc, "_client", lambda url, timeout=60: client)
+    assert sc._run_test(None, "w-1") == (True, "ok", 4, 0.0)
+    assert client.calls == [("w-1", ["/bin/sh", "-c", "true"], 7.0), "closed"]
+
+
+def test_run_test_a_failed_test_and_a_docker_error_are_failed_checks(monkeypatch):
+    client = ExecClient({"Test": ["CMD", "check"]}, code=1, output=b"HTTP 500\n  broken")
+    monkeypatch.setattr(sc, "_client", lambda url, timeout=60: client)
+    assert sc._run_test(None, "w-1") == (False, "HTTP 500 broken", 3, 0.0)
+    client = ExecClient({"Test": ["CMD", "check"]}, fail=docker.errors.APIError("container is restarting"))
+    monkeypatch.setattr(sc, "_client", lambda url, timeout=60: client)
+    passed, output, _, _ = sc._run_test(None, "w-1")
+    assert not passed and "container is restarting" in output and client.calls[-1] == "closed"
+
+
+def test_run_test_of_a_container_without_a_test(monkeypatch):
+    client = ExecClient({"Test": ["NONE"]})
+    monkeypatch.setattr(sc, "_client", lambda url, timeout=60: client)
+    assert sc._run_test(None, "w-1") is None and client.calls == ["closed"]
 
 
 # --- start ---------------------------------------------------------------------------------

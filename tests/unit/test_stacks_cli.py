@@ -1423,3 +1423,22 @@ def test_watch_finds_the_jobs_history_entry_after_a_quiet_while(monkeypatch):
 
     assert client.watch("j", "app", ended) == {"history": {"job": "j", "result": "success"}}
     assert len(looked) == 3
+
+
+class StatusClient:
+    def __init__(self, status):
+        self.status = status
+
+    def runner(self, fun, kwarg=None):
+        assert fun == "stacks.status"
+        return self.status
+
+
+def test_status_counts_the_containers_docker_has_not_checked_yet_as_starting():
+    entry = {"generation": 3, "stacks": {"2.0": {"state": "active", "slot": "b", "since": "t", "by": "ci"}},
+             "observed": {"containers": {"2.0": {"total": 4, "running": 4, "healthy": 1, "starting": 3,
+                                                 "minions": ["lab-minion"]}}, "drift": []}}
+    lines = []
+    cli.show_status(StatusClient({"app": entry}), cli.parse_args(["status", "--app-name", "app"]), lines.append)
+    assert "  2.0              active    slot b  1/4 healthy (3 starting) on lab-minion  traffic: production, " \
+           "internal/preview  (since t by ci)" in lines, lines

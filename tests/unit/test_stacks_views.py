@@ -76,6 +76,24 @@ def test_drift_names_the_containers_that_are_not_healthy_and_spares_the_work_in_
         "--app-name app --version 0.9"]
 
 
+def test_a_container_docker_has_not_checked_yet_is_starting_not_drift(views, monkeypatch):
+    # docker checks a running stack every config:health_interval: until its first check of a
+    # (re)started container, it says "health: starting"; the release's gate checked it
+    answers = {"docker.ps": {"lab-minion": _ps(
+        ("app-1.0-web-1", "1.0", "Up 5 seconds (health: starting)"), ("app-1.0-web-2", "1.0", "Up 2 minutes (healthy)"))},
+        "haproxy_runtime.show_map": {"lab-minion": {"app/production": "app_a", "app/internal": "app_a"}}}
+    monkeypatch.setattr(views, "_ask", lambda tgt, tgt_type, fun, **kw: answers[fun])
+    definition = {"config": {"target": "lab-minion"}, "loadbal": {"target": "lab-minion"},
+                  "task_definitions": {"count": 2, "web": {}}}
+    views.__utils__["pigeon_definition.services"] = lambda d: (2, {"web": {}})
+    entry = {"stacks": {"1.0": {"state": "active", "slot": "a"}},
+             "routes": {"app/production": "app_a", "app/internal": "app_a"}}
+    observed = views._observe("app", definition, entry)
+    assert observed["drift"] == []
+    seen = observed["containers"]["1.0"]
+    assert (seen["total"], seen["running"], seen["healthy"], seen["starting"]) == (2, 2, 1, 1)
+
+
 @pytest.mark.parametrize("fun", ["details", "logs"])
 def test_the_container_views_are_refused_for_an_unknown_app(views, fun):
     assert getattr(views, fun)(app="ap")["refused"].endswith("did you mean app?")

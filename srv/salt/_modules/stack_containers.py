@@ -5,7 +5,12 @@ minion, found by the labels Pigeon gives them (``pigeon.app``,
 release.
 
 A container with a docker HEALTHCHECK counts as healthy when docker says
-``healthy``; one without counts as healthy while it runs.
+``healthy``; one without counts as healthy while it runs. Docker checks a running
+stack only every ``config:health_interval`` seconds (30 by default: each check
+forks a process through containerd and runc), so its first check of a new
+container comes that late: while docker still says ``starting``, the gate runs
+the container's own HEALTHCHECK test itself (``docker exec``, every
+``PROBE_EVERY`` seconds, only while it waits).
 """
 
 import concurrent.futures
@@ -23,6 +28,8 @@ except ImportError:  # pragma: no cover - the pure part needs no salt
 log = logging.getLogger(__name__)
 
 __virtualname__ = "stack_containers"
+PROBE_EVERY = 0.5  # seconds between the gate's own checks of one container (only while it waits)
+FAIL_APART = 1.0  # seconds: failed checks closer than this count as one (docker's old 1 s interval)
 # a version, as the door checks it (pigeon_schema.VERSION_RE; tests/unit/test_one_source.py)
 VERSION_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 
@@ -257,12 +264,98 @@ def _inspect(app, version):
     return result
 
 
+def health_test(inspected):
+    """The HEALTHCHECK of a container as docker inspect shows it (the image's, with what the
+    container set over it): {cmd, timeout, retries, start_period} in seconds, or None when it
+    has none. ``cmd`` is what docker itself runs (CMD-SHELL through /bin/sh -c)."""
+    config = (inspected.get("Config") or {}).get("Healthcheck") or {}
+    test = list(config.get("Test") or [])
+    if len(test) < 2 or test[0] not in ("CMD", "CMD-SHELL"):
+        return None  # none, NONE, or inherited from nowhere
+    cmd = ["/bin/sh", "-c", " ".join(test[1:])] if test[0] == "CMD-SHELL" else test[1:]
+    return {"cmd": cmd, "timeout": (config.get("Timeout") or 30 * 10**9) / 10**9,
+            "retries": config.get("Retries") or 3, "start_period": (config.get("StartPeriod") or 0) / 10**9}
+
+
+def _run_test(url, name):
+    """Run a container's HEALTHCHECK test once, as docker would: (passed, output on one line,
+    retries, start period), or None when it has none. Every failure to run it is a failed check."""
+    import docker  # pylint: disable=import-outside-toplevel
+
+    client = _client(url)
+    test = {"retries": 3, "start_period": 0.0}
+    try:
+        test = health_test(client.inspect_container(name))
+        if test is None:
+            return None
+        client.timeout = test["timeout"] + 5
+        exec_id = client.exec_create(name, test["cmd"], stdout=True, stderr=True)
+        output = client.exec_start(exec_id)
+        code = client.exec_inspect(exec_id).get("ExitCode")
+    except (docker.errors.DockerException, OSError) as exc:
+        return False, " ".join(str(exc).split())[:160], test["retries"], test["start_period"]
+    finally:
+        client.close()
+    text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
+    return code == 0, " ".join(text.split())[:160], test["retries"], test["start_period"]
+
+
+class Probes:
+    """
+    The gate's own checks of the containers docker still calls ``starting``. ``run(name)``
+    runs one check: (passed, output, retries, start period in seconds), or None when the
+    container has no test. A container
+    whose check passed is shown healthy; one whose check failed ``retries`` times (failures
+    at least FAIL_APART apart, after its start period) is shown unhealthy, as docker would
+    mark it at a 1 s interval. Other containers are shown as docker says.
+    """
+
+    def __init__(self, run, clock=time.monotonic):
+        self.run, self.clock, self.started = run, clock, clock()
+        self.passed, self.failed, self.last = {}, {}, {}
+
+    def _check(self, name, now):
+        if now - self.last.get(name, -1e9) < PROBE_EVERY:
+            return
+        self.last[name] = now
+        result = self.run(name)
+        if result is None:
+            self.last[name] = 1e18  # no test of its own: docker's word stands
+            return
+        passed, output, retries, start_period = result
+        if passed:
+            self.passed[name] = output
+            self.failed.pop(name, None)
+            return
+        count, at, _, _ = self.failed.get(name, (0, -1e9, "", False))
+        if now - at >= FAIL_APART and now - self.started >= start_period:
+            count, at = count + 1, now
+        self.failed[name] = (count, at, output, count >= retries)
+
+    def view(self, inspected):
+        """inspected ({name: State}) as the gate sees it."""
+        now = self.clock()
+        shown = {}
+        for name, state in inspected.items():
+            if health(state) == "starting" and name not in self.passed:
+                self._check(name, now)
+            if health(state) == "starting" and name in self.passed:
+                state = dict(state, Health={"Status": "healthy", "Log": [{"Output": self.passed[name]}]})
+            elif health(state) == "starting" and name in self.failed:
+                _, _, output, given_up = self.failed[name]
+                status = "unhealthy" if given_up else "starting"
+                state = dict(state, Health={"Status": status, "Log": [{"Output": output}]})
+            shown[name] = state
+        return shown
+
+
 def wait_healthy(app, version, count, timeout=60, interval=0.1):
     """
     Wait until the ``count`` containers of a stack are healthy (docker HEALTHCHECK
-    where the image has one). Fail naming the containers that are not, with their
-    last check output: at once when docker has marked one unhealthy (its check
-    failed ``retries`` times in a row), else on timeout.
+    where the image has one; while docker still says ``starting``, the gate runs the
+    test itself: see Probes). Fail naming the containers that are not, with their
+    last check output: at once when one is unhealthy (its check failed ``retries``
+    times in a row), else on timeout.
 
     CLI Example:
 
@@ -272,15 +365,17 @@ def wait_healthy(app, version, count, timeout=60, interval=0.1):
     """
     started = time.monotonic()
     deadline = started + float(timeout)
+    url = _docker_url()
+    probes = Probes(lambda name: _run_test(url, name))
     while True:
-        inspected = _inspect(app, version)
+        inspected = probes.view(_inspect(app, version))
         ok, message = summarize(inspected, int(count))
         if ok:
             return {"app": app, "version": version, "healthy": int(count), "message": message}
         if any(health(state) == "unhealthy" for state in inspected.values()):
             raise CommandExecutionError(
-                f"{app} {version} not healthy (docker marked it unhealthy after "
-                f"{time.monotonic() - started:.0f}s): {message}")
+                f"{app} {version} not healthy (its health check failed, "
+                f"{time.monotonic() - started:.0f}s after the gate began): {message}")
         if time.monotonic() >= deadline:
             raise CommandExecutionError(
                 f"{app} {version} not healthy after {float(timeout):g}s: {message}")

@@ -59,12 +59,17 @@ def _observe(app, definition, entry, lock_=None):
             version = labels.get("pigeon.version", "?")
             text = str(info.get("Status", ""))
             seen = observed["containers"].setdefault(version, {"total": 0, "running": 0, "healthy": 0,
-                                                               "minions": [], "not_healthy": []})
-            healthy = text.startswith("Up") and "unhealthy" not in text and "starting" not in text
+                                                               "starting": 0, "minions": [], "not_healthy": []})
+            # docker checks a running stack every config:health_interval (30 s): a container
+            # it has not checked yet is "starting", which is not drift (the gate that started
+            # it checked it; docker marks it unhealthy if its checks fail)
+            starting = text.startswith("Up") and "health: starting" in text
+            healthy = text.startswith("Up") and "unhealthy" not in text and not starting
             seen["total"] += 1
             seen["running"] += text.startswith("Up")
             seen["healthy"] += healthy
-            if not healthy:
+            seen["starting"] += starting
+            if not healthy and not starting:
                 name = ((info.get("Names") or ["?"])[0]).lstrip("/")
                 seen["not_healthy"].append(f"{name} on {minion} ({text or 'no status'})")
             if minion not in seen["minions"]:
@@ -75,7 +80,7 @@ def _observe(app, definition, entry, lock_=None):
         seen = observed["containers"].get(version, {"total": 0, "healthy": 0})
         if found and seen["total"] < expected:
             drift.append(f"{app} {version}: {expected - seen['total']} of {expected} containers missing")
-        elif found and seen["healthy"] < seen["total"]:
+        elif found and seen["healthy"] + seen.get("starting", 0) < seen["total"]:
             names = seen["not_healthy"]
             drift.append(f"{app} {version}: {len(names)} of {seen['total']} containers not healthy: "
                          + ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

@@ -271,6 +271,8 @@ def check_definition(app, definition):
     if config.get("build_dir") is not None:
         _pillar_text(f"{base}:config:build_dir", config["build_dir"], BUILD_DIR_RE,
                      "an absolute folder at least two deep, of plain names (no '.' or '..')")
+    if "health_interval" in config:
+        _pillar_integer(f"{base}:config:health_interval", config["health_interval"], 1, 3600)
     prune = _mapping(f"{base}:prune", definition.get("prune"), required=False)
     if "after_deactivate" in prune and not isinstance(prune["after_deactivate"], bool):
         raise Invalid(f"broken pillar: {base}:prune:after_deactivate {_show(prune['after_deactivate'])} "
