@@ -109,6 +109,8 @@ def main():
         stacks(env, "activate")
         stacks(env, "release", "--version", versions[1])
         count = app_containers()
+        if not count:
+            sys.exit("idle: no container of app runs after its release; see ./stacks.py status")
         time.sleep(args.settle)
         after = cores_used(args.seconds)
         reset(env)

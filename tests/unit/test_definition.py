@@ -67,6 +67,11 @@ def test_containers_health_interval_from_the_pillar_and_a_services_own_healthche
     cts = {c["service"]: c for c in definition.containers("app", "2", "a", d)}
     assert cts["web"]["docker_config"]["healthcheck"] == {"Interval": 5 * 10**9}
     assert cts["api"]["docker_config"]["healthcheck"] == {"test": ["CMD", "true"], "interval": 10**9}
+    # a service's healthcheck that sets no interval gets Pigeon's (not the image's 1 s)
+    d["task_definitions"]["api"]["docker_config"]["healthcheck"] = {"retries": 5}
+    cts = {c["service"]: c for c in definition.containers("app", "2", "a", d)}
+    assert cts["api"]["docker_config"]["healthcheck"] == {"retries": 5, "Interval": 5 * 10**9}
+    assert d["task_definitions"]["api"]["docker_config"]["healthcheck"] == {"retries": 5}  # pillar unchanged
 
 
 def test_containers_keep_what_the_pillar_sets():

@@ -562,6 +562,18 @@ def exp_remove(ids, app, lb, cfg, plan, routed):
     return out
 
 
+def exp_running(app, lb, cfg, version, stack):
+    """The expected salt.state step of stacks.running for one stack (a release's containers,
+    a repair's `repair V`)."""
+    return {"salt.state": [
+        {"tgt": cfg["target"]}, {"tgt_type": cfg["target_type"]}, {"sls": "stacks.running"},
+        {"concurrent": True},
+        {"pillar": {"pigeon_stack": {
+            "app": app, "version": version, "formula": cfg["formula"], "build_dir": cfg["build_dir"],
+            "network": stack["network"], "containers": stack["containers"], "keep": stack["keep"],
+            "healthy_timeout": lb["healthcheck_timeout"]}}}]}
+
+
 def expected_orch(action, plan):
     """The states of orch/<action>.sls for ``plan``, in their order; which steps there are
     follows the plan's values (the IDs are the plan's: a step missing from its table fails)."""
@@ -574,13 +586,7 @@ def expected_orch(action, plan):
             out[ids["loadbal"]] = {"salt.state": [
                 {"tgt": lb["target"]}, {"tgt_type": lb["target_type"]}, {"sls": ["docker", "haproxy"]},
                 {"parallel": True}, {"concurrent": True}]}
-        out[ids["containers"]] = {"salt.state": [
-            {"tgt": cfg["target"]}, {"tgt_type": cfg["target_type"]}, {"sls": "stacks.running"},
-            {"concurrent": True},
-            {"pillar": {"pigeon_stack": {
-                "app": app, "version": plan["version"], "formula": cfg["formula"], "build_dir": cfg["build_dir"],
-                "network": start["network"], "containers": start["containers"], "keep": start["keep"],
-                "healthy_timeout": lb["healthcheck_timeout"]}}}]}
+        out[ids["containers"]] = exp_running(app, lb, cfg, plan["version"], start)
         out.update(exp_routes(ids, lb, plan, ["containers"] + (["loadbal"] if converge else []),
                               gate={"backend": start["backend"], "expected_up": start["expected_up"]},
                               wait=lb["healthcheck_timeout"]))
@@ -604,13 +610,7 @@ def expected_orch(action, plan):
             {"tgt": lb["target"]}, {"tgt_type": lb["target_type"]}, {"sls": ["docker", "haproxy"]},
             {"parallel": True}, {"concurrent": True}]}
         for stack in plan["repair"]:
-            out[ids[f"repair {stack['version']}"]] = {"salt.state": [
-                {"tgt": cfg["target"]}, {"tgt_type": cfg["target_type"]}, {"sls": "stacks.running"},
-                {"concurrent": True},
-                {"pillar": {"pigeon_stack": {
-                    "app": app, "version": stack["version"], "formula": cfg["formula"], "build_dir": cfg["build_dir"],
-                    "network": stack["network"], "containers": stack["containers"], "keep": stack["keep"],
-                    "healthy_timeout": lb["healthcheck_timeout"]}}}]}
+            out[ids[f"repair {stack['version']}"]] = exp_running(app, lb, cfg, stack["version"], stack)
         out.update(exp_routes(ids, lb, plan, [s["step"] for s in plan["steps"] if s["step"] != "routes"],
                               gates=plan["gates"], wait=lb["healthcheck_timeout"]))
     return out

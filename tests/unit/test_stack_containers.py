@@ -8,6 +8,7 @@ are replaced by fakes.
 """
 
 import inspect
+import socket
 import threading
 import time
 
@@ -234,7 +235,7 @@ def inspections(monkeypatch):
 
     monkeypatch.setattr(sc, "_inspect", fake)
     monkeypatch.setattr(sc, "_docker_url", lambda: None)
-    monkeypatch.setattr(sc, "_run_test", lambda url, name: None)  # no test of its own: docker's word
+    monkeypatch.setattr(sc, "_describe", lambda url, name: None)  # no test of its own: docker's word
     return answers, calls
 
 
@@ -301,15 +302,24 @@ def test_wait_healthy_times_out_when_containers_are_missing(inspections):
 def test_health_test_of_a_shell_check_runs_it_as_docker_does():
     inspected = {"Config": {"Healthcheck": {"Test": ["CMD-SHELL", "curl -fsS http://127.0.0.1:8080/healthz || exit 1"],
                                             "Interval": 30 * 10**9, "Timeout": 2 * 10**9, "Retries": 3}}}
-    assert sc.health_test(inspected) == {
+    image = {"Config": {"Healthcheck": {"Interval": 10**9}}}
+    assert sc.health_test(inspected, image) == {
         "cmd": ["/bin/sh", "-c", "curl -fsS http://127.0.0.1:8080/healthz || exit 1"],
-        "timeout": 2.0, "retries": 3, "start_period": 0.0}
+        "timeout": 2.0, "retries": 3, "start_period": 0.0, "every": 1.0}
 
 
-def test_health_test_of_an_exec_check_and_docker_defaults():
-    inspected = {"Config": {"Healthcheck": {"Test": ["CMD", "/bin/check", "--quick"], "Interval": 30 * 10**9}}}
-    assert sc.health_test(inspected) == {"cmd": ["/bin/check", "--quick"], "timeout": 30.0, "retries": 3,
-                                         "start_period": 0.0}
+def test_health_test_uses_the_images_shell_and_docker_defaults():
+    inspected = {"Config": {"Shell": ["/bin/bash", "-o", "pipefail", "-c"],
+                            "Healthcheck": {"Test": ["CMD-SHELL", "check"], "StartPeriod": 5 * 10**9}}}
+    assert sc.health_test(inspected) == {"cmd": ["/bin/bash", "-o", "pipefail", "-c", "check"], "timeout": 30.0,
+                                         "retries": 3, "start_period": 5.0, "every": 30.0}
+
+
+def test_health_test_of_an_exec_check_paced_by_the_containers_shorter_interval():
+    inspected = {"Config": {"Healthcheck": {"Test": ["CMD", "/bin/check", "--quick"], "Interval": 2 * 10**9}}}
+    image = {"Config": {"Healthcheck": {"Interval": 10 * 10**9}}}
+    assert sc.health_test(inspected, image)["cmd"] == ["/bin/check", "--quick"]
+    assert sc.health_test(inspected, image)["every"] == 2.0
 
 
 @pytest.mark.parametrize("healthcheck", [None, {}, {"Test": ["NONE"]}, {"Test": []}, {"Test": ["CMD"]},
@@ -326,61 +336,139 @@ class Clock:
         return self.now
 
 
+TEST = {"cmd": ["true"], "timeout": 2.0, "retries": 3, "start_period": 0.0, "every": 1.0}
+
+
+def probes(clock, execute, test=TEST, deadline=1e9, describe=None):
+    described = []
+
+    def _describe(name):
+        described.append(name)
+        return test
+
+    found = sc.Probes(describe or _describe, execute, deadline, clock=clock)
+    found.described = described
+    return found
+
+
+def started(status, at="t1"):
+    return dict(running(status), StartedAt=at)
+
+
 def test_probes_show_a_starting_container_healthy_once_its_own_check_passed():
     clock, runs = Clock(), []
-    answers = [(False, "connection refused", 3, 0.0), (True, "ok", 3, 0.0)]
-    probes = sc.Probes(lambda name: runs.append(name) or answers.pop(0), clock=clock)
+    answers = [(False, "connection refused"), (True, "ok")]
+    p = probes(clock, lambda name, test, limit: runs.append((name, limit)) or answers.pop(0))
+    containers = {"w-1": started("starting"), "w-2": started("healthy")}
 
-    first = probes.view({"w-1": running("starting"), "w-2": running("healthy")})
+    first = p.view(containers)
     assert sc.health(first["w-1"]) == "starting" and sc.health(first["w-2"]) == "healthy"
-    assert runs == ["w-1"]  # docker's healthy one is not checked again
+    assert runs == [("w-1", 2.0)] and p.described == ["w-1"]  # docker's healthy one is not checked
     clock.now += 0.1
-    probes.view({"w-1": running("starting"), "w-2": running("healthy")})
-    assert runs == ["w-1"]  # not again before PROBE_EVERY
+    p.view(containers)
+    assert len(runs) == 1  # not again before PROBE_EVERY
     clock.now += sc.PROBE_EVERY
-    shown = probes.view({"w-1": running("starting"), "w-2": running("healthy")})
-    assert sc.health(shown["w-1"]) == "healthy" and runs == ["w-1", "w-1"]
+    shown = p.view(containers)
+    assert sc.health(shown["w-1"]) == "healthy" and len(runs) == 2
     clock.now += 5
-    probes.view({"w-1": running("starting"), "w-2": running("healthy")})
-    assert runs == ["w-1", "w-1"]  # passed: the gate checks it no more
+    p.view(containers)
+    assert len(runs) == 2 and p.described == ["w-1"]  # passed: checked no more, described once
 
 
-def test_probes_mark_unhealthy_after_retries_failures_a_second_apart():
+def test_probes_check_every_due_container_at_once():
+    clock, lock, inside, most = Clock(), threading.Lock(), [0], [0]
+
+    def execute(name, test, limit):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.1)
+        with lock:
+            inside[0] -= 1
+        return True, "ok"
+
+    p = probes(clock, execute)
+    shown = p.view({f"w-{n}": started("starting") for n in range(4)})
+    assert most[0] == 4 and all(sc.health(state) == "healthy" for state in shown.values())
+
+
+def test_probes_mark_unhealthy_after_retries_failures_at_the_images_pace():
     clock = Clock()
-    probes = sc.Probes(lambda name: (False, "HTTP 500", 3, 0.0), clock=clock)
+    p = probes(clock, lambda name, test, limit: (False, "HTTP 500"))
     states = []
-    for _ in range(7):  # failures every 0.5 s count once a second: 0, 1, 2 s
-        states.append(sc.health(probes.view({"w-1": running("starting")})["w-1"]))
+    for _ in range(7):  # failures every 0.5 s count once a second (every 1.0): 0, 1, 2 s
+        states.append(sc.health(p.view({"w-1": started("starting")})["w-1"]))
         clock.now += 0.5
     assert states == ["starting"] * 4 + ["unhealthy"] * 3
-    ok, message = sc.summarize(probes.view({"w-1": running("starting")}), 1)
+    ok, message = sc.summarize(p.view({"w-1": started("starting")}), 1)
     assert not ok and message == "0 of 1 containers healthy; w-1 unhealthy (HTTP 500)"
+
+
+def test_probes_pace_a_slow_images_failures_at_its_own_interval():
+    clock = Clock()
+    p = probes(clock, lambda name, test, limit: (False, "not yet"), test=dict(TEST, every=10.0))
+    seen = []
+    for _ in range(50):  # 25 s: failures counted at 0, 10 and 20 s
+        seen.append(sc.health(p.view({"w-1": started("starting")})["w-1"]))
+        clock.now += 0.5
+    assert seen.index("unhealthy") == 40
 
 
 def test_probes_do_not_count_failures_within_the_start_period():
     clock = Clock()
-    probes = sc.Probes(lambda name: (False, "starting up", 1, 3.0), clock=clock)
+    p = probes(clock, lambda name, test, limit: (False, "starting up"), test=dict(TEST, retries=1, start_period=3.0))
     seen = []
     for _ in range(8):
-        seen.append(sc.health(probes.view({"w-1": running("starting")})["w-1"]))
+        seen.append(sc.health(p.view({"w-1": started("starting")})["w-1"]))
         clock.now += 0.5
     assert seen == ["starting"] * 6 + ["unhealthy"] * 2
 
 
+def test_probes_check_a_container_docker_restarted_afresh():
+    clock, answers = Clock(), [(True, "ok"), (False, "crashed again")]
+    p = probes(clock, lambda name, test, limit: answers.pop(0))
+    assert sc.health(p.view({"w-1": started("starting", at="t1")})["w-1"]) == "healthy"
+    clock.now += 1
+    # docker restarted it (a new StartedAt): the earlier pass does not count for it
+    assert sc.health(p.view({"w-1": started("starting", at="t2")})["w-1"]) == "starting"
+    assert p.described == ["w-1", "w-1"]
+
+
 def test_probes_leave_containers_without_a_test_to_docker():
     clock, runs = Clock(), []
-    probes = sc.Probes(lambda name: runs.append(name), clock=clock)
+    p = probes(clock, lambda name, test, limit: runs.append(name), test=None)
     for _ in range(4):
-        shown = probes.view({"w-1": running("starting"), "w-2": EXITED})
+        shown = p.view({"w-1": started("starting"), "w-2": EXITED})
         clock.now += 1
-    assert runs == ["w-1"] and sc.health(shown["w-1"]) == "starting" and shown["w-2"] == EXITED
+    assert runs == [] and p.described == ["w-1"] and sc.health(shown["w-1"]) == "starting"
+    assert shown["w-2"] == EXITED
+
+
+def test_probes_a_container_docker_cannot_describe_is_left_to_docker_this_round():
+    clock = Clock()
+
+    def describe(name):
+        raise docker.errors.NotFound("gone")
+
+    p = probes(clock, lambda name, test, limit: pytest.fail("not run"), describe=describe)
+    assert sc.health(p.view({"w-1": started("starting")})["w-1"]) == "starting"
+
+
+def test_probes_run_nothing_past_the_deadline_and_bound_each_check_by_it():
+    clock, runs = Clock(), []
+    p = probes(clock, lambda name, test, limit: runs.append(limit) or (False, "slow"), deadline=101.5)
+    p.view({"w-1": started("starting")})
+    clock.now = 102
+    p.view({"w-1": started("starting")})
+    assert runs == [1.5]
 
 
 def test_wait_healthy_passes_on_the_gates_own_check_while_docker_says_starting(inspections, monkeypatch):
     answers, _ = inspections
     answers[:] = [{"app-1.2-web-1": running("starting"), "app-1.2-api-1": running("healthy")}]
     runs = []
-    monkeypatch.setattr(sc, "_run_test", lambda url, name: runs.append(name) or (True, "ok", 3, 0.0))
+    monkeypatch.setattr(sc, "_describe", lambda url, name: TEST)
+    monkeypatch.setattr(sc, "_execute", lambda url, name, test, limit: runs.append(name) or (True, "ok"))
 
     result = sc.wait_healthy(APP, VERSION, 2, timeout=3, interval=0.01)
 
@@ -390,8 +478,8 @@ def test_wait_healthy_passes_on_the_gates_own_check_while_docker_says_starting(i
 def test_wait_healthy_fails_when_the_gates_own_check_keeps_failing(inspections, monkeypatch):
     answers, _ = inspections
     answers[:] = [{"app-1.2-web-1": running("starting")}]
-    monkeypatch.setattr(sc, "_run_test", lambda url, name: (False, "curl: (7) Failed to connect", 2, 0.0))
-    monkeypatch.setattr(sc, "FAIL_APART", 0.05)
+    monkeypatch.setattr(sc, "_describe", lambda url, name: dict(TEST, retries=2, every=0.05))
+    monkeypatch.setattr(sc, "_execute", lambda url, name, test, limit: (False, "curl: (7) Failed to connect"))
     monkeypatch.setattr(sc, "PROBE_EVERY", 0.01)
 
     with pytest.raises(Error) as error:
@@ -401,53 +489,110 @@ def test_wait_healthy_fails_when_the_gates_own_check_keeps_failing(inspections, 
     assert str(error.value).endswith("app-1.2-web-1 unhealthy (curl: (7) Failed to connect)")
 
 
+# --- running a check: docker's exec stream, with a deadline ---------------------------------
+
+
+def frame(data, stream=1):
+    return bytes([stream, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+
+
+def test_read_exec_joins_stdout_and_stderr_frames_until_the_stream_ends():
+    ours, theirs = socket.socketpair()
+    theirs.sendall(frame(b"ok ") + frame(b"warn", 2)[:5])
+    theirs.sendall(frame(b"warn", 2)[5:] + frame(b"\n"))
+    theirs.close()
+    assert sc.read_exec(ours, time.monotonic() + 2) == (b"ok warn\n", True)
+
+
+def test_read_exec_stops_at_the_deadline_when_the_check_hangs():
+    ours, theirs = socket.socketpair()
+    theirs.sendall(frame(b"still trying"))
+    began = time.monotonic()
+    assert sc.read_exec(ours, began + 0.3) == (b"still trying", False)
+    assert 0.25 <= time.monotonic() - began < 1.5
+    theirs.close()
+
+
+def test_read_exec_keeps_at_most_the_limit_of_a_flood():
+    ours, theirs = socket.socketpair()
+
+    def flood():
+        try:
+            for _ in range(200):
+                theirs.sendall(frame(b"y\n" * 8000))
+        except OSError:
+            pass
+        theirs.close()
+
+    sender = threading.Thread(target=flood)
+    sender.start()
+    output, ended = sc.read_exec(ours, time.monotonic() + 5, limit=4096)
+    sender.join()
+    assert ended and len(output) == 4096
+
+
 class ExecClient:
-    """docker-py's APIClient as _run_test uses it."""
+    """docker-py's APIClient as _execute uses it; the exec's stream is a socketpair."""
 
-    def __init__(self, healthcheck, code=0, output=b"ok\n", fail=None):
-        self.healthcheck, self.code, self.output, self.fail = healthcheck, code, output, fail
-        self.timeout, self.calls = 60, []
-
-    def inspect_container(self, name):
-        return {"Config": {"Healthcheck": self.healthcheck}}
+    def __init__(self, frames=b"", code=0, hang=False, fail=None, running_for=0):
+        self.frames, self.code, self.hang, self.fail, self.running_for = frames, code, hang, fail, running_for
+        self.calls, self.peer = [], None
 
     def exec_create(self, name, cmd, stdout, stderr):
-        self.calls.append((name, cmd, self.timeout))
+        self.calls.append((name, cmd))
         if self.fail:
             raise self.fail
         return {"Id": "e1"}
 
-    def exec_start(self, exec_id):
-        return self.output
+    def exec_start(self, exec_id, socket):
+        ours, self.peer = sockets = __import__("socket").socketpair()
+        self.peer.sendall(self.frames)
+        if not self.hang:
+            self.peer.close()
+        return sockets[0]
 
     def exec_inspect(self, exec_id):
-        return {"ExitCode": self.code}
+        self.calls.append("inspect")
+        if self.running_for:
+            self.running_for -= 1
+            return {"Running": True, "ExitCode": None}
+        return {"Running": False, "ExitCode": self.code}
 
     def close(self):
         self.calls.append("closed")
 
 
-def test_run_test_execs_the_containers_own_test(monkeypatch):
-    client = ExecClient({"Test": ["CMD-SHELL", "true"], "Timeout": 2 * 10**9, "Retries": 4})
+def test_execute_runs_the_test_and_waits_for_its_exit_code(monkeypatch):
+    client = ExecClient(frames=frame(b"ok\n"), running_for=2)
     monkeypatch.setattr(sc, "_client", lambda url, timeout=60: client)
-    assert sc._run_test(None, "w-1") == (True, "ok", 4, 0.0)
-    assert client.calls == [("w-1", ["/bin/sh", "-c", "true"], 7.0), "closed"]
+    assert sc._execute(None, "w-1", dict(TEST, cmd=["/bin/sh", "-c", "true"]), 2.0) == (True, "ok")
+    assert client.calls == [("w-1", ["/bin/sh", "-c", "true"]), "inspect", "inspect", "inspect", "closed"]
 
 
-def test_run_test_a_failed_test_and_a_docker_error_are_failed_checks(monkeypatch):
-    client = ExecClient({"Test": ["CMD", "check"]}, code=1, output=b"HTTP 500\n  broken")
+def test_execute_a_failed_test_and_a_docker_error_are_failed_checks(monkeypatch):
+    client = ExecClient(frames=frame(b"HTTP 500\n  broken"), code=1)
     monkeypatch.setattr(sc, "_client", lambda url, timeout=60: client)
-    assert sc._run_test(None, "w-1") == (False, "HTTP 500 broken", 3, 0.0)
-    client = ExecClient({"Test": ["CMD", "check"]}, fail=docker.errors.APIError("container is restarting"))
+    assert sc._execute(None, "w-1", TEST, 2.0) == (False, "HTTP 500 broken")
+    client = ExecClient(fail=docker.errors.APIError("container is restarting"))
     monkeypatch.setattr(sc, "_client", lambda url, timeout=60: client)
-    passed, output, _, _ = sc._run_test(None, "w-1")
+    passed, output = sc._execute(None, "w-1", TEST, 2.0)
     assert not passed and "container is restarting" in output and client.calls[-1] == "closed"
 
 
-def test_run_test_of_a_container_without_a_test(monkeypatch):
-    client = ExecClient({"Test": ["NONE"]})
+def test_execute_a_check_that_hangs_fails_at_its_timeout(monkeypatch):
+    client = ExecClient(frames=frame(b"waiting"), hang=True)
     monkeypatch.setattr(sc, "_client", lambda url, timeout=60: client)
-    assert sc._run_test(None, "w-1") is None and client.calls == ["closed"]
+    began = time.monotonic()
+    assert sc._execute(None, "w-1", TEST, 0.3) == (False, "health check timed out after 0.3s: waiting")
+    assert time.monotonic() - began < 1.5
+
+
+def test_execute_a_daemon_that_does_not_answer_is_a_failed_check(monkeypatch):
+    def refuse(url, timeout=60):
+        raise docker.errors.DockerException("Error while fetching server API version")
+
+    monkeypatch.setattr(sc, "_client", refuse)
+    assert sc._execute(None, "w-1", TEST, 1.0) == (False, "Error while fetching server API version")
 
 
 # --- start ---------------------------------------------------------------------------------

@@ -5,13 +5,14 @@ import pytest
 from srv_modules import load, utils_dunder
 
 schema = load("_utils/pigeon_schema.py", "pigeon_schema_for_views")
+definition_module = load("_utils/pigeon_definition.py", "pigeon_definition_for_views")
 
 
 @pytest.fixture
 def views():
     module = load("_runners/stacks.py", "stacks_views_under_test")
     history = {"app": [{"action": "release", "result": "success"}]}
-    utils = utils_dunder(schema)
+    utils = utils_dunder(schema, definition_module)
     utils.update({
         "pigeon_registry.definitions": lambda: {"app": {}, "shop": {}},
         "pigeon_registry.apps": lambda: ["app", "old"],
@@ -74,6 +75,29 @@ def test_drift_names_the_containers_that_are_not_healthy_and_spares_the_work_in_
         "app 0.9: containers that the registry does not know (left by an interrupted action, or a failed "
         "release kept with --keep-failed); the next release removes them, or run: stacks.py deactivate "
         "--app-name app --version 0.9"]
+
+
+@pytest.mark.parametrize("status, seconds", [
+    ("Up Less than a second (health: starting)", 0), ("Up 5 seconds (health: starting)", 5),
+    ("Up 1 second", 1), ("Up About a minute (healthy)", 60), ("Up 2 minutes (health: starting)", 120),
+    ("Up About an hour", 3600), ("Up 3 hours (unhealthy)", 10800), ("Up 2 days", 172800),
+    ("Exited (0) 1 hour ago", None), ("Restarting (1) 2 seconds ago", None), ("", None)])
+def test_uptime_from_dockers_status_text(views, status, seconds):
+    assert views._uptime(status) == seconds
+
+
+def test_a_container_starting_for_far_longer_than_the_health_interval_is_drift(views, monkeypatch):
+    answers = {"docker.ps": {"lab-minion": _ps(
+        ("app-1.0-web-1", "1.0", "Up 3 minutes (health: starting)"), ("app-1.0-web-2", "1.0", "Up 1 minute (health: starting)"))},
+        "haproxy_runtime.show_map": {"lab-minion": {"app/production": "app_a", "app/internal": "app_a"}}}
+    monkeypatch.setattr(views, "_ask", lambda tgt, tgt_type, fun, **kw: answers[fun])
+    definition = {"config": {"target": "lab-minion", "health_interval": 30}, "loadbal": {"target": "lab-minion"},
+                  "task_definitions": {"count": 2, "web": {}}}
+    entry = {"stacks": {"1.0": {"state": "active", "slot": "a"}},
+             "routes": {"app/production": "app_a", "app/internal": "app_a"}}
+    observed = views._observe("app", definition, entry)
+    assert observed["drift"][0].startswith(
+        "app 1.0: 1 of 2 containers not healthy: app-1.0-web-1 on lab-minion (Up 3 minutes (health: starting))")
 
 
 def test_a_container_docker_has_not_checked_yet_is_starting_not_drift(views, monkeypatch):

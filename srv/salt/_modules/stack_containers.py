@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "stack_containers"
 PROBE_EVERY = 0.5  # seconds between the gate's own checks of one container (only while it waits)
-FAIL_APART = 1.0  # seconds: failed checks closer than this count as one (docker's old 1 s interval)
+FAIL_APART_MAX = 30.0  # seconds: the gate counts failures at the image's pace, at most this far apart
+DOCKER_INTERVAL = 30 * 10**9  # docker's default interval and timeout of a health check (ns)
+OUTPUT_LIMIT = 4096  # bytes of a check's output kept, as docker keeps
 # a version, as the door checks it (pigeon_schema.VERSION_RE; tests/unit/test_one_source.py)
 VERSION_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 
@@ -264,87 +266,160 @@ def _inspect(app, version):
     return result
 
 
-def health_test(inspected):
-    """The HEALTHCHECK of a container as docker inspect shows it (the image's, with what the
-    container set over it): {cmd, timeout, retries, start_period} in seconds, or None when it
-    has none. ``cmd`` is what docker itself runs (CMD-SHELL through /bin/sh -c)."""
-    config = (inspected.get("Config") or {}).get("Healthcheck") or {}
-    test = list(config.get("Test") or [])
+def health_test(inspected, image=None):
+    """
+    The HEALTHCHECK of a container as docker inspect shows it (the image's, with what the
+    container set over it), run as docker runs it: {cmd, timeout, retries, start_period,
+    every} in seconds, or None when it has none. ``cmd`` goes through the image's SHELL
+    (``/bin/sh -c`` by default) for CMD-SHELL. ``every`` is the pace docker would check at
+    before Pigeon slowed it: the image's interval (``image``, docker inspect of the image),
+    or the container's when shorter; the gate counts failures no closer than that.
+    """
+    config = inspected.get("Config") or {}
+    check = config.get("Healthcheck") or {}
+    test = list(check.get("Test") or [])
     if len(test) < 2 or test[0] not in ("CMD", "CMD-SHELL"):
         return None  # none, NONE, or inherited from nowhere
-    cmd = ["/bin/sh", "-c", " ".join(test[1:])] if test[0] == "CMD-SHELL" else test[1:]
-    return {"cmd": cmd, "timeout": (config.get("Timeout") or 30 * 10**9) / 10**9,
-            "retries": config.get("Retries") or 3, "start_period": (config.get("StartPeriod") or 0) / 10**9}
+    shell = list(config.get("Shell") or ["/bin/sh", "-c"])
+    cmd = shell + [" ".join(test[1:])] if test[0] == "CMD-SHELL" else test[1:]
+    image_check = ((image or {}).get("Config") or {}).get("Healthcheck") or {}
+    every = min(check.get("Interval") or DOCKER_INTERVAL, image_check.get("Interval") or DOCKER_INTERVAL)
+    return {"cmd": cmd, "timeout": (check.get("Timeout") or DOCKER_INTERVAL) / 10**9,
+            "retries": check.get("Retries") or 3, "start_period": (check.get("StartPeriod") or 0) / 10**9,
+            "every": every / 10**9}
 
 
-def _run_test(url, name):
-    """Run a container's HEALTHCHECK test once, as docker would: (passed, output on one line,
-    retries, start period), or None when it has none. Every failure to run it is a failed check."""
-    import docker  # pylint: disable=import-outside-toplevel
+def read_exec(sock, deadline, limit=OUTPUT_LIMIT):
+    """
+    An exec's output from its attached socket (docker's multiplexed stream: 8-byte headers,
+    stdout and stderr alike) until it ends or the deadline passes: (output, ended). At most
+    ``limit`` bytes are kept, as docker keeps of a health check; the rest is read and dropped.
+    """
+    pending, output = b"", b""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return output, False
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, OSError):
+            return output, False
+        if not chunk:
+            return output, True
+        pending += chunk
+        while len(pending) >= 8:
+            size = int.from_bytes(pending[4:8], "big")
+            if len(pending) < 8 + size:
+                break
+            output = (output + pending[8:8 + size])[:limit]
+            pending = pending[8 + size:]
 
-    client = _client(url)
-    test = {"retries": 3, "start_period": 0.0}
+
+def _describe(url, name):
+    """The container's health test (health_test), read from docker; None when it has none."""
+    client = _client(url, timeout=10)
     try:
-        test = health_test(client.inspect_container(name))
-        if test is None:
-            return None
-        client.timeout = test["timeout"] + 5
-        exec_id = client.exec_create(name, test["cmd"], stdout=True, stderr=True)
-        output = client.exec_start(exec_id)
-        code = client.exec_inspect(exec_id).get("ExitCode")
-    except (docker.errors.DockerException, OSError) as exc:
-        return False, " ".join(str(exc).split())[:160], test["retries"], test["start_period"]
+        inspected = client.inspect_container(name)
+        try:
+            image = client.inspect_image(inspected.get("Image") or "")
+        except Exception:  # pylint: disable=broad-except
+            image = None  # the pace falls back to the container's interval
+        return health_test(inspected, image)
     finally:
         client.close()
-    text = output.decode(errors="replace") if isinstance(output, bytes) else str(output)
-    return code == 0, " ".join(text.split())[:160], test["retries"], test["start_period"]
+
+
+def _execute(url, name, test, timeout):
+    """Run a container's health test once, as docker would, for at most ``timeout`` seconds:
+    (passed, its output on one line). Every failure to run it, or to finish in time, is a
+    failed check. Runs in a thread: it uses no Salt dunder."""
+    deadline = time.monotonic() + timeout
+    client = sock = None
+    try:
+        client = _client(url, timeout=max(timeout, 1.0))
+        exec_id = client.exec_create(name, test["cmd"], stdout=True, stderr=True)
+        sock = client.exec_start(exec_id, socket=True)
+        output, ended = read_exec(getattr(sock, "_sock", sock), deadline)
+        text = " ".join(output.decode(errors="replace").split())[:160]
+        if not ended:
+            return False, f"health check timed out after {timeout:g}s" + (f": {text}" if text else "")
+        while True:  # docker records the exit a moment after the stream ends
+            found = client.exec_inspect(exec_id)
+            if not found.get("Running") or time.monotonic() > deadline + 2:
+                return found.get("ExitCode") == 0, text
+            time.sleep(0.02)
+    except Exception as exc:  # pylint: disable=broad-except
+        return False, " ".join(str(exc).split())[:160] or type(exc).__name__
+    finally:
+        for thing in (sock, client):
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception:  # pylint: disable=broad-except
+                    pass
 
 
 class Probes:
     """
-    The gate's own checks of the containers docker still calls ``starting``. ``run(name)``
-    runs one check: (passed, output, retries, start period in seconds), or None when the
-    container has no test. A container
-    whose check passed is shown healthy; one whose check failed ``retries`` times (failures
-    at least FAIL_APART apart, after its start period) is shown unhealthy, as docker would
-    mark it at a 1 s interval. Other containers are shown as docker says.
+    The gate's own checks of the containers docker still calls ``starting``, all due ones at
+    once. ``describe(name)`` gives a container's test (health_test) or None; ``execute(name,
+    test, timeout)`` runs it once: (passed, output). A container is known by its name and
+    its start time, so one that docker restarted is checked afresh. A container whose check
+    passed is shown healthy; one whose check failed ``retries`` times (failures at least
+    ``every`` apart, after its start period) is shown unhealthy, as docker would mark it at
+    that interval. Other containers are shown as docker says. No check runs past
+    ``deadline`` (time.monotonic).
     """
 
-    def __init__(self, run, clock=time.monotonic):
-        self.run, self.clock, self.started = run, clock, clock()
-        self.passed, self.failed, self.last = {}, {}, {}
+    def __init__(self, describe, execute, deadline, clock=time.monotonic):
+        self.describe, self.execute, self.deadline, self.clock = describe, execute, deadline, clock
+        self.started = clock()
+        self.tests, self.passed, self.failed, self.last = {}, {}, {}, {}
 
-    def _check(self, name, now):
-        if now - self.last.get(name, -1e9) < PROBE_EVERY:
-            return
-        self.last[name] = now
-        result = self.run(name)
-        if result is None:
-            self.last[name] = 1e18  # no test of its own: docker's word stands
-            return
-        passed, output, retries, start_period = result
+    def _due(self, key, now):
+        if key not in self.tests:
+            try:
+                self.tests[key] = self.describe(key[0])
+            except Exception:  # pylint: disable=broad-except
+                return False  # gone or docker busy: docker's word stands this round
+        return self.tests[key] is not None and now - self.last.get(key, -1e9) >= PROBE_EVERY
+
+    def _record(self, key, now, passed, output):
+        test = self.tests[key]
         if passed:
-            self.passed[name] = output
-            self.failed.pop(name, None)
+            self.passed[key] = output
+            self.failed.pop(key, None)
             return
-        count, at, _, _ = self.failed.get(name, (0, -1e9, "", False))
-        if now - at >= FAIL_APART and now - self.started >= start_period:
+        count, at, _, _ = self.failed.get(key, (0, -1e9, "", False))
+        if now - at >= min(test["every"], FAIL_APART_MAX) and now - self.started >= test["start_period"]:
             count, at = count + 1, now
-        self.failed[name] = (count, at, output, count >= retries)
+        self.failed[key] = (count, at, output, count >= test["retries"])
 
     def view(self, inspected):
         """inspected ({name: State}) as the gate sees it."""
         now = self.clock()
+        keys = {name: (name, state.get("StartedAt")) for name, state in inspected.items()}
+        due = [keys[name] for name, state in inspected.items()
+               if health(state) == "starting" and keys[name] not in self.passed and self._due(keys[name], now)]
+        budget = self.deadline - now
+        if due and budget > 0:
+            for key in due:
+                self.last[key] = now
+            with concurrent.futures.ThreadPoolExecutor(max_workers=len(due)) as pool:
+                results = pool.map(lambda k: self.execute(k[0], self.tests[k], min(self.tests[k]["timeout"], budget)),
+                                   due)
+                for key, (passed, output) in zip(due, results):
+                    self._record(key, now, passed, output)
         shown = {}
         for name, state in inspected.items():
-            if health(state) == "starting" and name not in self.passed:
-                self._check(name, now)
-            if health(state) == "starting" and name in self.passed:
-                state = dict(state, Health={"Status": "healthy", "Log": [{"Output": self.passed[name]}]})
-            elif health(state) == "starting" and name in self.failed:
-                _, _, output, given_up = self.failed[name]
-                status = "unhealthy" if given_up else "starting"
-                state = dict(state, Health={"Status": status, "Log": [{"Output": output}]})
+            key = keys[name]
+            if health(state) == "starting" and key in self.passed:
+                state = dict(state, Health={"Status": "healthy", "Log": [{"Output": self.passed[key]}]})
+            elif health(state) == "starting" and key in self.failed:
+                _, _, output, given_up = self.failed[key]
+                state = dict(state, Health={"Status": "unhealthy" if given_up else "starting",
+                                            "Log": [{"Output": output}]})
             shown[name] = state
         return shown
 
@@ -366,7 +441,8 @@ def wait_healthy(app, version, count, timeout=60, interval=0.1):
     started = time.monotonic()
     deadline = started + float(timeout)
     url = _docker_url()
-    probes = Probes(lambda name: _run_test(url, name))
+    probes = Probes(lambda name: _describe(url, name),
+                    lambda name, test, limit: _execute(url, name, test, limit), deadline)
     while True:
         inspected = probes.view(_inspect(app, version))
         ok, message = summarize(inspected, int(count))

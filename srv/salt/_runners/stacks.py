@@ -21,6 +21,7 @@ CLI Example:
 
 import difflib
 import logging
+import re
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,28 @@ def _ask(tgt, tgt_type, fun, timeout=10, **kwarg):
     return __utils__["pigeon_minions.ask"](tgt, tgt_type, fun, timeout=timeout, **kwarg)
 
 
+UPTIME_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800, "month": 2592000}
+
+
+def _uptime(status):
+    """Seconds a container has run, from docker's status text ("Up 5 seconds (health: starting)",
+    "Up About a minute", "Up Less than a second"); None when the text says no such thing."""
+    match = re.match(r"Up (Less than a second|About an? (\w+?)|(\d+) (\w+?))s?\b", status)
+    if not match:
+        return None
+    if match.group(1) == "Less than a second":
+        return 0
+    unit = match.group(2) or match.group(4)
+    return int(match.group(3) or 1) * UPTIME_UNITS.get(unit, 0)
+
+
 def _observe(app, definition, entry, lock_=None):
     """What really runs for one app, and where it differs from the registry (drift). The
     containers of the version an action holding the lock is working on are not drift."""
     observed = {"containers": {}, "routes": None, "drift": []}
     drift = observed["drift"]
     config, loadbal = definition.get("config") or {}, definition.get("loadbal") or {}
+    interval = __utils__["pigeon_definition.health_interval"](definition) if definition else 30
     found = _ask(config.get("target"), config.get("target_type", "glob"), "docker.ps",
                  all=True, filters={"label": [f"pigeon.app={app}"]})
     if not found:
@@ -61,10 +78,11 @@ def _observe(app, definition, entry, lock_=None):
             seen = observed["containers"].setdefault(version, {"total": 0, "running": 0, "healthy": 0,
                                                                "starting": 0, "minions": [], "not_healthy": []})
             # docker checks a running stack every config:health_interval (30 s): a container
-            # it has not checked yet is "starting", which is not drift (the gate that started
-            # it checked it; docker marks it unhealthy if its checks fail)
-            starting = text.startswith("Up") and "health: starting" in text
-            healthy = text.startswith("Up") and "unhealthy" not in text and not starting
+            # it has not checked yet is "starting", which is not drift (docker marks it
+            # unhealthy if its checks fail), unless it has been so for far longer than that
+            unchecked = text.startswith("Up") and "health: starting" in text
+            starting = unchecked and (_uptime(text) or 0) <= 2 * interval + 60
+            healthy = text.startswith("Up") and "unhealthy" not in text and not unchecked
             seen["total"] += 1
             seen["running"] += text.startswith("Up")
             seen["healthy"] += healthy

@@ -77,6 +77,22 @@ def backends(app, slots, backend):
              "servers": MAX_REPLICAS} for slot in slots]
 
 
+def health_interval(definition):
+    """Seconds between docker's health checks of the app's running containers."""
+    return int((definition.get("config") or {}).get("health_interval") or HEALTH_INTERVAL)
+
+
+def with_interval(healthcheck, seconds):
+    """A service's docker_config healthcheck with Pigeon's interval where it sets none (docker
+    takes the image's test, timeout and retries for what it leaves out)."""
+    if healthcheck is not None and not isinstance(healthcheck, dict):
+        return healthcheck  # docker refuses it when the container is created, in one line
+    check = dict(healthcheck or {})
+    if not any(key in check for key in ("interval", "Interval")):
+        check["Interval"] = seconds * 10**9
+    return check
+
+
 def stack_network(app, version):
     """The docker network of one stack: its services reach each other by name there."""
     return f"pigeon-{app}-{version}"
@@ -105,8 +121,7 @@ def containers(app, version, slot, definition):
             config.setdefault("stop_timeout", 10)
             # docker's steady check: the image's HEALTHCHECK (test, timeout, retries) at
             # Pigeon's interval, unless the service sets its own healthcheck
-            interval = int(definition["config"].get("health_interval", HEALTH_INTERVAL))
-            config.setdefault("healthcheck", {"Interval": interval * 10**9})
+            config["healthcheck"] = with_interval(config.get("healthcheck"), health_interval(definition))
             config.setdefault("restart_policy", "unless-stopped")
             result.append({
                 "name": f"{app}-{version}-{service}-{replica}",
