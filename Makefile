@@ -2,7 +2,9 @@
 #   make demo   install what is missing, start the lab, run a blue/green deployment of the demo app
 #   make test   install what is missing, start the lab, run every test
 SHELL := /bin/bash
-VENV := .lab/venv
+VENV := $(or $(PIGEON_VENV),.lab/venv)
+# single (the default): one minion on this machine's docker; multi: five hosts (docs/lab-multihost.md)
+TOPOLOGY ?= single
 PY := $(VENV)/bin/python
 
 .PHONY: demo lab down status test unit integration bench install clean sync vagrant
@@ -11,7 +13,7 @@ install:
 	bootstrap/install.sh
 
 lab:
-	bootstrap/lab.sh up
+	TOPOLOGY=$(TOPOLOGY) bootstrap/lab.sh up
 
 down:
 	bootstrap/lab.sh down
