@@ -6,18 +6,27 @@
 #   bootstrap/hosts.sh down [NAME...]    stop hosts and remove what they made (default: every host)
 #   bootstrap/hosts.sh status [NAME...]  what runs
 #   bootstrap/hosts.sh address NAME...   a host's address; `uplink`: the root namespace's
+#   bootstrap/hosts.sh switch            the bridge and the uplink only (`up` makes them too):
+#                                        lab.sh starts the master on the uplink before the hosts
 #
 # NAME is lbN or appN (N one digit). Host N's address is 10.231.0.(10+N) for lbN and
 # 10.231.0.(20+N) for appN; the root namespace is 10.231.0.1 on interface pigeon-up.
 # Its dockerd listens on .lab/hosts/NAME/docker.sock, its minion's id is NAME.
 #
-# Environment: PIGEON_PUBLISH_PORT, PIGEON_RET_PORT (the master's, as in minion.sh),
-#   PIGEON_VENV=.lab/venv, PIGEON_HOST_IMAGES="pigeon/base:bookworm" (loaded into every host)
+# Environment: PIGEON_PUBLISH_PORT, PIGEON_RET_PORT (default: the lab master's configuration,
+#   else minion.sh's), PIGEON_VENV=.lab/venv, PIGEON_HOST_IMAGES="pigeon/base:bookworm"
+#   (loaded into every host)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 LAB=$REPO/.lab
 export PIGEON_VENV=${PIGEON_VENV:-$LAB/venv}
+# the minions' ports are the running master's (a host added later finds them there)
+master_conf() { sed -n "s/^$1: *//p" "$LAB/etc/salt/master" 2>/dev/null || true; }
+PIGEON_PUBLISH_PORT=${PIGEON_PUBLISH_PORT:-$(master_conf publish_port)}
+PIGEON_RET_PORT=${PIGEON_RET_PORT:-$(master_conf ret_port)}
+[ -z "$PIGEON_PUBLISH_PORT" ] || export PIGEON_PUBLISH_PORT
+[ -z "$PIGEON_RET_PORT" ] || export PIGEON_RET_PORT
 IMAGES=${PIGEON_HOST_IMAGES:-pigeon/base:bookworm}
 DEFAULT_HOSTS="lb1 lb2 app1 app2 app3"
 NET=10.231.0               # the hosts' /24, behind the switch; .1 is the root namespace
@@ -228,10 +237,11 @@ case $cmd in
     step "hosts down in $((SECONDS - t0)) s"
     ;;
   status) for h in $(names "$@"); do host_status "$h"; done ;;
+  switch) switch_up ;;
   address)
     for h in "$@"; do
       if [ "$h" = uplink ]; then echo "$NET.1"; else [[ $h =~ $NAME_RE ]] || fail "not a host name: '$h'"; address "$h"; fi
     done ;;
   _dockerd) [[ ${1:-} =~ $NAME_RE ]] || fail "not a host name: '${1:-}'"; _dockerd "$1" ;;
-  *) echo "usage: bootstrap/hosts.sh up|down|status [NAME...] | address NAME..." >&2; exit 2 ;;
+  *) echo "usage: bootstrap/hosts.sh up|down|status [NAME...] | address NAME... | switch" >&2; exit 2 ;;
 esac

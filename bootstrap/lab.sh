@@ -128,6 +128,7 @@ SLS
 {%- set host_dir = '$LAB/hosts/' ~ grains['id'] %}
 docker:
   start_daemon: False
+  pkg_refresh: False          # the hosts share this machine's packages, and reach no mirror
 haproxy:
   host_dir: {{ host_dir }}/haproxy
   tls:
@@ -136,16 +137,17 @@ haproxy_runtime:
   socket: {{ host_dir }}/haproxy/run/admin.sock
   maps_dir: {{ host_dir }}/haproxy/etc/maps
 SLS
-  "$HOSTS" up
   step "starting salt-master (on $uplink, where the hosts reach it) and salt-api (.lab/etc/salt)"
+  "$HOSTS" switch
   # HAProxy's certificate names every address an LB host can have (lb0-lb9)
   PIGEON_INTERFACE=$uplink \
     PIGEON_HAPROXY_SANS=$("$HOSTS" address lb0 lb1 lb2 lb3 lb4 lb5 lb6 lb7 lb8 lb9 | sed 's/^/IP:/' | paste -sd,) \
     "$REPO/bootstrap/master.sh" "$LAB"
+  "$HOSTS" up
   list=$(all_hosts | paste -sd,)
   step "waiting for the hosts' minions: $list"
   for _ in $(seq 1 90); do
-    answering=$($SALT -L "$list" test.ping --timeout 5 --out txt 2>/dev/null | grep -c ': True' || true)
+    answering=$($SALT -L "$list" test.ping --timeout 3 --out txt 2>/dev/null | grep -c ': True' || true)
     [ "$answering" -eq "$(all_hosts | wc -l)" ] && break
     sleep 1
   done
