@@ -153,9 +153,8 @@ SLS
   done
   [ "$answering" -eq "$(all_hosts | wc -l)" ] \
     || { echo "lab: $answering of the hosts' minions ($list) answer; see .lab/hosts/*/var/log/salt/minion" >&2; exit 1; }
-  step "syncing Pigeon's modules (master and hosts)"
+  step "syncing Pigeon's modules (master; the highstate syncs the hosts')"
   $SALT_RUN saltutil.sync_all >/dev/null
-  $SALT -L "$list" saltutil.sync_all >/dev/null
   step "applying the hosts' states (docker engine; HAProxy on the lb hosts)"
   if ! $SALT -L "$list" state.apply --state-output=terse --state-verbose=False >"$LAB/highstate.log" 2>&1; then
     cat "$LAB/highstate.log" >&2
