@@ -169,6 +169,8 @@ host_down() {
   pkill -9 -f -- "salt-minion -c $d/etc/salt( |\$)" 2>/dev/null || true
   ip -n "$SWITCH" link del "p-$h" 2>/dev/null || true
   rm -rf "/etc/netns/$ns" "$(exec_root "$h")"
+  # the containers' cgroup parent (--cgroup-parent), empty now, in every hierarchy
+  find /sys/fs/cgroup -mindepth 2 -maxdepth 2 -type d -name "$ns" -exec rmdir {} + 2>/dev/null || true
   rm -f "$d/dockerd.pid" "$(sock "$h")" "$LAB/etc/salt/pki/master/minions/$h"
 }
 
@@ -199,10 +201,14 @@ save_images() {
 }
 
 # --- each host in parallel; a failure of one is reported by its own line -----------------------
-each() {  # FUNCTION NAME...: run FUNCTION for every NAME at once, fail if any failed
-  local fn=$1 pids=() names=() i rc=0; shift
-  for h in "$@"; do "$fn" "$h" & pids+=($!); names+=("$h"); done
-  for i in "${!pids[@]}"; do wait "${pids[$i]}" || { echo "hosts.sh: $fn ${names[$i]} failed" >&2; rc=1; }; done
+each() {  # VERB NAME...: host_VERB for every NAME at once (waiting for those pids only)
+  local verb=$1 h pids=() names=() i rc=0; shift
+  for h in "$@"; do "host_$verb" "$h" & pids+=($!); names+=("$h"); done
+  for i in "${!pids[@]}"; do
+    wait "${pids[$i]}" && continue
+    echo "hosts.sh: $verb of ${names[$i]} failed (see above); retry with bootstrap/hosts.sh down ${names[$i]}, then $verb ${names[$i]}" >&2
+    rc=1
+  done
   return $rc
 }
 
@@ -225,13 +231,13 @@ case $cmd in
     save_images
     switch_up
     step "starting hosts: $hosts"
-    each host_up $hosts
+    each up $hosts
     step "hosts up in $((SECONDS - t0)) s: $(for h in $hosts; do printf '%s=%s ' "$h" "$(address "$h")"; done)"
     ;;
   down)
     t0=$SECONDS; hosts=$(names "$@")
     [ -n "${hosts// /}" ] || ns_exists "$SWITCH" || exit 0   # nothing of the lab's here
-    if [ -n "${hosts// /}" ]; then step "stopping hosts: $hosts"; each host_down $hosts; fi
+    if [ -n "${hosts// /}" ]; then step "stopping hosts: $hosts"; each down $hosts; fi
     # the switch goes with the last host
     if [ -z "$(hosts_running)" ]; then switch_down; rmdir /run/pigeon-lab /etc/netns 2>/dev/null || true; fi
     step "hosts down in $((SECONDS - t0)) s"

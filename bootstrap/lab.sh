@@ -129,6 +129,7 @@ SLS
 docker:
   start_daemon: False
   pkg_refresh: False          # the hosts share this machine's packages, and reach no mirror
+{%- if grains['id'].startswith('lb') %}
 haproxy:
   host_dir: {{ host_dir }}/haproxy
   tls:
@@ -136,6 +137,7 @@ haproxy:
 haproxy_runtime:
   socket: {{ host_dir }}/haproxy/run/admin.sock
   maps_dir: {{ host_dir }}/haproxy/etc/maps
+{%- endif %}
 SLS
   step "starting salt-master (on $uplink, where the hosts reach it) and salt-api (.lab/etc/salt)"
   "$HOSTS" switch

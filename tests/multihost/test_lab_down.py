@@ -30,5 +30,6 @@ def test_lab_down_leaves_nothing(root):
                     f"-c {LAB}/etc/salt"):
         assert root.run(f"pgrep -f -- '[{pattern[0]}]{pattern[1:]}'").stdout == "", pattern
     assert not root.file("/run/pigeon-lab").exists
+    assert root.run("find /sys/fs/cgroup -maxdepth 2 -name 'pigeon-*'").stdout == ""  # --cgroup-parent
     assert not [p for p in root.file("/etc/netns").listdir() if p.startswith("pigeon-")] \
         if root.file("/etc/netns").exists else True
