@@ -37,9 +37,8 @@ test: lab vagrant
 # the multi-host lab (TOPOLOGY=multi, docs/lab-multihost.md): up, its tests, down (whatever they say);
 # its last test takes it down and checks that nothing of it is left
 multihost:
-	$(MAKE) lab TOPOLOGY=multi
-	PIGEON_MULTIHOST_DOWN=1 $(PY) -m pytest tests/multihost -p no:cacheprovider -rs; \
-	  rc=$$?; bootstrap/lab.sh down >/dev/null; exit $$rc
+	rc=0; $(MAKE) lab TOPOLOGY=multi && PIGEON_MULTIHOST_DOWN=1 $(PY) -m pytest tests/multihost -p no:cacheprovider -rs \
+	  || rc=$$?; bootstrap/lab.sh down >/dev/null; exit $$rc
 
 # `vagrant validate` checks the Vagrantfile in the tests (no VirtualBox needed)
 vagrant:
