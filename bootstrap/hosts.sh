@@ -214,7 +214,7 @@ each() {  # VERB NAME...: host_VERB for every NAME at once (waiting for those pi
 
 names() {  # the names given, checked; else the default (up) or every host there is (down, status)
   local h
-  for h in "$@"; do [[ $h =~ $NAME_RE ]] || fail "not a host name: '$h' (lb0-lb9 or app0-app9)"; done
+  for h in "$@"; do [[ $h =~ $NAME_RE ]] || fail "not a host name: ${h@Q} (lb0-lb9 or app0-app9)"; done
   if [ $# -gt 0 ]; then echo "$@"; return; fi
   case $cmd in
     up) echo "$DEFAULT_HOSTS" ;;
@@ -242,12 +242,12 @@ case $cmd in
     if [ -z "$(hosts_running)" ]; then switch_down; rmdir /run/pigeon-lab /etc/netns 2>/dev/null || true; fi
     step "hosts down in $((SECONDS - t0)) s"
     ;;
-  status) for h in $(names "$@"); do host_status "$h"; done ;;
+  status) hosts=$(names "$@"); for h in $hosts; do host_status "$h"; done ;;
   switch) switch_up ;;
   address)
     for h in "$@"; do
-      if [ "$h" = uplink ]; then echo "$NET.1"; else [[ $h =~ $NAME_RE ]] || fail "not a host name: '$h'"; address "$h"; fi
+      if [ "$h" = uplink ]; then echo "$NET.1"; else names "$h" >/dev/null; address "$h"; fi
     done ;;
-  _dockerd) [[ ${1:-} =~ $NAME_RE ]] || fail "not a host name: '${1:-}'"; _dockerd "$1" ;;
+  _dockerd) names "${1:-}" >/dev/null; _dockerd "$1" ;;
   *) echo "usage: bootstrap/hosts.sh up|down|status [NAME...] | address NAME... | switch" >&2; exit 2 ;;
 esac
