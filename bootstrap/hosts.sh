@@ -120,8 +120,6 @@ host_up() {
   cat > "$d/etc/salt/minion.d/host.conf" <<CFG
 # managed by bootstrap/hosts.sh; changes will be overwritten
 docker.url: unix://$(sock "$h")
-grains:
-  pigeon_host: $h
 CFG
   ip netns exec "$ns" env DOCKER_HOST="unix://$(sock "$h")" \
     "$REPO/bootstrap/minion.sh" "$d" "$h" "$NET.1" </dev/null >"$d/minion-start.log" 2>&1 \
