@@ -1,17 +1,19 @@
 # Pigeon: two commands on a fresh machine.
 #   make demo   install what is missing, start the lab, run a blue/green deployment of the demo app
-#   make test   install what is missing, start the lab, run every test
+#   make test   install what is missing, start the lab, run every test (then the multi-host lab's)
 SHELL := /bin/bash
-VENV := .lab/venv
+VENV := $(or $(PIGEON_VENV),.lab/venv)
+# single (the default): one minion on this machine's docker; multi: five hosts (docs/lab-multihost.md)
+TOPOLOGY ?= single
 PY := $(VENV)/bin/python
 
-.PHONY: demo lab down status test unit integration bench install clean sync vagrant
+.PHONY: demo lab down status test unit integration multihost bench install clean sync vagrant
 
 install:
 	bootstrap/install.sh
 
 lab:
-	bootstrap/lab.sh up
+	TOPOLOGY=$(TOPOLOGY) bootstrap/lab.sh up
 
 down:
 	bootstrap/lab.sh down
@@ -30,6 +32,13 @@ integration: lab
 
 test: lab vagrant
 	$(PY) -m pytest tests/unit tests/integration -p no:cacheprovider -rs
+	$(MAKE) multihost
+
+# the multi-host lab (TOPOLOGY=multi, docs/lab-multihost.md): up, its tests, down (whatever they say);
+# its last test takes it down and checks that nothing of it is left
+multihost:
+	rc=0; $(MAKE) lab TOPOLOGY=multi && PIGEON_MULTIHOST_DOWN=1 $(PY) -m pytest tests/multihost -p no:cacheprovider -rs \
+	  || rc=$$?; bootstrap/lab.sh down >/dev/null; exit $$rc
 
 # `vagrant validate` checks the Vagrantfile in the tests (no VirtualBox needed)
 vagrant:
@@ -43,7 +52,7 @@ bench: lab
 clean: down
 	rm -rf .lab
 
-# after editing srv/: push Pigeon's modules to the lab's master and minion
+# after editing srv/: push Pigeon's modules to the lab's master and minions
 sync:
 	$(VENV)/bin/salt-run -c .lab/etc/salt saltutil.sync_all >/dev/null
 	$(VENV)/bin/salt -c .lab/etc/salt '*' saltutil.sync_all >/dev/null

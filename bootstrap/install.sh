@@ -22,7 +22,7 @@ BASE_IMAGE=${PIGEON_BASE_IMAGE:-pigeon/base:bookworm}
 step() { printf '==> %s\n' "$*"; }
 
 # 1. Debian packages
-PKGS="docker.io iptables mmdebstrap openssl curl ca-certificates python3-venv wrk"
+PKGS="docker.io iptables iproute2 mmdebstrap openssl curl ca-certificates python3-venv wrk"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

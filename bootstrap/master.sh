@@ -7,7 +7,7 @@
 # Environment (defaults are the lab's):
 #   PIGEON_INTERFACE=127.0.0.1  PIGEON_PUBLISH_PORT=14505  PIGEON_RET_PORT=14506
 #   PIGEON_API_PORT=8000        PIGEON_API_HOST=127.0.0.1  PIGEON_USER=pigeon
-#   PIGEON_MASTER_ID=lab        PIGEON_VENV=ROOT_DIR/venv
+#   PIGEON_MASTER_ID=lab        PIGEON_VENV=ROOT_DIR/venv  PIGEON_HAPROXY_SANS=
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,14 +32,20 @@ if [ ! -f "$TLS/ca.crt" ]; then
   openssl req -x509 $KEY -nodes -days 3650 -subj "/CN=Pigeon lab CA" \
     -keyout "$TLS/ca.key" -out "$TLS/ca.crt" 2>/dev/null
 fi
+# HAProxy's names besides these: PIGEON_HAPROXY_SANS (the multi-host lab's LB addresses, e.g.
+# "IP:10.231.0.11,IP:10.231.0.12"); a certificate whose names differ is made again
+SANS="DNS:localhost,IP:127.0.0.1,DNS:$(hostname)"
 for name in api haproxy; do
-  [ -f "$TLS/$name.crt" ] && continue
+  san=$SANS
+  [ "$name" = haproxy ] && [ -n "${PIGEON_HAPROXY_SANS:-}" ] && san="$san,$PIGEON_HAPROXY_SANS"
+  [ -f "$TLS/$name.crt" ] && [ "$(cat "$TLS/$name.san" 2>/dev/null || echo "$SANS")" = "$san" ] && continue
   openssl req $KEY -nodes -subj "/CN=localhost" \
     -keyout "$TLS/$name.key" -out "$TLS/$name.csr" 2>/dev/null
-  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1,DNS:%s\n' "$(hostname)" > "$TLS/$name.ext"
+  printf 'subjectAltName=%s\n' "$san" > "$TLS/$name.ext"
   openssl x509 -req -in "$TLS/$name.csr" -CA "$TLS/ca.crt" -CAkey "$TLS/ca.key" \
     -CAcreateserial -days 825 -extfile "$TLS/$name.ext" -out "$TLS/$name.crt" 2>/dev/null
   cat "$TLS/$name.crt" "$TLS/$name.key" > "$TLS/$name.pem"
+  echo "$san" > "$TLS/$name.san"
   rm -f "$TLS/$name.csr" "$TLS/$name.ext"
 done
 chmod 600 "$TLS"/*.key "$TLS"/*.pem

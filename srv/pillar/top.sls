@@ -4,6 +4,7 @@ base:
     - stacks
     - docker                 # docker.update_mine: False (see the file)
     - test_stacks            # written by tests/integration into .lab/pillar, only while they run
+    - topology               # written by bootstrap/lab.sh for TOPOLOGY=multi: the stacks' targets there
     - ignore_missing: True
   'lab-minion':
     - haproxy
@@ -15,3 +16,14 @@ base:
     - demoapp
     - lab
     - ignore_missing: True   # lab.sls is written by the Vagrantfile's master provisioner
+  # the multi-host lab's hosts (bootstrap/hosts.sh): load balancers lbN, app hosts appN
+  '^lb[0-9]$':
+    - match: pcre
+    - haproxy
+    - lab
+    - ignore_missing: True
+  '^app[0-9]$':
+    - match: pcre
+    - demoapp
+    - lab
+    - ignore_missing: True

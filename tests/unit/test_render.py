@@ -1129,3 +1129,23 @@ def test_pillar_get_is_salts_and_unmasked(opts):
     pillar = minion_pillar(demoapp_pillar(True, "secret-ish"))
     high = render_file(opts, "demoapp/image/build.sls", pillar, _functions(opts, pillar))
     assert high["demoapp-image-build-docker-image-present"]["docker_image.present"][0] == {"name": "secret-ish"}
+
+
+# ---------------------------------------------------------------------------
+# the docker formula: who starts dockerd
+@pytest.mark.parametrize("start_daemon", [True, False])
+def test_the_docker_formula_starts_dockerd_only_when_asked(opts, start_daemon):
+    """docker:start_daemon False (the multi-host lab's hosts, whose daemons bootstrap/hosts.sh
+    starts): a check of the minion's daemon, never a second dockerd; True: started when down."""
+    pillar = {"docker": {"start_daemon": start_daemon, "pkg_refresh": False}}
+    high = render_file(opts, "docker/service/running.sls", pillar, _functions(opts, pillar))
+    started = "docker-service-running-cmd-run" in high
+    checked = "docker-service-running-test-fail-without-changes" in high
+    assert (started, checked) == (start_daemon, not start_daemon)
+    if start_daemon:
+        assert "nohup dockerd" in str(high["docker-service-running-cmd-run"])
+    else:
+        check = high["docker-service-running-test-fail-without-changes"]["test.fail_without_changes"]
+        assert {"unless": [{"fun": "docker.version"}]} in check
+    package = render_file(opts, "docker/package/install.sls", pillar, _functions(opts, pillar))
+    assert {"refresh": False} in package["docker-package-install-pkg-installed"]["pkg.installed"]

@@ -2,3 +2,6 @@
 docker-package-install-pkg-installed:
   pkg.installed:
     - name: {{ docker.pkg | tojson }}
+{%- if docker.pkg_refresh is not none %}
+    - refresh: {{ docker.pkg_refresh | tojson }}
+{%- endif %}

@@ -11,6 +11,15 @@ docker-service-running-service-running:
     - enable: True
     - require:
       - sls: {{ tplroot }}.package
+{%- elif not docker.start_daemon %}
+{#- someone else starts this minion's daemon (docker.url): check it, never start another #}
+docker-service-running-test-fail-without-changes:
+  test.fail_without_changes:
+    - name: "dockerd does not answer at this minion's docker.url, and docker:start_daemon is False: start it where it is managed (the lab: bootstrap/hosts.sh up HOST)"
+    - unless:
+      - fun: docker.version
+    - require:
+      - sls: {{ tplroot }}.package
 {%- else %}
 docker-service-running-cmd-run:
   cmd.run:
