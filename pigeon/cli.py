@@ -457,6 +457,11 @@ def show_status(client, args, out):
                 f"traffic: {traffic}  (since {stack.get('since', '?')} by {stack.get('by', '?')})")
         if entry.get("lock"):
             out(f"  locked by {lock_holder(entry['lock'])}")
+        balancers = observed.get("balancers") or {}
+        if len(balancers) > 1:  # what each load balancer routes (one alone: the traffic column says it)
+            for minion, routes in sorted(balancers.items()):
+                out(f"  routes on {minion}: " + (", ".join(f"{key} -> {value}" for key, value in sorted(routes.items()))
+                                                 or "none (503)"))
         for line in observed.get("drift") or []:
             out(f"  DRIFT: {line}")
     return status

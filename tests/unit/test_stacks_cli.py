@@ -1442,3 +1442,17 @@ def test_status_counts_the_containers_docker_has_not_checked_yet_as_starting():
     cli.show_status(StatusClient({"app": entry}), cli.parse_args(["status", "--app-name", "app"]), lines.append)
     assert "  2.0              active    slot b  1/4 healthy (3 starting) on lab-minion  traffic: production, " \
            "internal/preview  (since t by ci)" in lines, lines
+
+
+def test_status_prints_each_load_balancers_routes_when_there_are_several():
+    entry = {"generation": 3, "stacks": {}, "observed": {
+        "containers": {}, "drift": ["the load balancers disagree on app/production: lb1 -> app_a, lb2 -> no stack (503)"],
+        "balancers": {"lb2": {}, "lb1": {"app/production": "app_a"}}}}
+    lines = []
+    cli.show_status(StatusClient({"app": entry}), cli.parse_args(["status", "--app-name", "app"]), lines.append)
+    assert lines[2:] == ["  routes on lb1: app/production -> app_a", "  routes on lb2: none (503)",
+                         "  DRIFT: the load balancers disagree on app/production: lb1 -> app_a, lb2 -> no stack (503)"]
+    one = {"generation": 3, "stacks": {}, "observed": {"containers": {}, "drift": [], "balancers": {"lb1": {}}}}
+    lines = []
+    cli.show_status(StatusClient({"app": one}), cli.parse_args(["status", "--app-name", "app"]), lines.append)
+    assert not any("routes on" in line for line in lines)

@@ -55,19 +55,25 @@ def _ps(*containers):
             for i, (name, version, status) in enumerate(containers)}
 
 
+ROUTED_A = {"app/production": "app_a", "app/internal": "app_a"}
+
+
+def _observe_lab(views, monkeypatch, containers, lock_=None, **config):
+    """_observe of the lab's app (2 web replicas, 1.0 active in slot a, HAProxy routing it) with
+    docker ps answering these (name, version, status) containers."""
+    answers = {"docker.ps": {"lab-minion": _ps(*containers)}, "haproxy_runtime.show_map": {"lab-minion": ROUTED_A}}
+    monkeypatch.setattr(views, "_ask", lambda tgt, tgt_type, fun, **kw: answers[fun])
+    definition = {"config": {"target": "lab-minion", **config}, "loadbal": {"target": "lab-minion"},
+                  "task_definitions": {"count": 2, "web": {}}}
+    entry = {"stacks": {"1.0": {"state": "active", "slot": "a"}}, "routes": dict(ROUTED_A)}
+    return views._observe("app", definition, entry, lock_)
+
+
 def test_drift_names_the_containers_that_are_not_healthy_and_spares_the_work_in_progress(views, monkeypatch):
-    answers = {"docker.ps": {"lab-minion": _ps(
+    observed = _observe_lab(views, monkeypatch, [
         ("app-1.0-web-1", "1.0", "Up 2 minutes (unhealthy)"), ("app-1.0-web-2", "1.0", "Up 2 minutes (healthy)"),
         ("app-2.0-web-1", "2.0", "Up 1 second (health: starting)"),
-        ("app-0.9-web-1", "0.9", "Exited (0) 1 hour ago"))},
-        "haproxy_runtime.show_map": {"lab-minion": {"app/production": "app_a", "app/internal": "app_a"}}}
-    monkeypatch.setattr(views, "_ask", lambda tgt, tgt_type, fun, **kw: answers[fun])
-    definition = {"config": {"target": "lab-minion"}, "loadbal": {"target": "lab-minion"},
-                  "task_definitions": {"count": 2, "web": {}}}
-    views.__utils__["pigeon_definition.services"] = lambda d: (2, {"web": {}})
-    entry = {"stacks": {"1.0": {"state": "active", "slot": "a"}},
-             "routes": {"app/production": "app_a", "app/internal": "app_a"}}
-    observed = views._observe("app", definition, entry, {"action": "release", "version": "2.0"})
+        ("app-0.9-web-1", "0.9", "Exited (0) 1 hour ago")], {"action": "release", "version": "2.0"})
     assert observed["in_progress"] == "2.0"  # the release holding the lock is starting it: no drift
     assert observed["drift"] == [
         "app 1.0: 1 of 2 containers not healthy: app-1.0-web-1 on lab-minion (Up 2 minutes (unhealthy)); "
@@ -87,15 +93,9 @@ def test_uptime_from_dockers_status_text(views, status, seconds):
 
 
 def test_a_container_starting_for_far_longer_than_the_health_interval_is_drift(views, monkeypatch):
-    answers = {"docker.ps": {"lab-minion": _ps(
-        ("app-1.0-web-1", "1.0", "Up 3 minutes (health: starting)"), ("app-1.0-web-2", "1.0", "Up 1 minute (health: starting)"))},
-        "haproxy_runtime.show_map": {"lab-minion": {"app/production": "app_a", "app/internal": "app_a"}}}
-    monkeypatch.setattr(views, "_ask", lambda tgt, tgt_type, fun, **kw: answers[fun])
-    definition = {"config": {"target": "lab-minion", "health_interval": 30}, "loadbal": {"target": "lab-minion"},
-                  "task_definitions": {"count": 2, "web": {}}}
-    entry = {"stacks": {"1.0": {"state": "active", "slot": "a"}},
-             "routes": {"app/production": "app_a", "app/internal": "app_a"}}
-    observed = views._observe("app", definition, entry)
+    observed = _observe_lab(views, monkeypatch, [
+        ("app-1.0-web-1", "1.0", "Up 3 minutes (health: starting)"),
+        ("app-1.0-web-2", "1.0", "Up 1 minute (health: starting)")], health_interval=30)
     assert observed["drift"][0].startswith(
         "app 1.0: 1 of 2 containers not healthy: app-1.0-web-1 on lab-minion (Up 3 minutes (health: starting))")
 
@@ -103,16 +103,8 @@ def test_a_container_starting_for_far_longer_than_the_health_interval_is_drift(v
 def test_a_container_docker_has_not_checked_yet_is_starting_not_drift(views, monkeypatch):
     # docker checks a running stack every config:health_interval: until its first check of a
     # (re)started container, it says "health: starting"; the release's gate checked it
-    answers = {"docker.ps": {"lab-minion": _ps(
-        ("app-1.0-web-1", "1.0", "Up 5 seconds (health: starting)"), ("app-1.0-web-2", "1.0", "Up 2 minutes (healthy)"))},
-        "haproxy_runtime.show_map": {"lab-minion": {"app/production": "app_a", "app/internal": "app_a"}}}
-    monkeypatch.setattr(views, "_ask", lambda tgt, tgt_type, fun, **kw: answers[fun])
-    definition = {"config": {"target": "lab-minion"}, "loadbal": {"target": "lab-minion"},
-                  "task_definitions": {"count": 2, "web": {}}}
-    views.__utils__["pigeon_definition.services"] = lambda d: (2, {"web": {}})
-    entry = {"stacks": {"1.0": {"state": "active", "slot": "a"}},
-             "routes": {"app/production": "app_a", "app/internal": "app_a"}}
-    observed = views._observe("app", definition, entry)
+    observed = _observe_lab(views, monkeypatch, [
+        ("app-1.0-web-1", "1.0", "Up 5 seconds (health: starting)"), ("app-1.0-web-2", "1.0", "Up 2 minutes (healthy)")])
     assert observed["drift"] == []
     seen = observed["containers"]["1.0"]
     assert (seen["total"], seen["running"], seen["healthy"], seen["starting"]) == (2, 2, 1, 1)
@@ -250,3 +242,31 @@ def test_without_proxy_the_logs_are_the_containers(views, monkeypatch):
         asked.append((tgt, fun)) or {"app1": {}}))
     assert views.logs(app="app", proxy=False) == {"logs": {"app1": {}}, "problems": []}
     assert asked == [("app*", "stack_containers.logs")]
+
+
+def _two_balancers(views, monkeypatch, lb1, lb2, stacks=None):
+    answers = {"docker.ps": {"app1": {}},
+               "haproxy_runtime.show_map": {"lb1": lb1, "lb2": lb2}}
+    monkeypatch.setattr(views, "_ask", lambda tgt, tgt_type, fun, **kw: answers[fun])
+    definition = {"config": {"target": "app*"}, "loadbal": {"target": "lb*"}, "task_definitions": {"count": 1, "web": {}}}
+    entry = {"stacks": stacks or {}, "routes": {"app/production": None, "app/internal": None}}
+    return views._observe("app", definition, entry)
+
+
+def test_status_shows_each_load_balancers_routes_and_no_drift_when_they_agree(views, monkeypatch):
+    observed = _two_balancers(views, monkeypatch, {"other/production": "other_a"}, {})
+    assert observed["balancers"] == {"lb1": {}, "lb2": {}}  # only the app's own keys
+    assert observed["drift"] == []
+
+
+def test_load_balancers_that_disagree_are_drift_with_the_cure(views, monkeypatch):
+    observed = _two_balancers(views, monkeypatch, {"app/production": "app_a"}, {})
+    assert observed["balancers"] == {"lb1": {"app/production": "app_a"}, "lb2": {}}
+    assert observed["drift"] == [
+        "lb1: route app/production goes to app_a, the registry says no stack (503)",
+        "the load balancers disagree on app/production: lb1 -> app_a, lb2 -> no stack (503); apply the "
+        "haproxy state on the load balancers (salt <minion> state.apply haproxy)"]
+    with_stacks = _two_balancers(views, monkeypatch, {"app/internal": "app_b"}, {"app/internal": "app_a"},
+                                 stacks={"1.0": {"state": "active", "slot": "a"}})
+    assert with_stacks["drift"][-1] == ("the load balancers disagree on app/internal: lb1 -> app_b, lb2 -> app_a; "
+                                        "run ./stacks.py repair --app-name app")

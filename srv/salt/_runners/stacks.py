@@ -59,7 +59,7 @@ def _uptime(status):
 def _observe(app, definition, entry, lock_=None):
     """What really runs for one app, and where it differs from the registry (drift). The
     containers of the version an action holding the lock is working on are not drift."""
-    observed = {"containers": {}, "routes": None, "drift": []}
+    observed = {"containers": {}, "routes": None, "balancers": {}, "drift": []}
     drift = observed["drift"]
     config, loadbal = definition.get("config") or {}, definition.get("loadbal") or {}
     interval = __utils__["pigeon_definition.health_interval"](definition) if definition else 30
@@ -120,11 +120,32 @@ def _observe(app, definition, entry, lock_=None):
             continue
         mine = {k: v for k, v in routes_.items() if k.startswith(f"{app}/")}
         observed["routes"] = mine
+        observed["balancers"][minion] = mine
         for key, want in entry["routes"].items():
             if mine.get(key) != want:
                 drift.append(f"{minion}: route {key} goes to {mine.get(key) or 'no stack (503)'}, "
                              f"the registry says {want or 'no stack (503)'}")
+    drift.extend(_disagreements(app, observed["balancers"], bool(entry["stacks"])))
     return observed
+
+
+def _disagreements(app, balancers, has_stacks):
+    """One drift line per route key that the load balancers do not all send to the same
+    backend ({minion: {key: backend}}); none with fewer than two. The cure: a repair sets the
+    registry's routes on every one; with no stack to repair, each one's haproxy state (its
+    routes.map is rendered from the registry, and applied at runtime when it changes)."""
+    lines = []
+    if len(balancers) < 2:
+        return lines
+    cure = (f"run ./stacks.py repair --app-name {app}" if has_stacks else
+            "apply the haproxy state on the load balancers (salt <minion> state.apply haproxy)")
+    for key in sorted({key for routes_ in balancers.values() for key in routes_}):
+        seen = {minion: routes_.get(key) for minion, routes_ in balancers.items()}
+        if len(set(seen.values())) > 1:
+            lines.append(f"the load balancers disagree on {key}: "
+                         + ", ".join(f"{minion} -> {value or 'no stack (503)'}" for minion, value in sorted(seen.items()))
+                         + f"; {cure}")
+    return lines
 
 
 def _door(kind, args, kwargs):
@@ -201,7 +222,7 @@ def status(*args, **kwargs):
         if observe and name in definitions:
             result[name]["observed"] = _observe(name, definitions[name], entry, lock_)
         elif observe:
-            result[name]["observed"] = {"containers": {}, "routes": None,
+            result[name]["observed"] = {"containers": {}, "routes": None, "balancers": {},
                                         "drift": [f"no stacks:{name} in pillar"]}
     return result
 
