@@ -38,7 +38,7 @@ test: lab vagrant
 # its last test takes it down and checks that nothing of it is left
 multihost:
 	rc=0; $(MAKE) lab TOPOLOGY=multi && PIGEON_MULTIHOST_DOWN=1 $(PY) -m pytest tests/multihost -p no:cacheprovider -rs \
-	  || rc=$$?; bootstrap/lab.sh down >/dev/null; exit $$rc
+	  || rc=$$?; bootstrap/lab.sh down >/dev/null || { echo "make multihost: the lab did not go down cleanly: bootstrap/lab.sh down" >&2; rc=1; }; exit $$rc
 
 # `vagrant validate` checks the Vagrantfile in the tests (no VirtualBox needed)
 vagrant:

@@ -51,7 +51,16 @@ dockr() { local h=$1; shift; docker -H "unix://$(sock "$h")" "$@"; }
 
 # --- the switch: a bridge in a namespace of its own, an uplink veth to the root namespace ----
 # (on a root bridge, frames between hosts would cross docker's FORWARD chain, policy DROP)
+# The namespaces, the uplink and 10.231.0.0/24 are machine-wide: the lab that made them owns
+# them (OWNER names its .lab folder). Another checkout's up is refused, its down leaves them.
+OWNER=/run/pigeon-lab/owner
+owner() { cat "$OWNER" 2>/dev/null || true; }
+foreign() { [ -n "$(owner)" ] && [ "$(owner)" != "$LAB" ]; }
+
 switch_up() {
+  foreign && fail "the multi-host lab of $(owner) runs on this machine (its namespaces are machine-wide): take it down there first (bootstrap/lab.sh down)"
+  mkdir -p /run/pigeon-lab
+  echo "$LAB" > "$OWNER"
   ns_exists "$SWITCH" && return 0
   ip netns add "$SWITCH"
   ip -n "$SWITCH" link add br0 type bridge
@@ -139,7 +148,7 @@ _dockerd() {
   exec dockerd --data-root "$d/docker" --exec-root "$(exec_root "$h")" --pidfile "$d/dockerd.pid" \
     -H "unix://$(sock "$h")" --bip "10.232.$n.1/24" \
     --default-address-pool "base=10.$((100 + n)).0.0/16,size=24" \
-    --cgroup-parent "pigeon-$h" --iptables=true --userland-proxy=false
+    --cgroup-parent "pigeon-$h" --exec-opt native.cgroupdriver=cgroupfs --iptables=true --userland-proxy=false
 }
 
 host_down() {
@@ -168,7 +177,8 @@ host_down() {
   ip -n "$SWITCH" link del "p-$h" 2>/dev/null || true
   rm -rf "/etc/netns/$ns" "$(exec_root "$h")"
   # the containers' cgroup parent (--cgroup-parent), empty now, in every hierarchy
-  find /sys/fs/cgroup -mindepth 2 -maxdepth 2 -type d -name "$ns" -exec rmdir {} + 2>/dev/null || true
+  # (cgroup v1: one level down in each hierarchy; v2: at the top of the unified one)
+  find /sys/fs/cgroup -mindepth 1 -maxdepth 2 -type d -name "$ns" -exec rmdir {} + 2>/dev/null || true
   rm -f "$d/dockerd.pid" "$(sock "$h")" "$LAB/etc/salt/pki/master/minions/$h"
 }
 
@@ -226,18 +236,19 @@ cmd=${1:-}
 case $cmd in
   up)
     t0=$SECONDS; hosts=$(names "$@")
-    save_images
     switch_up
+    save_images
     step "starting hosts: $hosts"
     each up $hosts
     step "hosts up in $((SECONDS - t0)) s: $(for h in $hosts; do printf '%s=%s ' "$h" "$(address "$h")"; done)"
     ;;
   down)
     t0=$SECONDS; hosts=$(names "$@")
+    if foreign; then echo "hosts.sh: the hosts belong to the lab of $(owner): left alone"; exit 0; fi
     [ -n "${hosts// /}" ] || ns_exists "$SWITCH" || exit 0   # nothing of the lab's here
     if [ -n "${hosts// /}" ]; then step "stopping hosts: $hosts"; each down $hosts; fi
     # the switch goes with the last host
-    if [ -z "$(hosts_running)" ]; then switch_down; rmdir /run/pigeon-lab /etc/netns 2>/dev/null || true; fi
+    if [ -z "$(hosts_running)" ]; then switch_down; rm -f "$OWNER"; rmdir /run/pigeon-lab /etc/netns 2>/dev/null || true; fi
     step "hosts down in $((SECONDS - t0)) s"
     ;;
   status) hosts=$(names "$@"); for h in $hosts; do host_status "$h"; done ;;

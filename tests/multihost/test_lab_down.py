@@ -28,7 +28,8 @@ def test_lab_down_leaves_nothing(root):
     assert "pigeon-" not in root.run("ip -o link show").stdout
     for pattern in (f"--data-root {LAB}/hosts/", "/run/pigeon-lab/", f"salt-minion -c {LAB}/hosts/",
                     f"-c {LAB}/etc/salt"):
-        assert root.run(f"pgrep -f -- '[{pattern[0]}]{pattern[1:]}'").stdout == "", pattern
+        found = root.run(f"pgrep -f -- '[{pattern[0]}]{pattern[1:]}'")
+        assert found.rc == 1 and found.stdout == "", (pattern, found)  # 1: none; 2 would be a bad pattern
     assert not root.file("/run/pigeon-lab").exists
     assert root.run("find /sys/fs/cgroup -maxdepth 2 -name 'pigeon-*'").stdout == ""  # --cgroup-parent
     assert not [p for p in root.file("/etc/netns").listdir() if p.startswith("pigeon-")] \

@@ -16,7 +16,9 @@ def hosts_sh(*args):
 
 def lab_processes(root, pattern):
     """pids whose command line has pattern (its first character in brackets: not the shell's)"""
-    return root.run(f"pgrep -f -- '[{pattern[0]}]{pattern[1:]}'").stdout.split()
+    found = root.run(f"pgrep -f -- '[{pattern[0]}]{pattern[1:]}'")
+    assert found.rc in (0, 1), found  # 2: a bad pattern, which would find nothing and prove nothing
+    return found.stdout.split()
 
 
 def test_down_then_up_of_one_host_brings_it_back(root, env, get):

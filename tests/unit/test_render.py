@@ -1149,3 +1149,16 @@ def test_the_docker_formula_starts_dockerd_only_when_asked(opts, start_daemon):
         assert {"unless": [{"fun": "docker.version"}]} in check
     package = render_file(opts, "docker/package/install.sls", pillar, _functions(opts, pillar))
     assert {"refresh": False} in package["docker-package-install-pkg-installed"]["pkg.installed"]
+
+
+@pytest.mark.parametrize("start_daemon", [True, False])
+def test_on_systemd_the_docker_formula_manages_the_service_only_when_it_starts_the_daemon(opts, start_daemon):
+    """The multi-host lab's hosts share this machine's PID 1: where that is systemd, their docker
+    formula must still only check their own daemon, and docker.clean must stop nothing."""
+    opts = dict(opts, grains=dict(opts.get("grains") or {}, init="systemd"))
+    pillar = {"docker": {"start_daemon": start_daemon, "pkg_refresh": False}}
+    high = render_file(opts, "docker/service/running.sls", pillar, _functions(opts, pillar))
+    assert ("docker-service-running-service-running" in high) == start_daemon
+    assert ("docker-service-running-test-fail-without-changes" in high) == (not start_daemon)
+    clean = render_file(opts, "docker/clean.sls", pillar, _functions(opts, pillar)) or {}
+    assert ("docker-clean-service-dead" in clean) == start_daemon and "docker-clean-cmd-run" not in clean

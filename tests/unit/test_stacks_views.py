@@ -270,3 +270,26 @@ def test_load_balancers_that_disagree_are_drift_with_the_cure(views, monkeypatch
                                  stacks={"1.0": {"state": "active", "slot": "a"}})
     assert with_stacks["drift"][-1] == ("the load balancers disagree on app/internal: lb1 -> app_b, lb2 -> app_a; "
                                         "run ./stacks.py repair --app-name app")
+
+
+def test_a_load_balancer_or_app_minion_that_does_not_answer_is_drift(views, monkeypatch):
+    # with lb2 silent, the one LB that answers cannot disagree with anyone: status says lb2 is unknown
+    views.__utils__["pigeon_minions.expected"] = lambda tgt, tgt_type: {"lb*": ["lb1", "lb2"],
+                                                                        "app*": ["app1", "app2"]}[tgt]
+    answers = {"docker.ps": {"app1": {}}, "haproxy_runtime.show_map": {"lb1": {"app/production": "app_a"}}}
+    monkeypatch.setattr(views, "_ask", lambda tgt, tgt_type, fun, **kw: answers[fun])
+    definition = {"config": {"target": "app*"}, "loadbal": {"target": "lb*"}, "task_definitions": {"count": 1, "web": {}}}
+    entry = {"stacks": {}, "routes": {"app/production": None, "app/internal": None}}
+    observed = views._observe("app", definition, entry)
+    assert "app2: no answer: its containers are unknown (is its salt-minion running?)" in observed["drift"]
+    assert "lb2: no answer: its routes are unknown (is its salt-minion running?)" in observed["drift"]
+    assert not any("app1" in line or "lb1: no answer" in line for line in observed["drift"]), observed["drift"]
+
+
+def test_when_the_master_cannot_tell_which_minions_should_answer_nothing_is_claimed(views, monkeypatch):
+    def broken(tgt, tgt_type):
+        raise RuntimeError("no cache")
+
+    views.__utils__["pigeon_minions.expected"] = broken
+    observed = _two_balancers(views, monkeypatch, {}, {})
+    assert observed["drift"] == []

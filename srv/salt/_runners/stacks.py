@@ -41,6 +41,14 @@ def _ask(tgt, tgt_type, fun, timeout=10, **kwarg):
     return __utils__["pigeon_minions.ask"](tgt, tgt_type, fun, timeout=timeout, **kwarg)
 
 
+def _silent(tgt, tgt_type, answered):
+    """The minions ``tgt`` matches that are not in ``answered``: down, or too slow to answer."""
+    try:
+        return [m for m in __utils__["pigeon_minions.expected"](tgt, tgt_type) if m not in answered]
+    except Exception:  # pylint: disable=broad-except
+        return []  # the master cannot tell: say nothing rather than something false
+
+
 UPTIME_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800, "month": 2592000}
 
 
@@ -67,6 +75,9 @@ def _observe(app, definition, entry, lock_=None):
                  all=True, filters={"label": [f"pigeon.app={app}"]})
     if not found:
         drift.append(f"no answer from {config.get('target')}: containers unknown")
+    else:
+        for minion in _silent(config.get("target"), config.get("target_type", "glob"), found):
+            drift.append(f"{minion}: no answer: its containers are unknown (is its salt-minion running?)")
     for minion, containers in found.items():
         if not isinstance(containers, dict):
             drift.append(f"{minion}: docker.ps failed: {str(containers)[:120]}")
@@ -125,6 +136,8 @@ def _observe(app, definition, entry, lock_=None):
             if mine.get(key) != want:
                 drift.append(f"{minion}: route {key} goes to {mine.get(key) or 'no stack (503)'}, "
                              f"the registry says {want or 'no stack (503)'}")
+    for minion in _silent(loadbal.get("target"), loadbal.get("target_type", "glob"), maps):
+        drift.append(f"{minion}: no answer: its routes are unknown (is its salt-minion running?)")
     drift.extend(_disagreements(app, observed["balancers"], bool(entry["stacks"])))
     return observed
 

@@ -9,6 +9,15 @@ Reached as ``__utils__["pigeon_minions.ask"]``; the unit tests replace Salt's
 """
 
 
+def expected(tgt, tgt_type):
+    """The minions with an accepted key that ``tgt`` matches (what the master's cache knows),
+    sorted: those that should answer ``ask``."""
+    import salt.utils.minions  # pylint: disable=import-outside-toplevel
+
+    found = salt.utils.minions.CkMinions(__opts__).check_minions(tgt, tgt_type or "glob")
+    return sorted(found.get("minions") or [])
+
+
 def ask(tgt, tgt_type, fun, timeout=10, **kwarg):
     """Call ``fun(**kwarg)`` on the minions of ``tgt``: {minion: return}. A minion that did
     not answer within ``timeout`` seconds is absent, or False."""
