@@ -116,6 +116,9 @@ stacks:
     loadbal:
       target: '^lb[0-9]\$'
       target_type: pcre
+      servers:                  # HAProxy reaches the app hosts by address (docs/multi-host.md)
+        network: ${uplink%.*}.0/24   # the hosts' addresses are picked from their grains there
+        first_port: 21000       # published ports 21000-21029 on each app host
     config:
       target: '^app[0-9]\$'
       target_type: pcre

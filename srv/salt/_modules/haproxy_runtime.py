@@ -26,6 +26,7 @@ Minion config (all optional):
 """
 
 import contextlib
+import ipaddress
 import logging
 import os
 import posixpath
@@ -302,8 +303,99 @@ def _verify_runtime(map_ref, wanted, socket):
     return final
 
 
+def _checked_servers(servers):
+    """{backend: [(address, port)]} from what the plan sent, or CommandExecutionError (one line):
+    an address is an IP address, a port a whole number from 1 to 65535."""
+    if not isinstance(servers, dict):
+        raise CommandExecutionError(f"servers {servers!r}: must be a dict of backend to [[address, port], ...]")
+    checked = {}
+    for backend, wanted in servers.items():
+        _check_token(backend, "backend")
+        if not isinstance(wanted, list):
+            raise CommandExecutionError(f"servers of {backend}: must be a list of [address, port]")
+        checked[backend] = []
+        for server in wanted:
+            try:
+                addr, port = server
+                addr, port = str(ipaddress.ip_address(addr)), int(port)
+                if isinstance(server[1], bool) or not 1 <= port <= 65535:
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise CommandExecutionError(
+                    f"servers of {backend}: {server!r} is not [IP address, port from 1 to 65535]") from None
+            checked[backend].append((addr, port))
+    return checked
+
+
+def set_servers(servers, socket=None):
+    """
+    Give a backend's servers their addresses: ``servers`` is {backend: [[address, port], ...]}.
+    The backend's server-template slots (``s1``..``sN``, `disabled` in haproxy.cfg) take them
+    in order and are made ready; the slots left over go to maintenance. Only what differs is
+    sent (``set server <b>/<s> addr A port P``, ``state ready``/``maint``). HAProxy keeps them
+    across reloads through its server-state file (the haproxy formula dumps it before each
+    reload); a load balancer that converges gets them from the registry (sync_servers).
+    Backends not named are left alone. Returns {backend: {server: "addr:port" or "maint"}}
+    for what changed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' haproxy_runtime.set_servers '{"app_b": [["10.0.0.21", 21010]]}'
+    """
+    wanted_all = _checked_servers(servers)
+    if wanted_all:
+        _check_backends_exist(list(wanted_all), socket)
+    changes = {}
+    for backend, wanted in sorted(wanted_all.items()):
+        state = _command(socket, f"show servers state {backend}")
+        try:
+            current = __utils__["haproxy_admin.parse_servers_state"](state, backend)
+        except ValueError as exc:
+            raise CommandExecutionError(f"{exc}; does the admin socket have 'level admin'?") from exc
+        if len(wanted) > len(current):
+            raise CommandExecutionError(
+                f"backend {backend}: {len(wanted)} servers asked, it has {len(current)} slots;"
+                " lower the count or the app minions")
+        for n, server in enumerate(current):
+            ref = f"{backend}/{server['name']}"
+            if n < len(wanted):
+                addr, port = wanted[n]
+                if (server["addr"], server["port"]) != (addr, port):
+                    answer = _command(socket, f"set server {ref} addr {addr} port {port}").strip()
+                    if answer and not answer.lower().startswith(("ip changed", "no need to change", "port changed")):
+                        raise CommandExecutionError(f"set server {ref} addr {addr} port {port}: {answer.splitlines()[0]}")
+                    changes.setdefault(backend, {})[server["name"]] = f"{addr}:{port}"
+                if server["maint"]:
+                    _command(socket, f"set server {ref} state ready", expect_empty=True)
+                    changes.setdefault(backend, {})[server["name"]] = f"{addr}:{port}"
+            elif not server["maint"]:
+                _command(socket, f"set server {ref} state maint", expect_empty=True)
+                changes.setdefault(backend, {})[server["name"]] = "maint"
+    return changes
+
+
+def sync_servers(servers, socket=None):
+    """
+    The servers the registry holds for this load balancer's apps (``pigeon:servers``, through
+    ``pigeon_pillar.servers``), set at runtime as set_servers does: the haproxy formula runs it
+    on every apply, so a new or rebuilt load balancer routes to the same servers as the others.
+    Backends HAProxy does not have yet are skipped (their config is not loaded). Returns
+    {"changes": set_servers' changes}.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' haproxy_runtime.sync_servers '{"app_a": [["10.0.0.21", 21000]]}'
+    """
+    known = set(backends(socket=socket))
+    return {"changes": set_servers({b: s for b, s in (servers or {}).items() if b in known}, socket=socket)}
+
+
 def set_routes(routes, map_name="routes.map", socket=None, maps_dir=None, maps_dir_in_container=None,
-               require_up=None, wait=0):
+               require_up=None, wait=0, servers=None):
     """
     Point map keys at backends, in the map file and in the running HAProxy.
 
@@ -313,6 +405,9 @@ def set_routes(routes, map_name="routes.map", socket=None, maps_dir=None, maps_d
     waits that long for them (see wait_up) instead of checking once: a release
     routes preview traffic as soon as its servers are UP, an activate refuses
     at once.
+
+    ``servers`` ({backend: [[address, port], ...]}), when given, are set first (set_servers):
+    the slot of a stack whose containers HAProxy reaches by address (several app minions).
 
     ``routes`` is {key: backend name, or None to delete the key}. Every
     backend named must exist, since HAProxy silently falls back to its
@@ -334,6 +429,8 @@ def set_routes(routes, map_name="routes.map", socket=None, maps_dir=None, maps_d
         _check_token(key, "route key")
         if value is not None:
             _check_token(value, f"backend for {key}")
+    if servers:
+        set_servers(servers, socket=socket)
     for backend, count in (require_up or {}).items():
         if float(wait or 0) > 0:
             wait_up(backend, count, timeout=wait, socket=socket)

@@ -52,7 +52,7 @@ def loadbal_apps(frontends, stacks=None):
         except ValueError as exc:  # pigeon_schema.Invalid
             raise CommandExecutionError(f"haproxy: stacks:{str(app)[:60]!r} not rendered: {exc}") from None
         apps[app] = dict(loadbal, backends=__utils__["pigeon_definition.backends"](
-            app, __utils__["pigeon_statemachine.slots"](), __utils__["pigeon_statemachine.backend"]))
+            app, __utils__["pigeon_statemachine.slots"](), __utils__["pigeon_statemachine.backend"], loadbal))
     return apps
 
 
@@ -73,3 +73,24 @@ def routes_map(apps, routes=None):
         routes = (__pillar__.get("pigeon") or {}).get("routes") or {}
     mine = {str(k): str(v) for k, v in routes.items() if v and str(k).split("/")[0] in list(apps or [])}
     return __utils__["haproxy_maps.map_text"](mine)
+
+
+def servers(apps, registered=None):
+    """
+    The servers the registry holds for these apps' slots that HAProxy reaches by address, as
+    haproxy_runtime.sync_servers takes them: {backend: [[address, port], ...]}.
+    ``registered`` defaults to this minion's ``pigeon:servers`` pillar ({app: {slot:
+    servers}}, from the ext_pillar pigeon_registry).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt lb-minion pigeon_pillar.servers '[app]'
+    """
+    if registered is None:
+        registered = (__pillar__.get("pigeon") or {}).get("servers") or {}
+    backend = __utils__["pigeon_statemachine.backend"]
+    return {backend(str(app), str(slot)): [list(s) for s in found]
+            for app, slots in sorted(registered.items()) if str(app) in list(apps or [])
+            for slot, found in sorted((slots or {}).items())}

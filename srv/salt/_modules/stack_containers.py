@@ -201,7 +201,27 @@ def _start_one(url, container, stack_network, image, create, host):
         client.close()
 
 
-def start(app, version, network, containers):
+def _published(containers, addresses):
+    """The containers with a port to publish (``publish``: {"host", "container"}) given their
+    docker port_bindings on this minion's address in ``addresses`` ({minion: address})."""
+    if not any(c.get("publish") for c in containers):
+        return containers
+    mine = (addresses or {}).get(__grains__["id"])
+    if not mine:
+        raise CommandExecutionError(
+            f"{__grains__['id']} has no address in the plan; its containers cannot publish the ports "
+            "HAProxy reaches; run the release again (the plan is made for the minions it finds)")
+    result = []
+    for c in containers:
+        if c.get("publish"):
+            config = dict(c["docker_config"])
+            config["port_bindings"] = [f"{mine}:{c['publish']['host']}:{c['publish']['container']}"]
+            c = dict(c, docker_config=config)
+        result.append(c)
+    return result
+
+
+def start(app, version, network, containers, addresses=None):
     """
     Start the containers of one stack at once, each in a thread with a docker client of
     its own: the stack's network first (created when missing, each container's service
@@ -221,6 +241,7 @@ def start(app, version, network, containers):
     import docker  # pylint: disable=import-outside-toplevel
 
     client_args = __salt__["docker.get_client_args"](["create_container", "host_config"])
+    containers = _published(containers, addresses)
     prepared = []
     for c in containers:
         prepared.append((c, *split_config(_translate(c["docker_config"]), client_args)))

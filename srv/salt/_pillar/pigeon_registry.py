@@ -1,7 +1,9 @@
 """
 ext_pillar ``pigeon_registry``: the routes the registry holds, as pillar
-``pigeon:routes`` ({"<app>/production": "<backend>", ...}), so that any
-load-balancer minion renders the same routing by applying its states.
+``pigeon:routes`` ({"<app>/production": "<backend>", ...}), and the servers of
+the stacks HAProxy reaches by address, as ``pigeon:servers`` ({app: {slot:
+[[address, port], ...]}}), so that any load-balancer minion renders the same
+routing to the same servers by applying its states.
 
 Master config::
 
@@ -20,8 +22,12 @@ def __virtual__():
 
 def ext_pillar(minion_id, pillar, *args, **kwargs):  # pylint: disable=unused-argument
     cache = salt.cache.factory(__opts__)
-    routes = {}
+    routes, servers = {}, {}
     for app in cache.list("pigeon/registry") or []:
         entry = cache.fetch("pigeon/registry", app) or {}
         routes.update({k: v for k, v in (entry.get("routes") or {}).items() if v})
-    return {"pigeon": {"routes": routes}}
+        slots = {s["slot"]: s["servers"] for s in (entry.get("stacks") or {}).values()
+                 if isinstance(s, dict) and s.get("servers") and s.get("slot")}
+        if slots:
+            servers[app] = slots
+    return {"pigeon": {"routes": routes, "servers": servers}}

@@ -106,10 +106,12 @@ def _run(action, values, source, user=None):
     planned = request
     try:
         if values.get("wait"):  # it may have waited: plan on the pillar as it is now
-            definition = _utils("pigeon_registry.definitions")().get(app)
+            definitions = _utils("pigeon_registry.definitions")()
+            definition = definitions.get(app)
         planned = _utils("pigeon_plan.make")(
             app, action, version=version, force=values.get("force", False), definition=definition,
-            expect_revision=values.get("expect_revision"), keep_failed=values.get("keep_failed", False))
+            expect_revision=values.get("expect_revision"), keep_failed=values.get("keep_failed", False),
+            others=definitions)
         if planned.get("error"):
             _utils("pigeon_plan.refused")(app, action, checked, planned["error"], user=user, source=source, job=job)
             return _utils("pigeon_outcome.refused")(request, planned["error"])
@@ -210,7 +212,7 @@ def _dry_run(action, values):
     definitions = _utils("pigeon_registry.definitions")()
     planned = _utils("pigeon_plan.make")(
         values["app"], action, version=values.get("version"), force=values.get("force", False),
-        definition=definitions.get(values["app"]), known=list(definitions),
+        definition=definitions.get(values["app"]), known=list(definitions), others=definitions,
         expect_revision=values.get("expect_revision"), keep_failed=values.get("keep_failed", False))
     if planned.get("error"):
         return _refuse(planned["error"])

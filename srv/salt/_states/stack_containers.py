@@ -16,7 +16,7 @@ def __virtual__():
     return __virtualname__
 
 
-def running(name, app, version, network, containers, keep=None, healthy_timeout=None):
+def running(name, app, version, network, containers, keep=None, healthy_timeout=None, addresses=None):
     """
     The containers of one stack exist and run. First, with ``keep`` (the versions the
     registry knows), the app's containers of any other version are removed, this one's
@@ -25,6 +25,8 @@ def running(name, app, version, network, containers, keep=None, healthy_timeout=
     app's default network for load-balanced services), all at once. With
     ``healthy_timeout`` (seconds), also healthy: the state waits for every container's
     docker HEALTHCHECK and fails naming those that are not, with their last check output.
+    ``addresses`` ({minion: address}): the load-balanced containers publish their port on this
+    minion's address, where HAProxy on another minion reaches them.
 
     .. code-block:: yaml
 
@@ -48,7 +50,7 @@ def running(name, app, version, network, containers, keep=None, healthy_timeout=
             leftovers = __salt__["stack_containers.remove_leftovers"](app, list(keep))
             if leftovers:
                 ret["changes"]["leftovers_removed"] = leftovers
-        changed = __salt__["stack_containers.start"](app, version, network, containers)
+        changed = __salt__["stack_containers.start"](app, version, network, containers, addresses=addresses)
     except CommandExecutionError as exc:
         ret["result"] = False
         ret["comment"] = str(exc)

@@ -235,6 +235,38 @@ def server_state_count(text):
     return len([line for line in text.splitlines()[1:] if line.strip() and not line.startswith("#")])
 
 
+# srv_admin_state flags of `show servers state` that keep a server out of service: forced,
+# inherited, configured (`disabled`), resolution and hostname maintenance
+MAINT_FLAGS = 0x01 | 0x02 | 0x04 | 0x40 | 0x80
+
+
+def parse_servers_state(text, backend):
+    """
+    The servers of ``backend`` in a `show servers state` answer, in their configured order:
+    [{"name", "addr", "port" (int), "maint" (bool)}]. Raises ValueError when the answer is
+    not one (no version line, or a server line without the documented columns).
+    """
+    if server_state_count(text) is None:
+        raise ValueError(f"show servers state: expected a version line, got {' '.join(text.split())[:80]!r}")
+    columns = None
+    found = []
+    for line in text.splitlines()[1:]:
+        if line.startswith("#"):
+            columns = line.lstrip("# ").split()
+            continue
+        if not line.strip() or columns is None:
+            continue
+        row = dict(zip(columns, line.split()))
+        if row.get("be_name") != backend:
+            continue
+        try:
+            found.append({"name": row["srv_name"], "addr": row["srv_addr"], "port": int(row["srv_port"]),
+                          "maint": bool(int(row["srv_admin_state"]) & MAINT_FLAGS)})
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"show servers state: a line of {backend} without {exc}") from None
+    return found
+
+
 def access_lines(text, backends, app=None):
     """
     The lines of a `show events <ring>` answer (the access log of haproxy.cfg, one request a

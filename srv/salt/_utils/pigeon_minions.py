@@ -25,3 +25,34 @@ def ask(tgt, tgt_type, fun, timeout=10, **kwarg):
 
     with salt.client.get_local_client(mopts=__opts__) as client:
         return client.cmd(tgt, fun, kwarg=kwarg, tgt_type=tgt_type or "glob", timeout=timeout) or {}
+
+
+def addresses(minions, network):
+    """
+    Where HAProxy reaches each of ``minions``: ({minion: its first ``ipv4`` grain inside
+    ``network``}, [minions with none]), from the grains the master's cache holds (each
+    minion sends them when it starts and refreshes its pillar). ``network`` bounds what a
+    minion's own grains can point HAProxy at.
+    """
+    import ipaddress  # pylint: disable=import-outside-toplevel
+
+    import salt.utils.minions  # pylint: disable=import-outside-toplevel
+
+    inside = ipaddress.ip_network(network, strict=False)
+    found, missing = {}, []
+    for minion in minions:
+        grains = salt.utils.minions.get_minion_data(minion, __opts__)[1] or {}
+        picked = None
+        for raw in grains.get("ipv4") or []:
+            try:
+                address = ipaddress.ip_address(str(raw))
+            except ValueError:
+                continue
+            if address in inside:
+                picked = str(address)
+                break
+        if picked:
+            found[minion] = picked
+        else:
+            missing.append(minion)
+    return found, missing

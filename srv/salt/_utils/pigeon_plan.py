@@ -75,15 +75,61 @@ def check(app, action, version=None, definition=None, known=()):
     return version, None
 
 
+def _overlap(app, definition, others):
+    """Why the host ports of ``app`` (``loadbal:servers:first_port``) cannot be used: another
+    app's range overlaps it (one line), or None."""
+    span = _utils("pigeon_definition.port_span")
+    slots = _utils("pigeon_statemachine.slots")()
+    mine = span(definition["loadbal"], slots)
+    for other, theirs in sorted((others or {}).items()):
+        loadbal = theirs.get("loadbal") if isinstance(theirs, dict) and other != app else None
+        if not isinstance(loadbal, dict) or not _utils("pigeon_definition.by_address")(loadbal):
+            continue
+        try:
+            ports = span(loadbal, slots)
+        except (KeyError, TypeError, ValueError):
+            continue  # its own actions refuse it
+        if mine.start < ports.stop and ports.start < mine.stop:
+            return (f"broken pillar: stacks:{app}:loadbal:servers:first_port {mine.start} (ports "
+                    f"{mine.start}-{mine.stop - 1}) overlaps stacks:{other}'s ({ports.start}-{ports.stop - 1}); "
+                    "give each app its own range")
+    return None
+
+
+def placement(app, definition):
+    """({app minion: address}, None) for an app HAProxy reaches by address: the minions with an
+    accepted key that ``config:target`` matches, each at its address in ``loadbal:servers:
+    network``; or (None, one line) when one of them has no such address."""
+    config, servers = definition["config"], definition["loadbal"]["servers"]
+    minions = _utils("pigeon_minions.expected")(config["target"], config.get("target_type", "glob"))
+    found, missing = _utils("pigeon_minions.addresses")(minions, servers["network"])
+    if missing:
+        return None, (f"{missing[0]}: no address in {servers['network']} among its ipv4 grains "
+                      f"(stacks:{app}:loadbal:servers:network); check with salt {missing[0]} grains.get ipv4")
+    return found, None
+
+
 def make(app, action, version=None, force=False, definition=None, expect_revision=None, keep_failed=False,
-         known=()):
+         known=(), others=None):
     """
     The plan of ``action`` on the registry as it is now, or {"error": one line}.
-    ``definition`` is the app's ``stacks:<app>`` pillar; ``known``, the pillar's apps.
+    ``definition`` is the app's ``stacks:<app>`` pillar; ``known``, the pillar's apps;
+    ``others``, their definitions (an app whose host ports overlap another's is refused).
     """
     version, refusal = check(app, action, version, definition, known)
     if refusal:
         return {"error": refusal}
+    addressed = _utils("pigeon_definition.by_address")(definition["loadbal"])
+    where = None
+    if addressed:
+        refusal = _overlap(app, definition, others)
+        if refusal:
+            return {"error": refusal}
+        where, refusal = placement(app, definition)
+        if refusal:
+            return {"error": refusal}
+    loadbal = definition["loadbal"]
+    balancers = _utils("pigeon_minions.expected")(loadbal["target"], loadbal.get("target_type", "glob"))
     entry = _utils("pigeon_registry.load")(app)
     if expect_revision is not None and int(expect_revision) != entry["generation"]:
         return {"error": f"the registry of {app} is at revision {entry['generation']}, not "
@@ -95,7 +141,8 @@ def make(app, action, version=None, force=False, definition=None, expect_revisio
             raise
         return {"error": str(exc)}
     planned = _utils("pigeon_definition.expand")(app, action, version, definition, entry, planned,
-                                                 _utils("pigeon_statemachine.backend"))
+                                                 _utils("pigeon_statemachine.backend"), placement=where,
+                                                 slots=_utils("pigeon_statemachine.slots")(), balancers=balancers)
     if planned.get("error"):
         return planned
     planned["keep_failed"] = bool(keep_failed)

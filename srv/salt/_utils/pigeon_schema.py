@@ -20,6 +20,7 @@ Pure Python, no Salt: loaded by Salt as ``__utils__["pigeon_schema.check"]``
 and imported by path in the unit tests.
 """
 
+import ipaddress
 import json
 import math
 import re
@@ -235,6 +236,30 @@ def _walk(path, value):
                       "Plane (such as an emoji), which Salt's YAML cannot carry; see docs/pillar.md")
 
 
+SERVER_PORTS = 30  # host ports an app's slots may publish (pigeon_definition.port_span: 3 slots of 10)
+
+
+def _check_servers(path, servers):
+    """``loadbal:servers``: HAProxy reaches the app minions by address. ``network`` (the
+    addresses to pick from, a CIDR) and ``first_port`` (of SERVER_PORTS published ports)."""
+    unknown = sorted(str(k) for k in servers if k not in ("network", "first_port"))
+    if unknown:
+        raise Invalid(f"broken pillar: {path} has unknown key {unknown[0][:60]!r}: network and "
+                      "first_port only; see docs/pillar.md")
+    for key in ("network", "first_port"):
+        if key not in servers:
+            raise Invalid(f"broken pillar: {path}:{key} is missing; see docs/pillar.md")
+    network = servers["network"]
+    try:
+        if not isinstance(network, str):
+            raise ValueError
+        ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        raise Invalid(f"broken pillar: {path}:network {_show(network)} is not a network such as "
+                      "10.0.0.0/24; see docs/pillar.md") from None
+    _pillar_integer(f"{path}:first_port", servers["first_port"], 1024, 65536 - SERVER_PORTS)
+
+
 def check_definition(app, definition):
     """
     The checks of a ``stacks:<app>`` definition that Pigeon's steps rely on:
@@ -294,6 +319,9 @@ def check_definition(app, definition):
         _pillar_integer(f"{base}:loadbal:drain_timeout", loadbal["drain_timeout"], 0, 3600)
     if "backend_port" in loadbal:
         _pillar_integer(f"{base}:loadbal:backend_port", loadbal["backend_port"], 1, 65535)
+    servers = _mapping(f"{base}:loadbal:servers", loadbal.get("servers"), required=False)
+    if servers:
+        _check_servers(f"{base}:loadbal:servers", servers)
     if definition.get("version") is not None:
         version = definition["version"]
         if isinstance(version, (int, float)) and not isinstance(version, bool):

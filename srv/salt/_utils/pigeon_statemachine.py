@@ -17,7 +17,8 @@ as ``__utils__["pigeon_statemachine.plan"]``.
 A registry entry (one per app)::
 
     {"app": "app", "generation": 3,
-     "stacks": {"1.0": {"state": "active", "slot": "a", "since": "...", "by": "..."}},
+     "stacks": {"1.0": {"state": "active", "slot": "a", "since": "...", "by": "...",
+                        "servers": [["10.0.0.21", 21000], ...]}},  # servers: by address only
      "routes": {"app/production": "app_a", "app/internal": "app_a"}}
 """
 
@@ -248,4 +249,6 @@ def apply(entry, planned, when, by):
         else:
             new["stacks"][version] = {
                 "state": state, "slot": planned["start"]["slot"], "since": when, "by": by}
+            if planned["start"].get("servers"):  # where HAProxy reaches it: [[address, port], ...]
+                new["stacks"][version]["servers"] = [list(s) for s in planned["start"]["servers"]]
     return new

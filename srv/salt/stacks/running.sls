@@ -21,6 +21,9 @@ stacks-running-stack-containers-running:
     - network: {{ stack.network | tojson }}
     - containers: {{ stack.containers | tojson }}
     - keep: {{ stack.get('keep', []) | tojson }}
+{%- if stack.get('addresses') %}
+    - addresses: {{ stack.addresses | tojson }}   {#- where each minion publishes the load-balanced ports #}
+{%- endif %}
 {%- if stack.get('healthy_timeout') %}
     - healthy_timeout: {{ stack.healthy_timeout | tojson }}   {#- and healthy: every docker HEALTHCHECK passed #}
 {%- endif %}

@@ -81,3 +81,17 @@ haproxy-service-running-routes-module-run:
       - file: haproxy-config-file-routes-file-managed
     - require:
       - docker_container: haproxy-service-running-docker-container-running
+
+
+{#- The servers the registry holds for stacks HAProxy reaches by address: set at runtime on
+    every apply, so a new or rebuilt load balancer routes to the same servers as the others #}
+{%- set servers = salt['pigeon_pillar.servers'](haproxy_apps.keys() | list) %}
+{%- if servers %}
+haproxy-service-running-servers-module-run:
+  module.run:
+    - haproxy_runtime.sync_servers:
+      - servers: {{ servers | tojson }}
+    - require:
+      - docker_container: haproxy-service-running-docker-container-running
+      - cmd: haproxy-service-running-reload-cmd-run
+{%- endif %}
