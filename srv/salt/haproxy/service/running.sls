@@ -84,7 +84,8 @@ haproxy-service-running-routes-module-run:
 
 
 {#- The servers the registry holds for stacks HAProxy reaches by address: set at runtime on
-    every apply, so a new or rebuilt load balancer routes to the same servers as the others #}
+    every apply, so a new or rebuilt load balancer routes to the same servers as the others;
+    before a reload's server-state dump, which carries them to the new worker #}
 {%- set servers = salt['pigeon_pillar.servers'](haproxy_apps.keys() | list) %}
 {%- if servers %}
 haproxy-service-running-servers-module-run:
@@ -93,5 +94,6 @@ haproxy-service-running-servers-module-run:
       - servers: {{ servers | tojson }}
     - require:
       - docker_container: haproxy-service-running-docker-container-running
-      - cmd: haproxy-service-running-reload-cmd-run
+    - require_in:
+      - module: haproxy-service-running-server-state-module-run
 {%- endif %}
