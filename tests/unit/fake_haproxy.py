@@ -127,6 +127,18 @@ ACCESS_LOG = [
 UNKNOWN_MAP = "Unknown map identifier. Please use #<id> or <file>.\n"
 
 
+SERVERS_STATE_HEADER = (
+    "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight "
+    "srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state "
+    "srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port "
+    "srv_check_addr srv_agent_addr srv_agent_port\n")  # HAProxy 2.6's, as the lab's answered
+
+
+def slot_servers(backend, count, addr="127.0.0.1", port=8080):
+    """A server-template's slots as haproxy.cfg makes them by address: `disabled` (admin state 4)."""
+    return {backend: [{"name": f"s{n}", "addr": addr, "port": port, "admin": 4} for n in range(1, count + 1)]}
+
+
 class FakeHAProxy:
     """HAProxy's admin socket in non-interactive mode, served by a thread."""
 
@@ -138,6 +150,7 @@ class FakeHAProxy:
         self.maps = {MAP_REF: []}  # list of [key, value]: HAProxy keeps duplicates
         self.ignore_map_writes = False
         self.servers_state = SHOW_SERVERS_STATE
+        self.slots = {}  # {backend: [{"name", "addr", "port", "admin"}]}: `show servers state <backend>`
         self.events = list(ACCESS_LOG)  # the lines of the ring pigeon_access, oldest first
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(self.path)
@@ -184,6 +197,14 @@ class FakeHAProxy:
             return SHOW_INFO
         if cmd == "show servers state":
             return self.servers_state
+        if words[:3] == ["show", "servers", "state"] and len(words) == 4:
+            if words[3] not in self.backends:
+                return "Can't find backend.\n"
+            return SERVERS_STATE_HEADER + "".join(
+                f"4 {words[3]} {n} {s['name']} {s['addr']} 2 {s['admin']} 1 1 5 1 0 3 6 0 0 0 localhost {s['port']} - 0 0 - - 0\n"
+                for n, s in enumerate(self.slots.get(words[3], []), 1)) + "\n"
+        if words[:2] == ["set", "server"] and len(words) >= 5:
+            return self._server_command(words[2], words[3:])
         if words[:2] == ["show", "events"]:
             if words[2:] == ["pigeon_access"]:
                 return "".join(f"{line}\n" for line in self.events) + "\n"
@@ -191,6 +212,22 @@ class FakeHAProxy:
         if words[1:2] == ["map"] and words[0] in ("show", "set", "add", "del"):
             return self._map_command(words[0], words[2:])
         return "Unknown command. Please enter one of the following commands only :\n  help : this message\n"
+
+    def _server_command(self, ref, args):
+        backend, _, name = ref.partition("/")
+        found = [s for s in self.slots.get(backend, []) if s["name"] == name]
+        if not found:
+            return "No such server.\n"
+        server = found[0]
+        if args[0] == "state" and args[1:] in (["ready"], ["maint"]):
+            server["admin"] = 0 if args[1] == "ready" else 1
+            return "\n"
+        if args[0] == "addr" and len(args) == 4 and args[2] == "port":
+            old = (server["addr"], server["port"])
+            server["addr"], server["port"] = args[1], int(args[3])
+            return (f"IP changed from '{old[0]}' to '{args[1]}', port changed from '{old[1]}' to '{args[3]}' "
+                    "by 'stats socket command'\n")
+        return "'set server <srv>' only supports 'agent', 'health', 'state', 'weight', 'addr', 'fqdn'\n"
 
     def _map_command(self, verb, args):
         entries = self.maps.get(args[0]) if args else None

@@ -103,7 +103,7 @@ def test_expand_a_release():
            ("b", sm.backend("app", "b"), "pigeon-app-2.0", 2)
     assert start["keep"] == ["1.0"] and len(start["containers"]) == 4
     assert plan["loadbal"] == {"target": LAB["loadbal"]["target"], "target_type": "pcre",
-                               "healthcheck_timeout": 30, "drain_timeout": 10}
+                               "healthcheck_timeout": 30, "drain_timeout": 10, "balancers": []}
     assert plan["config"]["formula"] == "demoapp"
     assert plan["converge_loadbal"] is False
     assert _expand("release", "2.0", {}, loadbal_seen=False)["converge_loadbal"] is True

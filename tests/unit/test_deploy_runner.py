@@ -92,6 +92,8 @@ def deploy(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "definitions", lambda: {"app": copy.deepcopy(DEFINITION)})
     utils["pigeon_registry.definitions"] = registry.definitions
     utils["pigeon_orchestrate.run"] = orchestrate
+    # the load balancers the plan finds (CkMinions on the master's keys): one
+    utils["pigeon_minions.expected"] = lambda tgt, tgt_type: ["lab-minion"]
     module.__opts__ = opts
     module.__utils__ = utils
     module.__context__ = {}

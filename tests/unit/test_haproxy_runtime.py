@@ -17,9 +17,10 @@ import time
 import pytest
 import salt.config
 import salt.loader
+from salt.exceptions import CommandExecutionError
 
 from fake_haproxy import (MAP_REF, SHOW_SERVERS_STATE, FakeHAProxy, backend_row, frontend_row, maint_slot,
-                          server_row, show_stat)
+                          server_row, show_stat, slot_servers)
 from srv_modules import SALT_DIR, load, utils_dunder
 
 hr = load("_modules/haproxy_runtime.py", "haproxy_runtime")
@@ -280,6 +281,62 @@ def test_set_routes_refuses_an_unknown_backend_and_changes_nothing(haproxy, maps
     assert (maps_dir / "routes.map").read_text() == before
     assert haproxy.maps[MAP_REF] == [["shop.example.com", "app_a"]]
     assert haproxy.write_commands() == []
+
+
+# --- servers by address -------------------------------------------------------
+
+
+def test_set_servers_fills_the_slots_in_order_and_leaves_the_rest_in_maintenance(haproxy):
+    haproxy.slots = slot_servers("app_b", 4)
+    changed = hr.set_servers({"app_b": [["10.0.0.21", 21010], ["10.0.0.22", 21010]]}, socket=haproxy.path)
+    assert changed == {"app_b": {"s1": "10.0.0.21:21010", "s2": "10.0.0.22:21010"}}
+    assert [(s["addr"], s["port"], s["admin"]) for s in haproxy.slots["app_b"]] == [
+        ("10.0.0.21", 21010, 0), ("10.0.0.22", 21010, 0), ("127.0.0.1", 8080, 4), ("127.0.0.1", 8080, 4)]
+    # the same again: nothing sent; one server fewer: its slot goes to maintenance
+    before = len(haproxy.write_commands())
+    assert hr.set_servers({"app_b": [["10.0.0.21", 21010], ["10.0.0.22", 21010]]}, socket=haproxy.path) == {}
+    assert len(haproxy.write_commands()) == before
+    assert hr.set_servers({"app_b": [["10.0.0.21", 21010]]}, socket=haproxy.path) == {"app_b": {"s2": "maint"}}
+    assert haproxy.slots["app_b"][1]["admin"] == 1
+
+
+@pytest.mark.parametrize("servers", [
+    {"app_b": [["10.0.0.300", 1]]}, {"app_b": [["10.0.0.1", 0]]}, {"app_b": [["10.0.0.1", 70000]]},
+    {"app_b": [["10.0.0.1", True]]}, {"app_b": [["10.0.0.1"]]}, {"app_b": "10.0.0.1:80"},
+    {"app_b": [["10.0.0.1 ; shutdown sessions", 80]]}, {"app_b x": [["10.0.0.1", 80]]}, ["app_b"]])
+def test_set_servers_refuses_what_is_no_address_and_port_and_sends_nothing(haproxy, servers):
+    haproxy.slots = slot_servers("app_b", 4)
+    with pytest.raises(CommandExecutionError) as err:
+        hr.set_servers(servers, socket=haproxy.path)
+    assert "\n" not in str(err.value)
+    assert haproxy.write_commands() == []
+
+
+def test_set_servers_refuses_more_servers_than_slots(haproxy):
+    haproxy.slots = slot_servers("app_b", 1)
+    with pytest.raises(CommandExecutionError, match="2 servers asked, it has 1 slots"):
+        hr.set_servers({"app_b": [["10.0.0.21", 1], ["10.0.0.22", 1]]}, socket=haproxy.path)
+    assert haproxy.write_commands() == []
+
+
+def test_sync_servers_skips_backends_haproxy_does_not_have(haproxy):
+    haproxy.slots = slot_servers("app_b", 2)
+    done = hr.sync_servers({"app_b": [["10.0.0.21", 21010]], "app_z": [["10.0.0.21", 21000]]}, socket=haproxy.path)
+    assert done == {"changes": {"app_b": {"s1": "10.0.0.21:21010", "s2": "maint"}}} or done == {
+        "changes": {"app_b": {"s1": "10.0.0.21:21010"}}}
+    assert haproxy.slots["app_b"][0]["addr"] == "10.0.0.21"
+
+
+def test_set_routes_sets_the_servers_before_its_gate(haproxy, maps_dir):
+    haproxy.slots = slot_servers("app_b", 2)
+    _set_map(haproxy, maps_dir, {})
+    with pytest.raises(CommandExecutionError, match="0 of 2 servers UP"):  # the fake's app_b is DOWN
+        hr.set_routes({"app/internal": "app_b"}, socket=haproxy.path, maps_dir=str(maps_dir),
+                      servers={"app_b": [["10.0.0.21", 21010]]}, require_up={"app_b": 2})
+    sets = [c for c in haproxy.commands if c.startswith("set server")]
+    assert sets[0] == "set server app_b/s1 addr 10.0.0.21 port 21010"
+    assert haproxy.commands.index(sets[-1]) < haproxy.commands.index("show stat")
+    assert not [c for c in haproxy.commands if " map " in c and not c.startswith("show")]  # no route changed
 
 
 def test_set_routes_sets_adds_and_deletes(haproxy, maps_dir):
@@ -594,7 +651,7 @@ def test_set_routes_with_wait_gives_up_when_the_servers_never_come_up(haproxy, m
 # --- Salt's loader ------------------------------------------------------------
 
 PUBLIC = ["access_log", "backend_sessions", "backends", "check_up", "dump_server_state", "info", "servers", "set_routes",
-          "show_map", "stats", "sync_map", "wait_drained", "wait_up"]
+          "set_servers", "show_map", "stats", "sync_map", "sync_servers", "wait_drained", "wait_up"]
 
 
 def test_virtual_needs_the_utils_modules(monkeypatch):

@@ -317,7 +317,8 @@ def _entry(stacks, loadbal_seen):
     return entry
 
 
-def real_plan(action, version, stacks, force=False, loadbal_seen=True, keep_failed=False, definition=None):
+def real_plan(action, version, stacks, force=False, loadbal_seen=True, keep_failed=False, definition=None,
+              balancers=("lb-minion",)):
     """The plan the deploy runner makes (pigeon_plan.make, under the app's lock) on this registry:
     the state machine's plan, expanded with the stack definition, ``keep_failed``, the steps."""
     entry = _entry(stacks, loadbal_seen)
@@ -326,7 +327,8 @@ def real_plan(action, version, stacks, force=False, loadbal_seen=True, keep_fail
         planned = sm.plan(copy.deepcopy(entry), action, version=version, force=force)
     except sm.TransitionError as exc:
         return {"error": str(exc)}
-    planned = definition_utils.expand(APP, action, version, definition, entry, planned, sm.backend)
+    planned = definition_utils.expand(APP, action, version, definition, entry, planned, sm.backend,
+                                      slots=sm.slots(), balancers=list(balancers))
     if planned.get("error"):
         return planned
     planned["keep_failed"] = keep_failed
@@ -402,6 +404,7 @@ def test_the_plans_are_the_runners(monkeypatch, shape):
 
     loader = utils_dunder(schema, definition_utils, sm, steps_utils)
     loader["pigeon_registry.load"] = registry_load
+    loader["pigeon_minions.expected"] = lambda tgt, tgt_type: ["lb-minion"]
     monkeypatch.setattr(plan_utils, "_LOADER", loader)
     made = plan_utils.make(APP, action, version=version, force=force, definition=copy.deepcopy(DEFINITION),
                            expect_revision=3, keep_failed=keep_failed)
@@ -520,7 +523,8 @@ def step_ids(plan):
 
 
 def _requisites(kind, ids, names):
-    return [{kind: [{"salt": ids[n]} for n in names]}] if names else []
+    present = [n for n in names if n in ids]  # as steps.jinja: a step the plan lacks is not required
+    return [{kind: [{"salt": ids[n]} for n in present]}] if present else []
 
 
 def exp_without_plan(action):
@@ -530,15 +534,31 @@ def exp_without_plan(action):
                     "it takes the lock and makes the plan"}]}}
 
 
-def exp_routes(ids, lb, plan, requires=(), gate=None, wait=0, gates=None):
-    kwarg = {"routes": plan["routes"]}
+def _set_routes(lb, routes, gate=None, wait=0, gates=None, servers=None):
+    """The salt.function of one haproxy_runtime.set_routes call on every load balancer."""
+    kwarg = {"routes": routes}
+    if servers:
+        kwarg["servers"] = servers
     if gate or gates:
         kwarg["require_up"] = gates or {gate["backend"]: gate["expected_up"]}
         if wait:
             kwarg["wait"] = wait
-    return {ids["routes"]: {"salt.function": [
-        {"name": "haproxy_runtime.set_routes"}, {"tgt": lb["target"]}, {"tgt_type": lb["target_type"]},
-        {"kwarg": kwarg}] + _requisites("require", ids, list(requires))}}
+    return [{"name": "haproxy_runtime.set_routes"}, {"tgt": lb["target"]}, {"tgt_type": lb["target_type"]},
+            {"expect_minions": True}, {"kwarg": kwarg}]
+
+
+def exp_routes(ids, lb, plan, requires=(), gate=None, wait=0, gates=None):
+    """The routes step; with two or more load balancers, prepare, routes and undo routes."""
+    if "prepare" in ids:
+        return {
+            ids["prepare"]: {"salt.function": _set_routes(lb, {}, gate, wait, gates, plan["servers"])
+                             + _requisites("require", ids, list(requires))},
+            ids["routes"]: {"salt.function": _set_routes(lb, plan["routes"], gate, 0, gates)
+                            + _requisites("require", ids, ["prepare"])},
+            ids["undo routes"]: {"salt.function": _set_routes(lb, plan["previous_routes"])
+                                 + _requisites("onfail", ids, ["routes"])}}
+    return {ids["routes"]: {"salt.function": _set_routes(lb, plan["routes"], gate, wait, gates, plan["servers"])
+                            + _requisites("require", ids, list(requires))}}
 
 
 def exp_remove(ids, app, lb, cfg, plan, routed):
@@ -571,7 +591,7 @@ def exp_running(app, lb, cfg, version, stack):
         {"pillar": {"pigeon_stack": {
             "app": app, "version": version, "formula": cfg["formula"], "build_dir": cfg["build_dir"],
             "network": stack["network"], "containers": stack["containers"], "keep": stack["keep"],
-            "healthy_timeout": lb["healthcheck_timeout"]}}}]}
+            "healthy_timeout": lb["healthcheck_timeout"], "addresses": stack.get("addresses")}}}]}
 
 
 def expected_orch(action, plan):
@@ -595,7 +615,7 @@ def expected_orch(action, plan):
                 {"tgt": cfg["target"]}, {"tgt_type": cfg["target_type"]}, {"sls": "stacks.absent"},
                 {"concurrent": True},
                 {"pillar": {"pigeon_stack": {"app": app, "version": plan["version"], "network": start["network"]}}}]
-                + _requisites("onfail_any", ids, ["containers", "routes"])}
+                + _requisites("onfail_any", ids, ["containers", "prepare", "routes"])}
     elif action == "activate":
         out.update(exp_routes(ids, lb, plan, gate=plan["gate"]))
         out.update(exp_remove(ids, app, lb, cfg, plan, routed=True))
@@ -639,6 +659,45 @@ def test_orch_plain(opts, shape):
     """The realistic plans: the steps each action is meant to have."""
     action, plan = orch_case(shape)
     check_orch(_render_orch(opts, action, plan), plan, expected_orch(action, plan))
+
+
+# an app on several app minions behind two load balancers (loadbal:servers): the plan places
+# it, its routes switch in two phases
+TWO_LB_SHAPES = ["release-new-app", "release-cleanup", "activate-remove-inactive", "deactivate-release",
+                 "rollback", "repair-one"]
+ADDRESSED = dict(copy.deepcopy(DEFINITION), loadbal=dict(DEFINITION["loadbal"],
+                 servers={"network": "10.0.0.0/24", "first_port": 21000}))
+
+
+@pytest.mark.parametrize("shape", TWO_LB_SHAPES)
+def test_orch_two_load_balancers(opts, shape):
+    """Two load balancers: prepare (servers set, gate passed, no route changed) on both, then
+    routes (the gate checked again), undo routes on its failure; the servers by address."""
+    action, version, stacks, force, seen, keep_failed = SHAPES[shape]
+    plan = definition_utils.expand(
+        APP, action, version, copy.deepcopy(ADDRESSED), _entry(stacks, seen),
+        sm.plan(copy.deepcopy(_entry(stacks, seen)), action, version=version, force=force), sm.backend,
+        placement={"app1": "10.0.0.21", "app2": "10.0.0.22"}, slots=sm.slots(), balancers=["lb1", "lb2"])
+    plan["keep_failed"] = keep_failed
+    plan["steps"] = steps_utils.steps(plan)
+    assert plan["two_phase"] is True
+    high = _render_orch(opts, action, plan)
+    check_orch(high, plan, expected_orch(action, plan))
+    kinds = [s["kind"] for s in plan["steps"]]
+    assert kinds[kinds.index("prepare"):kinds.index("prepare") + 3] == ["prepare", "routes", "undo"]
+    prepare = dict(a for arg in high[plan["steps"][kinds.index("prepare")]["id"]]["salt.function"]
+                   for a in arg.items())
+    assert prepare["kwarg"]["routes"] == {} and prepare["expect_minions"] is True
+    if action == "release":
+        start = plan["start"]
+        assert start["addresses"] == {"app1": "10.0.0.21", "app2": "10.0.0.22"}
+        assert prepare["kwarg"]["servers"] == {start["backend"]: start["servers"]}
+        first = 21000 + 10 * "abc".index(start["slot"])
+        assert start["servers"] == [["10.0.0.21", first], ["10.0.0.21", first + 1],
+                                    ["10.0.0.22", first], ["10.0.0.22", first + 1]]
+        assert start["expected_up"] == 4
+        published = [c["publish"] for c in start["containers"] if c["registered"]]
+        assert published == [{"host": first, "container": 8080}, {"host": first + 1, "container": 8080}]
 
 
 def test_orch_plain_ids():

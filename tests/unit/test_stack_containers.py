@@ -882,7 +882,7 @@ class StateSalt(dict):
         self["stack_containers.start"] = self.start
         self["stack_containers.wait_healthy"] = self.wait_healthy
 
-    def start(self, app, version, network, containers):
+    def start(self, app, version, network, containers, addresses=None):
         self.calls.append(("start", app, version, network, len(containers)))
         if isinstance(self._start, Exception):
             raise self._start
