@@ -107,23 +107,10 @@ up_multi() {
   local uplink list answering
   uplink=$("$HOSTS" address uplink)
   # Pillar only the multi lab knows, besides stacks.sls (merged over it, one fact each): the
-  # stacks' targets, and where each host keeps its files on this shared file system
-  cat > "$LAB/pillar/topology.sls" <<SLS
-# managed by bootstrap/lab.sh (TOPOLOGY=multi); changes will be overwritten
-# The multi-host lab: HAProxy on the lbN hosts, the stacks on the appN hosts (bootstrap/hosts.sh)
-stacks:
-  app:
-    loadbal:
-      target: '^lb[0-9]\$'
-      target_type: pcre
-      servers:                  # HAProxy reaches the app hosts by address (docs/multi-host.md)
-        network: ${uplink%.*}.0/24   # the hosts' addresses are picked from their grains there
-        first_port: 21000       # published ports 21000-21029 on each app host
-    config:
-      target: '^app[0-9]\$'
-      target_type: pcre
-      build_dir: $LAB/build/demoapp   # the hosts share this machine's disk: not the one-host lab's folder
-SLS
+  # stacks' targets and servers (bootstrap/topology.sh, as on the Vagrant VMs), and where each
+  # host keeps its files on this shared file system: the hosts share this machine's disk, so
+  # not the one-host lab's build folder
+  "$REPO/bootstrap/topology.sh" "$LAB/pillar/topology.sls" "${uplink%.*}.0/24" "$LAB/build/demoapp"
   cat > "$LAB/pillar/lab.sls" <<SLS
 # managed by bootstrap/lab.sh (TOPOLOGY=multi); changes will be overwritten
 # A host's files live under .lab/hosts/<id>/ (this machine's disk is every host's); its docker

@@ -3,8 +3,8 @@ base:
   '*':
     - stacks
     - docker                 # docker.update_mine: False (see the file)
-    - test_stacks            # written by tests/integration into .lab/pillar, only while they run
     - topology               # written by bootstrap/lab.sh for TOPOLOGY=multi: the stacks' targets there
+    - test_stacks            # written by tests and benchmarks into .lab/pillar, only while they run
     - ignore_missing: True
   'lab-minion':
     - haproxy

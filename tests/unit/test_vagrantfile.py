@@ -18,7 +18,7 @@ VAGRANTFILE = REPO / "Vagrantfile"
 def _machines():
     """{name: text of its `config.vm.define` block} (a block runs to the next define)."""
     text = VAGRANTFILE.read_text(encoding="utf-8")
-    parts = re.split(r'^\s*config\.vm\.define\s+"([^"]+)"', text, flags=re.M)
+    parts = re.split(r'^\s*config\.vm\.define\s+"?([^",\s]+)"?[^\n]*\sdo\b', text, flags=re.M)
     return dict(zip(parts[1::2], parts[2::2]))
 
 
@@ -45,13 +45,21 @@ def test_vagrant_validate(tmp_path):
 
 
 def test_machines_and_bootstrap():
+    """The multi-host topology: a master, a load balancer, two app minions, each made by the
+    lab's bootstrap scripts; the master writes the topology's pillar as bootstrap/lab.sh does."""
     machines = _machines()
-    assert {"master", "debian-minion"} <= set(machines)
-    for name in ("master", "debian-minion"):
-        assert "bootstrap/install.sh" in machines[name], name
-    assert "bootstrap/master.sh" in machines["master"]
-    assert re.search(r"bootstrap/minion\.sh \S+ debian-minion ", machines["debian-minion"])
-    assert 'box = "debian/bookworm64"' in VAGRANTFILE.read_text(encoding="utf-8")
+    text = VAGRANTFILE.read_text(encoding="utf-8")
+    assert set(machines) == {"master", "id"}  # the minions are defined in a loop over MINIONS
+    minions = dict(re.findall(r'"((?:lb|app)\d)" => \["#\{NETWORK\}\.(\d+)"', text))
+    assert minions == {"lb1": "11", "app1": "21", "app2": "22"}
+    assert "bootstrap/install.sh --no-images" in machines["master"] and "bootstrap/master.sh" in machines["master"]
+    assert re.search(r"bootstrap/topology\.sh \S+/pillar/topology\.sls #\{NETWORK\}\.0/24", machines["master"])
+    assert "bootstrap/install.sh" in machines["id"]
+    assert "bootstrap/minion.sh #{ROOT} #{id} #{MASTER_IP}" in machines["id"]
+    assert 'box = "debian/bookworm64"' in text
+    # the pillar gives the minions their roles by these names
+    top = yaml.safe_load((REPO / "srv/pillar/top.sls").read_text())["base"]
+    assert "haproxy" in top["^lb[0-9]$"] and "demoapp" in top["^app[0-9]$"]
 
 
 def test_forwarded_ports_reach_haproxy_and_salt_api():
@@ -59,7 +67,8 @@ def test_forwarded_ports_reach_haproxy_and_salt_api():
     # publishes for it, the frontend's preview_port in the haproxy pillar
     frontend = yaml.safe_load((REPO / "srv/pillar/haproxy.sls").read_text())["haproxy"]["frontends"]["www"]
     machines = _machines()
-    minion = _forwards(machines["debian-minion"])
+    minion = _forwards(machines["id"])
+    assert 'if id.start_with?("lb")' in machines["id"]  # only the load balancers forward them
     assert minion[4443] == frontend["preview_port"]
     assert minion[8443] == frontend["port"]
     assert _forwards(machines["master"])[8000] == 8000
