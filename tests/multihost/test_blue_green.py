@@ -59,6 +59,14 @@ def answer(env, url, tries=3):
     return seen.pop()
 
 
+def answer_or_none(env, url):
+    """answer(), or None while nothing listens there."""
+    try:
+        return answer(env, url, tries=1)
+    except requests.RequestException:
+        return None
+
+
 def everywhere(env, production, preview):
     """Every LB's production URL answers `production`, every preview URL `preview`."""
     want = {url: production for url in env["PIGEON_PRODUCTION_URLS"].split()}
@@ -180,7 +188,7 @@ def test_a_rebuilt_load_balancer_routes_as_the_other(env):
         requests.get(lb2, verify=env["REQUESTS_CA_BUNDLE"], timeout=3)
     applied = salt("lb2", "state.apply", "haproxy", timeout=300)
     assert applied["lb2"] and all(r["result"] for r in applied["lb2"].values()), applied
-    assert wait_for(lambda: answer(env, lb2) == "2.0", timeout=10)
+    assert wait_for(lambda: answer_or_none(env, lb2) == "2.0", timeout=10)
     everywhere(env, "2.0", "2.0")
     backends = {f"app_{s['slot']}" for s in status(env)["stacks"].values()}
     for backend in backends:
@@ -246,3 +254,28 @@ def test_a_fourth_app_host_gets_replicas_on_the_next_release(env):
             stacks(env, "deactivate", "--app-name", "app", "--version", version, "--force")
         down = subprocess.run([str(HOSTS_SH), "down", "app4"], capture_output=True, text=True, timeout=300)
         assert down.returncode == 0, down.stderr
+
+
+def test_a_load_balancer_that_cannot_prepare_stops_the_switch_on_every_one(env):
+    """lb2's HAProxy stopped: activate fails naming lb2 and lb1 keeps routing as it did; once
+    lb2's HAProxy runs again (its routes and servers from its files), the activate goes on."""
+    ok(env, "release", "--app-name", "app", "--version", "5.0")
+    ok(env, "activate", "--app-name", "app")
+    ok(env, "release", "--app-name", "app", "--version", "6.0")
+    rc, _ = docker("lb2", "stop", "pigeon-haproxy")
+    assert rc == 0
+    try:
+        refused = stacks(env, "activate", "--app-name", "app")
+        assert refused.returncode == 1, refused.stdout
+        line = refused.stderr.strip()
+        assert "\n" not in line and "lb2:" in line and "no load balancer changed" in line, line
+        lb1 = f"https://{address('lb1')}:"
+        assert answer(env, lb1 + "8443/") == "5.0" and answer(env, lb1 + "4443/") == "6.0"
+        assert status(env)["stacks"]["6.0"]["state"] == "release"
+    finally:
+        assert docker("lb2", "start", "pigeon-haproxy")[0] == 0
+    # restarted, lb2 routes as before from its map file and its server-state file
+    assert wait_for(lambda: answer_or_none(env, f"https://{address('lb2')}:4443/") == "6.0", timeout=20)
+    everywhere(env, "5.0", "6.0")
+    ok(env, "activate", "--app-name", "app")
+    everywhere(env, "6.0", "6.0")

@@ -10,6 +10,7 @@ haproxy_health.py) are given to it as ``__utils__``, as Salt's loader gives them
 
 import copy
 import logging
+import pathlib
 import shutil
 import threading
 import time
@@ -298,6 +299,9 @@ def test_set_servers_fills_the_slots_in_order_and_leaves_the_rest_in_maintenance
     assert len(haproxy.write_commands()) == before
     assert hr.set_servers({"app_b": [["10.0.0.21", 21010]]}, socket=haproxy.path) == {"app_b": {"s2": "maint"}}
     assert haproxy.slots["app_b"][1]["admin"] == 1
+    # a change also wrote the server-state file beside the socket, which a restart reads
+    state = pathlib.Path(haproxy.path).parent / "server-state"
+    assert state.read_text() == SHOW_SERVERS_STATE
 
 
 @pytest.mark.parametrize("servers", [

@@ -534,31 +534,23 @@ def exp_without_plan(action):
                     "it takes the lock and makes the plan"}]}}
 
 
-def _set_routes(lb, routes, gate=None, wait=0, gates=None, servers=None):
-    """The salt.function of one haproxy_runtime.set_routes call on every load balancer."""
-    kwarg = {"routes": routes}
-    if servers:
-        kwarg["servers"] = servers
-    if gate or gates:
-        kwarg["require_up"] = gates or {gate["backend"]: gate["expected_up"]}
-        if wait:
-            kwarg["wait"] = wait
-    return [{"name": "haproxy_runtime.set_routes"}, {"tgt": lb["target"]}, {"tgt_type": lb["target_type"]},
-            {"expect_minions": True}, {"kwarg": kwarg}]
-
-
 def exp_routes(ids, lb, plan, requires=(), gate=None, wait=0, gates=None):
-    """The routes step; with two or more load balancers, prepare, routes and undo routes."""
-    if "prepare" in ids:
-        return {
-            ids["prepare"]: {"salt.function": _set_routes(lb, {}, gate, wait, gates, plan["servers"])
-                             + _requisites("require", ids, list(requires))},
-            ids["routes"]: {"salt.function": _set_routes(lb, plan["routes"], gate, 0, gates)
-                            + _requisites("require", ids, ["prepare"])},
-            ids["undo routes"]: {"salt.function": _set_routes(lb, plan["previous_routes"])
-                                 + _requisites("onfail", ids, ["routes"])}}
-    return {ids["routes"]: {"salt.function": _set_routes(lb, plan["routes"], gate, wait, gates, plan["servers"])
-                            + _requisites("require", ids, list(requires))}}
+    """The routes step: haproxy_runtime.set_routes on every load balancer; with two or more,
+    the runner haproxy_switch.routes (all of them or none)."""
+    gated = {}
+    if gate or gates:
+        gated["require_up"] = gates or {gate["backend"]: gate["expected_up"]}
+        if wait:
+            gated["wait"] = wait
+    servers = {"servers": plan["servers"]} if plan["servers"] else {}
+    if plan["two_phase"]:
+        args = [{"name": "haproxy_switch.routes"}, {"balancers": lb["balancers"]}, {"routes": plan["routes"]},
+                {"previous": plan["previous_routes"]}] + [{k: v} for k, v in dict(servers, **gated).items()]
+        return {ids["routes"]: {"salt.runner": args + _requisites("require", ids, list(requires))}}
+    return {ids["routes"]: {"salt.function": [
+        {"name": "haproxy_runtime.set_routes"}, {"tgt": lb["target"]}, {"tgt_type": lb["target_type"]},
+        {"expect_minions": True}, {"kwarg": dict({"routes": plan["routes"]}, **servers, **gated)}]
+        + _requisites("require", ids, list(requires))}}
 
 
 def exp_remove(ids, app, lb, cfg, plan, routed):
@@ -615,7 +607,7 @@ def expected_orch(action, plan):
                 {"tgt": cfg["target"]}, {"tgt_type": cfg["target_type"]}, {"sls": "stacks.absent"},
                 {"concurrent": True},
                 {"pillar": {"pigeon_stack": {"app": app, "version": plan["version"], "network": start["network"]}}}]
-                + _requisites("onfail_any", ids, ["containers", "prepare", "routes"])}
+                + _requisites("onfail_any", ids, ["containers", "routes"])}
     elif action == "activate":
         out.update(exp_routes(ids, lb, plan, gate=plan["gate"]))
         out.update(exp_remove(ids, app, lb, cfg, plan, routed=True))
@@ -671,8 +663,8 @@ ADDRESSED = dict(copy.deepcopy(DEFINITION), loadbal=dict(DEFINITION["loadbal"],
 
 @pytest.mark.parametrize("shape", TWO_LB_SHAPES)
 def test_orch_two_load_balancers(opts, shape):
-    """Two load balancers: prepare (servers set, gate passed, no route changed) on both, then
-    routes (the gate checked again), undo routes on its failure; the servers by address."""
+    """Two load balancers: the routes step is the runner haproxy_switch.routes (all of them or
+    none), with the servers by address and the routes to set back."""
     action, version, stacks, force, seen, keep_failed = SHAPES[shape]
     plan = definition_utils.expand(
         APP, action, version, copy.deepcopy(ADDRESSED), _entry(stacks, seen),
@@ -683,15 +675,13 @@ def test_orch_two_load_balancers(opts, shape):
     assert plan["two_phase"] is True
     high = _render_orch(opts, action, plan)
     check_orch(high, plan, expected_orch(action, plan))
-    kinds = [s["kind"] for s in plan["steps"]]
-    assert kinds[kinds.index("prepare"):kinds.index("prepare") + 3] == ["prepare", "routes", "undo"]
-    prepare = dict(a for arg in high[plan["steps"][kinds.index("prepare")]["id"]]["salt.function"]
-                   for a in arg.items())
-    assert prepare["kwarg"]["routes"] == {} and prepare["expect_minions"] is True
+    routes = dict(a for arg in high[steps_utils.state_id(action, "routes")]["salt.runner"] for a in arg.items())
+    assert routes["name"] == "haproxy_switch.routes" and routes["balancers"] == ["lb1", "lb2"]
+    assert routes["previous"] == {k: _entry(stacks, seen)["routes"].get(k) for k in plan["routes"]}
     if action == "release":
         start = plan["start"]
         assert start["addresses"] == {"app1": "10.0.0.21", "app2": "10.0.0.22"}
-        assert prepare["kwarg"]["servers"] == {start["backend"]: start["servers"]}
+        assert routes["servers"] == {start["backend"]: start["servers"]}
         first = 21000 + 10 * "abc".index(start["slot"])
         assert start["servers"] == [["10.0.0.21", first], ["10.0.0.21", first + 1],
                                     ["10.0.0.22", first], ["10.0.0.22", first + 1]]

@@ -335,8 +335,9 @@ def set_servers(servers, socket=None):
     sent (``set server <b>/<s> addr A port P``, ``state ready``/``maint``). HAProxy keeps them
     across reloads through its server-state file (the haproxy formula dumps it before each
     reload); a load balancer that converges gets them from the registry (sync_servers).
-    Backends not named are left alone. Returns {backend: {server: "addr:port" or "maint"}}
-    for what changed.
+    Backends not named are left alone. After a change, the server-state file beside the admin
+    socket is written too, so that a restart of HAProxy keeps them. Returns {backend:
+    {server: "addr:port" or "maint"}} for what changed.
 
     CLI Example:
 
@@ -373,6 +374,11 @@ def set_servers(servers, socket=None):
             elif not server["maint"]:
                 _command(socket, f"set server {ref} state maint", expect_empty=True)
                 changes.setdefault(backend, {})[server["name"]] = "maint"
+    if changes:
+        # HAProxy reads its server-state file when it starts: a restart keeps these servers
+        # (haproxy.cfg keeps it beside the admin socket, in the run/ folder)
+        dump_server_state(path=os.path.join(os.path.dirname(socket or _config("socket", DEFAULT_SOCKET)),
+                                            "server-state"), socket=socket)
     return changes
 
 

@@ -243,7 +243,7 @@ def expand(app, action, version, definition, entry, planned, backend, placement=
     }
     planned["loadbal"]["balancers"] = sorted(balancers or [])
     planned["two_phase"] = len(planned["loadbal"]["balancers"]) > 1
-    # what the undo step of a two-phase switch sets back: each key the action routes, as it was
+    # what a two-phase switch sets back when it fails on one load balancer: each key it routes, as it was
     planned["previous_routes"] = {key: (entry.get("routes") or {}).get(key) for key in planned.get("routes") or {}}
     planned["loadbal_hash"] = loadbal_hash(definition)
     planned["converge_loadbal"] = entry.get("loadbal_hash") != planned["loadbal_hash"]

@@ -21,9 +21,7 @@ ID_FORMAT = "pigeon-{action}-{step}"
 DOES = {
     "loadbal": "apply the docker and haproxy states on the load balancer (its loadbal: pillar is new)",
     "containers": "start the stack's containers (after removing leftovers); gate: docker health",
-    "prepare": "on every load balancer: set the stack's servers and pass the gate, no route changed",
-    "routes": "set HAProxy's routes at runtime",
-    "undo": "on failure: set the routes back as they were on every load balancer",
+    "routes": "set HAProxy's routes at runtime (on two or more load balancers: all of them or none)",
     "cleanup": "on failure: remove what the release started",
     "drain": "wait until HAProxy's sessions on the stack's backend end",
     "remove": "stop the stack's containers gracefully and remove them",
@@ -41,15 +39,6 @@ def _step(action, name, kind, **extra):
     return dict({"step": name, "kind": kind, "id": state_id(action, name), "does": DOES[kind]}, **extra)
 
 
-def _routes(action, plan):
-    """The routes step; with two or more load balancers (``plan["two_phase"]``), a prepare step
-    on all of them before it, and an undo step after it that runs if it failed on any."""
-    if not plan.get("two_phase"):
-        return [_step(action, "routes", "routes")]
-    return [_step(action, "prepare", "prepare"), _step(action, "routes", "routes"),
-            _step(action, "undo routes", "undo")]
-
-
 def steps(plan):
     """
     The steps the orchestration of ``plan`` runs, in order: [{"step", "kind", "id",
@@ -61,7 +50,7 @@ def steps(plan):
     result = _steps(plan)
     routes = next((n for n, s in enumerate(result) if s["kind"] == "routes"), -1)
     for n, step in enumerate(result):
-        step["cancellable"] = n <= routes and step["kind"] not in ("cleanup", "undo")
+        step["cancellable"] = n <= routes and step["kind"] != "cleanup"
     return result
 
 
@@ -74,7 +63,7 @@ def _steps(plan):
         if plan.get("converge_loadbal"):
             result.append(_step(action, "loadbal", "loadbal"))
         result.append(_step(action, "containers", "containers"))
-        result.extend(_routes(action, plan))
+        result.append(_step(action, "routes", "routes"))
         if not plan.get("keep_failed"):  # --keep-failed: a failed release stays for a look
             result.append(_step(action, "cleanup", "cleanup"))
         return result
@@ -82,10 +71,10 @@ def _steps(plan):
         result.append(_step(action, "loadbal", "loadbal"))
         for stack in plan.get("repair") or []:
             result.append(_step(action, f"repair {stack['version']}", "repair", version=stack["version"]))
-        result.extend(_routes(action, plan))
+        result.append(_step(action, "routes", "routes"))
         return result
     if not plan.get("noop"):
-        result.extend(_routes(action, plan))
+        result.append(_step(action, "routes", "routes"))
     for stop in plan.get("stop") or []:
         version = stop["version"]
         if stop.get("state") in ("active", "release"):
