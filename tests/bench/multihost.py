@@ -28,9 +28,9 @@ import time
 import uuid
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from bench import REPO, lab_env  # noqa: E402  pylint: disable=wrong-import-position
+import bench  # noqa: E402  pylint: disable=wrong-import-position
+from bench import APP, REPO, lab_env, status  # noqa: E402  pylint: disable=wrong-import-position
 
-APP = "app"
 PILLAR = REPO / ".lab/pillar/test_stacks.sls"  # the pillar top reads it last (srv/pillar/top.sls)
 PLACEMENTS = {
     "one": {"config": "app1", "loadbal": "lb1", "app_hosts": 1, "load_balancers": 1},
@@ -46,18 +46,9 @@ def salt(*args):
 
 
 def stacks(env, *args):
-    started = time.monotonic()
-    proc = subprocess.run([str(REPO / ".lab/venv/bin/python"), str(REPO / "stacks.py"), *args,
-                           "--app-name", APP, "--quiet"], env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"bench: stacks.py {' '.join(args)} failed: {proc.stderr.strip()}")
-    return round(time.monotonic() - started, 3)
-
-
-def status(env):
-    proc = subprocess.run([str(REPO / ".lab/venv/bin/python"), str(REPO / "stacks.py"), "status",
-                           "--app-name", APP, "--json"], env=env, capture_output=True, text=True)
-    return json.loads(proc.stdout)["status"].get(APP, {"stacks": {}})["stacks"]
+    """stacks.py for the app (bench.stacks: it exits when one fails): its duration, seconds."""
+    started, ended = bench.stacks(env, *args)
+    return round(ended - started, 3)
 
 
 def place(name):
