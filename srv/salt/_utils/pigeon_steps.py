@@ -21,7 +21,7 @@ ID_FORMAT = "pigeon-{action}-{step}"
 DOES = {
     "loadbal": "apply the docker and haproxy states on the load balancer (its loadbal: pillar is new)",
     "containers": "start the stack's containers (after removing leftovers); gate: docker health",
-    "routes": "set HAProxy's routes at runtime (on two or more load balancers: all of them or none)",
+    "routes": "set HAProxy's routes at runtime",
     "cleanup": "on failure: remove what the release started",
     "drain": "wait until HAProxy's sessions on the stack's backend end",
     "remove": "stop the stack's containers gracefully and remove them",
