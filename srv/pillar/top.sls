@@ -11,12 +11,13 @@ base:
     - demoapp
     - lab
     - ignore_missing: True   # lab.sls is written by bootstrap/lab.sh
-  'debian-minion':           # the Vagrant minion (Vagrantfile): the same pillar
+  'debian-minion':           # a single VM set up by hand (docs/real-master.md): the same pillar
     - haproxy
     - demoapp
     - lab
-    - ignore_missing: True   # lab.sls is written by the Vagrantfile's master provisioner
-  # the multi-host lab's hosts (bootstrap/hosts.sh): load balancers lbN, app hosts appN
+    - ignore_missing: True   # lab.sls is written by hand there
+  # the multi-host topology (the lab's hosts, bootstrap/hosts.sh; the Vagrant VMs): load
+  # balancers lbN, app minions appN; topology.sls above sets the stacks' targets for them
   '^lb[0-9]$':
     - match: pcre
     - haproxy

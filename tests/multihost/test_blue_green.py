@@ -10,7 +10,7 @@ module's fixture removes every stack at the end, as the lab's other tests expect
 
 import collections
 import json
-import signal
+import re
 import subprocess
 import threading
 import time
@@ -106,9 +106,17 @@ def test_blue_green_walk_on_every_app_host_and_both_load_balancers(env):
     servers = sorted(f"{a}:{port + n}" for a in app_addresses for n in range(COUNT))
     for lb in LBS:  # each LB reaches the web containers on every app host, by address
         assert lb_servers(lb, f"app_{slot}") == servers, lb
-    # testinfra, inside lb1's namespace: the published port of an app host answers there
-    reply = in_host("lb1").run(f"curl -s http://{address('app1')}:{port}/")
-    assert reply.rc == 0 and reply.stdout.startswith("app 1.0 web"), reply
+    # testinfra, inside each LB's namespace: every app host's published ports answer there,
+    # and each app host publishes them on its own address only (its DNAT rules)
+    for lb in LBS:
+        for host in APPS:
+            for n in range(COUNT):
+                reply = in_host(lb).run(f"curl -s --max-time 5 http://{address(host)}:{port + n}/")
+                assert reply.rc == 0 and reply.stdout.startswith("app 1.0 web"), (lb, host, reply)
+    for host in APPS:
+        nat = in_host(host).run("iptables -t nat -S DOCKER")
+        rule = re.compile(rf"^-A DOCKER -d {re.escape(address(host))}/32 .*--dport {port} -j DNAT ", re.M)
+        assert nat.rc == 0 and rule.search(nat.stdout), nat.stdout
 
     ok(env, "activate", "--app-name", "app")
     everywhere(env, "1.0", "1.0")
@@ -268,7 +276,7 @@ def test_a_load_balancer_that_cannot_prepare_stops_the_switch_on_every_one(env):
         refused = stacks(env, "activate", "--app-name", "app")
         assert refused.returncode == 1, refused.stdout
         line = refused.stderr.strip()
-        assert "\n" not in line and "lb2:" in line and "no load balancer changed" in line, line
+        assert "\n" not in line and "lb2:" in line and "no route changed on any load balancer" in line, line
         lb1 = f"https://{address('lb1')}:"
         assert answer(env, lb1 + "8443/") == "5.0" and answer(env, lb1 + "4443/") == "6.0"
         assert status(env)["stacks"]["6.0"]["state"] == "release"

@@ -307,7 +307,8 @@ def test_set_servers_fills_the_slots_in_order_and_leaves_the_rest_in_maintenance
 @pytest.mark.parametrize("servers", [
     {"app_b": [["10.0.0.300", 1]]}, {"app_b": [["10.0.0.1", 0]]}, {"app_b": [["10.0.0.1", 70000]]},
     {"app_b": [["10.0.0.1", True]]}, {"app_b": [["10.0.0.1"]]}, {"app_b": "10.0.0.1:80"},
-    {"app_b": [["10.0.0.1 ; shutdown sessions", 80]]}, {"app_b x": [["10.0.0.1", 80]]}, ["app_b"]])
+    {"app_b": [["10.0.0.1 ; shutdown sessions", 80]]}, {"app_b x": [["10.0.0.1", 80]]}, ["app_b"],
+    {"app_b": [["fd00::1%x;disable frontend www", 80]]}, {"app_b": [["fd00::1", 80]]}])
 def test_set_servers_refuses_what_is_no_address_and_port_and_sends_nothing(haproxy, servers):
     haproxy.slots = slot_servers("app_b", 4)
     with pytest.raises(CommandExecutionError) as err:

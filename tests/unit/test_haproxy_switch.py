@@ -58,14 +58,14 @@ def test_one_that_fails_to_prepare_changes_none(switch):
     failed = dict(ok("lb1"), lb2={"ret": "ERROR: backend app_b: 1 of 2 servers UP and checked", "retcode": 1})
     switch.answers[:] = [failed]
     done = switch.routes(["lb1", "lb2"], ROUTES, PREVIOUS, require_up={"app_b": 2})
-    assert done == {"Error": "lb2: backend app_b: 1 of 2 servers UP and checked; no load balancer changed"}
+    assert done == {"Error": "lb2: backend app_b: 1 of 2 servers UP and checked; no route changed on any load balancer"}
     assert len(switch.calls) == 1  # no switch was sent
 
 
 def test_one_that_does_not_answer_changes_none(switch):
     switch.answers[:] = [ok("lb1")]
     done = switch.routes(["lb1", "lb2"], ROUTES, PREVIOUS)
-    assert done["Error"].startswith("lb2: did not answer within 30 s") and "no load balancer changed" in done["Error"]
+    assert done["Error"].startswith("lb2: did not answer within 30 s") and "no route changed" in done["Error"]
     assert "\n" not in done["Error"] and len(switch.calls) == 1
 
 
@@ -87,3 +87,15 @@ def test_a_set_back_that_fails_says_what_to_run(switch):
 def test_no_balancer_is_an_error(switch):
     assert switch.routes([], ROUTES, PREVIOUS)["Error"].startswith("no load balancer to switch")
     assert switch.calls == []
+
+
+def test_the_prepare_phase_may_wait_for_each_gated_backend_in_turn(switch):
+    switch.answers[:] = [ok("lb1", "lb2"), ok("lb1", "lb2")]
+    switch.routes(["lb1", "lb2"], ROUTES, PREVIOUS, require_up={"app_a": 2, "app_b": 2}, wait=60)
+    assert switch.calls[0]["timeout"] == 2 * 60 + switch.MARGIN
+
+
+def test_a_switch_a_load_balancer_did_not_answer_says_to_repair(switch):
+    switch.answers[:] = [ok("lb1", "lb2"), ok("lb1"), ok("lb1", "lb2")]
+    done = switch.routes(["lb1", "lb2"], ROUTES, PREVIOUS)
+    assert done["Error"].endswith("every load balancer set back to its routes; run ./stacks.py repair once it answers")

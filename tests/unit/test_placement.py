@@ -35,9 +35,10 @@ def addressed(**servers):
 # --- the door: loadbal:servers ------------------------------------------------
 
 @pytest.mark.parametrize("servers, words", [
-    ({"network": "10.0.0.0/33", "first_port": 21000}, "is not a network"),
-    ({"network": "10.0.0.0/24 ; x", "first_port": 21000}, "is not a network"),
-    ({"network": ["10.0.0.0/24"], "first_port": 21000}, "is not a network"),
+    ({"network": "10.0.0.0/33", "first_port": 21000}, "is not an IPv4 network"),
+    ({"network": "10.0.0.0/24 ; x", "first_port": 21000}, "is not an IPv4 network"),
+    ({"network": "fd00::/64", "first_port": 21000}, "is not an IPv4 network"),
+    ({"network": ["10.0.0.0/24"], "first_port": 21000}, "is not an IPv4 network"),
     ({"network": "10.0.0.0/24", "first_port": 80}, "first_port"),
     ({"network": "10.0.0.0/24", "first_port": 65530}, "first_port"),
     ({"network": "10.0.0.0/24", "first_port": "21000"}, "first_port"),
@@ -161,7 +162,7 @@ def test_a_minion_without_an_address_in_the_network_is_named(loader):
 
 
 def test_addresses_come_from_the_grains_inside_the_network(monkeypatch):
-    grains = {"app1": {"ipv4": ["127.0.0.1", "172.17.0.1", "10.231.0.21"]},
+    grains = {"app1": {"ipv4": ["fd00::1%x;evil", "127.0.0.1", "172.17.0.1", "10.231.0.21"]},
               "app2": {"ipv4": ["192.168.1.2", "not an address"]}, "app3": None}
     fake = types.SimpleNamespace(get_minion_data=lambda minion, opts: (minion, grains[minion], {}))
     monkeypatch.setattr(minions, "__opts__", {}, raising=False)
@@ -185,12 +186,15 @@ def test_the_ext_pillar_gives_each_stacks_servers(monkeypatch):
         "routes": {"app/production": "app_a"}, "servers": {"app": {"a": [["10.0.0.1", 21000]]}}}}
 
 
-def test_the_formula_takes_the_servers_of_its_apps_only():
+def test_the_formula_takes_the_servers_of_its_apps_by_address_only():
     pillar_module = load("_modules/pigeon_pillar.py", "pigeon_pillar_for_placement")
-    pillar_module.__utils__ = utils_dunder(sm)
-    pillar_module.__pillar__ = {"pigeon": {"servers": {"app": {"a": [["10.0.0.1", 21000]]},
-                                                       "other": {"b": [["10.0.0.9", 22000]]}}}}
-    assert pillar_module.servers(["app"]) == {"app_a": [["10.0.0.1", 21000]]}
+    pillar_module.__utils__ = utils_dunder(sm, definition)
+    registered = {"app": {"a": [["10.0.0.1", 21000]], "z": [["10.0.0.1", 1]]},
+                  "other": {"b": [["10.0.0.9", 22000]]}, "dns": {"a": [["10.0.0.8", 23000]]}}
+    pillar_module.__pillar__ = {"pigeon": {"servers": registered},
+                                "stacks": {"app": addressed(), "other": addressed(), "dns": copy.deepcopy(LAB)}}
+    # not another app's, not a slot the state machine does not have, not an app resolved by DNS
+    assert pillar_module.servers(["app", "dns"]) == {"app_a": [["10.0.0.1", 21000]]}
     assert pillar_module.servers(["nothing"]) == {}
 
 
@@ -207,3 +211,47 @@ def test_a_minion_publishes_on_its_own_address_only():
     with pytest.raises(Exception, match="app2 has no address in the plan"):
         containers._published(made, {"app1": "10.0.0.1"})
     assert containers._published(made[1:], None) == made[1:]
+
+
+# --- only what starts containers places them; repair places anew -----------------
+
+def test_a_rollback_needs_no_address_and_a_release_does(loader):
+    loader["pigeon_minions.expected"] = lambda tgt, tgt_type: ["app1"]
+    loader["pigeon_minions.addresses"] = lambda found, network: ({}, ["app1"])
+    entry = {"app": "app", "generation": 2, "routes": {"app/production": "app_b", "app/internal": "app_b"},
+             "stacks": {"1.0": {"state": "inactive", "slot": "a", "servers": [["10.0.0.1", 21000]]},
+                        "2.0": {"state": "active", "slot": "b", "servers": [["10.0.0.1", 21010]]}}}
+    loader["pigeon_registry.load"] = lambda app: copy.deepcopy(entry)
+    rollback = plan_utils.make("app", "rollback", definition=addressed())
+    assert "error" not in rollback and rollback["gate"] == {"backend": "app_a", "expected_up": 1}
+    release = plan_utils.make("app", "deactivate", version="1.0", definition=addressed())
+    assert "error" not in release
+    assert plan_utils.make("app", "release", version="3.0", definition=addressed())["error"].startswith(
+        "app1: no address in 10.231.0.0/24")
+
+
+def test_a_release_refuses_while_stacks_of_the_other_kind_remain(loader):
+    loader["pigeon_minions.expected"] = lambda tgt, tgt_type: ["app1"]
+    loader["pigeon_minions.addresses"] = lambda found, network: ({"app1": "10.231.0.21"}, [])
+    entry = {"app": "app", "generation": 2, "routes": {}, "stacks": {"1.0": {"state": "active", "slot": "a"}}}
+    loader["pigeon_registry.load"] = lambda app: copy.deepcopy(entry)
+    assert plan_utils.make("app", "release", version="2.0", definition=addressed())["error"] == (
+        "stacks:app:loadbal:servers was added while the registry holds 1.0, reached the other way; "
+        "deactivate it first (docs/multi-host.md)")
+    entry["stacks"]["1.0"]["servers"] = [["10.231.0.21", 21000]]
+    assert "removed while" in plan_utils.make("app", "release", version="2.0", definition=copy.deepcopy(LAB))["error"]
+
+
+def test_a_repair_places_the_stacks_on_the_minions_there_are_and_records_their_servers():
+    entry = {"app": "app", "generation": 4, "routes": {},
+             "stacks": {"1.0": {"state": "active", "slot": "a", "servers": [["10.0.0.1", 21000], ["10.0.0.1", 21001],
+                                                                             ["10.0.0.9", 21000], ["10.0.0.9", 21001]]}}}
+    planned = sm.plan(copy.deepcopy(entry), "repair")
+    plan = definition.expand("app", "repair", None, addressed(), entry, planned, sm.backend,
+                             placement={"app1": "10.0.0.1"}, slots=sm.slots())
+    assert plan["servers"] == {"app_a": [["10.0.0.1", 21000], ["10.0.0.1", 21001]]}
+    assert plan["gates"] == {"app_a": 2}
+    after = sm.replaced(entry, plan)
+    assert after["generation"] == 5 and after["stacks"]["1.0"]["servers"] == plan["servers"]["app_a"]
+    assert entry["stacks"]["1.0"]["servers"][2] == ["10.0.0.9", 21000]  # not changed in place
+    assert sm.replaced(after, plan) is None  # placed as recorded: the registry stays

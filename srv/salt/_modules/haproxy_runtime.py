@@ -317,12 +317,14 @@ def _checked_servers(servers):
         for server in wanted:
             try:
                 addr, port = server
-                addr, port = str(ipaddress.ip_address(addr)), int(port)
+                # IPv4 only: an IPv6 scope ("%...") would carry any text to the admin socket
+                addr, port = str(ipaddress.IPv4Address(addr)), int(port)
                 if isinstance(server[1], bool) or not 1 <= port <= 65535:
                     raise ValueError
             except (TypeError, ValueError):
                 raise CommandExecutionError(
-                    f"servers of {backend}: {server!r} is not [IP address, port from 1 to 65535]") from None
+                    f"servers of {backend}: {str(server)[:80]!r} is not [IPv4 address, port from 1 to 65535]") from None
+            _check_token(addr, f"address of a server of {backend}")
             checked[backend].append((addr, port))
     return checked
 
@@ -376,9 +378,11 @@ def set_servers(servers, socket=None):
                 changes.setdefault(backend, {})[server["name"]] = "maint"
     if changes:
         # HAProxy reads its server-state file when it starts: a restart keeps these servers
-        # (haproxy.cfg keeps it beside the admin socket, in the run/ folder)
-        dump_server_state(path=os.path.join(os.path.dirname(socket or _config("socket", DEFAULT_SOCKET)),
-                                            "server-state"), socket=socket)
+        # (haproxy.cfg keeps it beside the admin socket, in the run/ folder); read and written
+        # under a lock, so that two apps' changes at once both reach the file
+        path = os.path.join(os.path.dirname(socket or _config("socket", DEFAULT_SOCKET)), "server-state")
+        with __utils__["haproxy_maps.map_lock"](path):
+            dump_server_state(path=path, socket=socket)
     return changes
 
 

@@ -90,7 +90,13 @@ def servers(apps, registered=None):
     """
     if registered is None:
         registered = (__pillar__.get("pigeon") or {}).get("servers") or {}
-    backend = __utils__["pigeon_statemachine.backend"]
+    stacks = __pillar__.get("stacks") or {}
+    backend, known = __utils__["pigeon_statemachine.backend"], __utils__["pigeon_statemachine.slots"]()
+    # only the slots of apps this minion serves by address (loadbal:servers): another app's
+    # slots are resolved by DNS, and `set server` there would take them from it
     return {backend(str(app), str(slot)): [list(s) for s in found]
-            for app, slots in sorted(registered.items()) if str(app) in list(apps or [])
-            for slot, found in sorted((slots or {}).items())}
+            for app, slots in sorted(registered.items(), key=lambda kv: str(kv[0]))
+            if str(app) in list(apps or []) and isinstance(slots, dict)
+            and __utils__["pigeon_definition.by_address"]((stacks.get(app) or {}).get("loadbal"))
+            for slot, found in sorted(slots.items(), key=lambda kv: str(kv[0]))
+            if slot in known and isinstance(found, list)}

@@ -75,14 +75,18 @@ def routes(balancers, routes, previous, servers=None, require_up=None, wait=0, *
     if not balancers:
         return {"Error": "no load balancer to switch: loadbal:target matches no accepted minion"}
     prepare = {"routes": {}, "servers": servers or None, "require_up": require_up or None, "wait": wait or 0}
-    failed = _phase(balancers, prepare, int(float(wait or 0)) + MARGIN)
+    # set_routes waits for each gated backend in turn, each up to ``wait``
+    failed = _phase(balancers, prepare, int(float(wait or 0)) * max(len(require_up or {}), 1) + MARGIN)
     if failed:
-        return {"Error": f"{_named(failed)}; no load balancer changed"}
+        return {"Error": f"{_named(failed)}; no route changed on any load balancer"}
     failed = _phase(balancers, {"routes": routes, "require_up": require_up or None}, MARGIN)
     if failed:
         log.warning("haproxy_switch: the switch failed on %s; setting every load balancer back", sorted(failed))
         back = _phase(balancers, {"routes": previous}, MARGIN)
         end = ("every load balancer set back to its routes" if not back else
                f"could not set back {_named(back)}; run ./stacks.py repair")
+        if not back and any(why.startswith("did not answer") for why in failed.values()):
+            # its switch may still run after the set back: repair sets the registry's routes again
+            end += "; run ./stacks.py repair once it answers"
         return {"Error": f"{_named(failed)}; {end}"}
     return {"switched": balancers}

@@ -259,10 +259,6 @@ def expand(app, action, version, definition, entry, planned, backend, placement=
         stack = _stack(app, repaired["version"], repaired["slot"], definition, backend, placement, slots)
         if isinstance(stack, str):
             return {"error": stack}
-        if "servers" in stack:  # the stack's servers stay those it was released with
-            recorded = (entry["stacks"].get(repaired["version"]) or {}).get("servers")
-            if recorded:
-                stack.update(servers=recorded, expected_up=len(recorded))
         # the first step removes the containers of versions the registry does not know
         repaired.update(stack, keep=sorted(entry["stacks"]) if n == 0 else None)
     if planned.get("repair"):

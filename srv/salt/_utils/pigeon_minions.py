@@ -38,14 +38,14 @@ def addresses(minions, network):
 
     import salt.utils.minions  # pylint: disable=import-outside-toplevel
 
-    inside = ipaddress.ip_network(network, strict=False)
+    inside = ipaddress.IPv4Network(network, strict=False)
     found, missing = {}, []
     for minion in minions:
         grains = salt.utils.minions.get_minion_data(minion, __opts__)[1] or {}
         picked = None
         for raw in grains.get("ipv4") or []:
             try:
-                address = ipaddress.ip_address(str(raw))
+                address = ipaddress.IPv4Address(str(raw))  # IPv4 only: nothing after a '%' or ':'
             except ValueError:
                 continue
             if address in inside:

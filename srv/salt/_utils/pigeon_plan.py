@@ -96,6 +96,21 @@ def _overlap(app, definition, others):
     return None
 
 
+def _mixed(app, loadbal, entry, planned):
+    """Why a release cannot start while the registry holds stacks HAProxy reaches the other way
+    (by Docker's DNS, or by address: ``loadbal:servers`` added or removed since), or None. The
+    load balancers' slots of an app are all of one kind; the pillar's change reloads them."""
+    if not planned.get("start"):
+        return None
+    addressed = _utils("pigeon_definition.by_address")(loadbal)
+    other = sorted(v for v, s in entry["stacks"].items() if bool(s.get("servers")) != addressed)
+    if other:
+        return (f"stacks:{app}:loadbal:servers was {'added' if addressed else 'removed'} while the registry holds "
+                f"{', '.join(other)}, reached the other way; deactivate {'them' if len(other) > 1 else 'it'} "
+                "first (docs/multi-host.md)")
+    return None
+
+
 def placement(app, definition):
     """({app minion: address}, None) for an app HAProxy reaches by address: the minions with an
     accepted key that ``config:target`` matches, each at its address in ``loadbal:servers:
@@ -119,15 +134,6 @@ def make(app, action, version=None, force=False, definition=None, expect_revisio
     version, refusal = check(app, action, version, definition, known)
     if refusal:
         return {"error": refusal}
-    addressed = _utils("pigeon_definition.by_address")(definition["loadbal"])
-    where = None
-    if addressed:
-        refusal = _overlap(app, definition, others)
-        if refusal:
-            return {"error": refusal}
-        where, refusal = placement(app, definition)
-        if refusal:
-            return {"error": refusal}
     loadbal = definition["loadbal"]
     balancers = _utils("pigeon_minions.expected")(loadbal["target"], loadbal.get("target_type", "glob"))
     entry = _utils("pigeon_registry.load")(app)
@@ -140,6 +146,20 @@ def make(app, action, version=None, force=False, definition=None, expect_revisio
         if not _is_transition_error(exc):
             raise
         return {"error": str(exc)}
+    where = None
+    if _utils("pigeon_definition.by_address")(loadbal) and (planned.get("start") or planned.get("repair")):
+        # only an action that starts containers places them: a rollback or a deactivate
+        # never waits for an app minion's address or another app's ports
+        refusal = _overlap(app, definition, others) or _mixed(app, loadbal, entry, planned)
+        if refusal:
+            return {"error": refusal}
+        where, refusal = placement(app, definition)
+        if refusal:
+            return {"error": refusal}
+    elif planned.get("start"):
+        refusal = _mixed(app, loadbal, entry, planned)
+        if refusal:
+            return {"error": refusal}
     planned = _utils("pigeon_definition.expand")(app, action, version, definition, entry, planned,
                                                  _utils("pigeon_statemachine.backend"), placement=where,
                                                  slots=_utils("pigeon_statemachine.slots")(), balancers=balancers)
@@ -170,6 +190,10 @@ def commit(app, planned, held, source="cli"):
         converged = planned.get("converge_loadbal") and planned["action"] == "release"
         applied = _utils("pigeon_statemachine.apply")(entry, planned, _utils("pigeon_registry.now")(), who)
         entry = dict(applied, loadbal_hash=planned["loadbal_hash"] if converged else entry.get("loadbal_hash"))
+        store(entry)
+    elif _utils("pigeon_statemachine.replaced")(entry, planned):
+        # a repair placed its stacks on the app minions there are now: their new servers
+        entry = _utils("pigeon_statemachine.replaced")(entry, planned)
         store(entry)
     record = _utils("pigeon_registry.record")(
         planned["action"], planned.get("version"), "success", user=who, source=source,

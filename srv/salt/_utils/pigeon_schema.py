@@ -253,9 +253,10 @@ def _check_servers(path, servers):
     try:
         if not isinstance(network, str):
             raise ValueError
-        ipaddress.ip_network(network, strict=False)
+        # IPv4 only: docker's port bindings and HAProxy's `set server addr` take it as is
+        ipaddress.IPv4Network(network, strict=False)
     except ValueError:
-        raise Invalid(f"broken pillar: {path}:network {_show(network)} is not a network such as "
+        raise Invalid(f"broken pillar: {path}:network {_show(network)} is not an IPv4 network such as "
                       "10.0.0.0/24; see docs/pillar.md") from None
     _pillar_integer(f"{path}:first_port", servers["first_port"], 1024, 65536 - SERVER_PORTS)
 

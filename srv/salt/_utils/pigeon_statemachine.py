@@ -252,3 +252,19 @@ def apply(entry, planned, when, by):
             if planned["start"].get("servers"):  # where HAProxy reaches it: [[address, port], ...]
                 new["stacks"][version]["servers"] = [list(s) for s in planned["start"]["servers"]]
     return new
+
+
+def replaced(entry, planned):
+    """The registry entry after a repair that placed its stacks anew (by address: the app
+    minions there are now), with those stacks' servers and the next revision; None when no
+    stack's servers changed (the registry stays as it is)."""
+    changed = {r["version"]: [list(s) for s in r["servers"]] for r in planned.get("repair") or []
+               if r.get("servers") and r["version"] in entry["stacks"]
+               and entry["stacks"][r["version"]].get("servers") != [list(s) for s in r["servers"]]}
+    if not changed:
+        return None
+    new = dict(entry, generation=entry["generation"] + 1,
+               stacks={v: dict(s) for v, s in entry["stacks"].items()})
+    for version, servers in changed.items():
+        new["stacks"][version]["servers"] = servers
+    return new
