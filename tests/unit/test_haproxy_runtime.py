@@ -269,19 +269,30 @@ def test_wait_drained_gives_up_after_timeout_without_raising(haproxy, caplog):
 
 
 def test_set_routes_refuses_an_unknown_backend_and_changes_nothing(haproxy, maps_dir):
-    _set_map(haproxy, maps_dir, {"shop.example.com": "app_a"})
+    _set_map(haproxy, maps_dir, {"shop/production": "app_a"})
     before = (maps_dir / "routes.map").read_text()
 
     with pytest.raises(hr.CommandExecutionError) as error:
-        hr.set_routes({"shop.example.com": "app_c", "api.example.com": "app_b"},
+        hr.set_routes({"shop/production": "app_c", "api/internal": "app_b", "shop/version/c": "2.0"},
                       socket=haproxy.path, maps_dir=str(maps_dir))
 
     assert str(error.value) == (
         "backend app_c: not defined in HAProxy; add it to haproxy.cfg and reload before routing to it"
     )
     assert (maps_dir / "routes.map").read_text() == before
-    assert haproxy.maps[MAP_REF] == [["shop.example.com", "app_a"]]
+    assert haproxy.maps[MAP_REF] == [["shop/production", "app_a"]]
     assert haproxy.write_commands() == []
+
+
+def test_set_routes_sets_a_slots_version_which_names_no_backend(haproxy, maps_dir):
+    _set_map(haproxy, maps_dir, {"app/production": "app_a"})
+
+    hr.set_routes({"app/internal": "app_b", "app/version/b": "2.0", "app/version/c": None},
+                  socket=haproxy.path, maps_dir=str(maps_dir))
+
+    assert dict(haproxy.maps[MAP_REF]) == {"app/production": "app_a", "app/internal": "app_b",
+                                           "app/version/b": "2.0"}
+    assert "app/version/b 2.0" in (maps_dir / "routes.map").read_text()
 
 
 # --- servers by address -------------------------------------------------------

@@ -26,8 +26,8 @@ def test_the_apps_of_our_frontends(module):
     other = copy.deepcopy(LAB["app"])
     other["loadbal"]["frontend"] = "elsewhere"
     module.__pillar__["stacks"]["other"] = other
-    backends = [{"slot": s, "name": f"app_{s}", "alias": f"pigeon-app-{s}", "servers": 10, "by_address": False}
-                for s in "abc"]
+    backends = [{"slot": s, "name": f"app_{s}", "alias": f"pigeon-app-{s}", "servers": 10, "by_address": False,
+                 "version_key": f"app/version/{s}"} for s in "abc"]
     assert module.loadbal_apps(["www"]) == {"app": dict(LAB["app"]["loadbal"], backends=backends)}
     assert module.loadbal_apps(["nothing"]) == {}
 

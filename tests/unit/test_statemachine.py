@@ -21,6 +21,16 @@ WHEN = "2024-05-01T12:00:00Z"
 BY = "alice"
 
 
+def traffic(routes):
+    """The routes that send traffic somewhere (production, internal), without the slots' versions."""
+    return {k: v for k, v in routes.items() if "/version/" not in k}
+
+
+def versions(routes):
+    """{slot: version} of the slots the routes hold a version for."""
+    return {k.rpartition("/")[2]: v for k, v in routes.items() if "/version/" in k and v is not None}
+
+
 def _entry(stacks, generation=1):
     built = {v: {"state": st, "slot": sl, "since": "earlier", "by": "bob"} for v, (st, sl) in stacks.items()}
     return {"app": APP, "generation": generation, "stacks": built,
@@ -81,16 +91,26 @@ def test_empty_backend_in_state():
     assert sm.in_state(active_only(), "release") is None
 
 
+def test_routes_say_which_version_each_slot_holds():
+    routes = sm.routes(APP, {"1.0": {"state": "active", "slot": "a"}, "2.0": {"state": "release", "slot": "c"}})
+    assert {k: v for k, v in routes.items() if "/version/" in k} == {
+        "shop/version/a": "1.0", "shop/version/b": None, "shop/version/c": "2.0"}
+    assert sm.version_key(APP, "b") == "shop/version/b"
+    # the slots of the plan, and an empty slot's key deleted (None)
+    assert sm.routes(APP, {"1.0": {"state": "active", "slot": "y"}}, slots=("x", "y")) == {
+        "shop/production": "shop_y", "shop/internal": "shop_y", "shop/version/x": None, "shop/version/y": "1.0"}
+
+
 def test_routes_function():
-    assert sm.routes(APP, {}) == {"shop/production": None, "shop/internal": None}
-    assert sm.routes(APP, {"1": {"state": "active", "slot": "c"}}) == {
+    assert traffic(sm.routes(APP, {})) == {"shop/production": None, "shop/internal": None}
+    assert traffic(sm.routes(APP, {"1": {"state": "active", "slot": "c"}})) == {
         "shop/production": "shop_c", "shop/internal": "shop_c"}
-    assert sm.routes(APP, {"1": {"state": "active", "slot": "a"}, "2": {"state": "release", "slot": "b"}}) == {
+    assert traffic(sm.routes(APP, {"1": {"state": "active", "slot": "a"}, "2": {"state": "release", "slot": "b"}})) == {
         "shop/production": "shop_a", "shop/internal": "shop_b"}
-    assert sm.routes(APP, {"1": {"state": "release", "slot": "b"}}) == {
+    assert traffic(sm.routes(APP, {"1": {"state": "release", "slot": "b"}})) == {
         "shop/production": None, "shop/internal": "shop_b"}
     # inactive takes no traffic at all
-    assert sm.routes(APP, {"1": {"state": "inactive", "slot": "a"}}) == {
+    assert traffic(sm.routes(APP, {"1": {"state": "inactive", "slot": "a"}})) == {
         "shop/production": None, "shop/internal": None}
 
 
@@ -118,7 +138,7 @@ def test_release_into_first_free_slot(make, slot, production):
     assert p["message"] == f"shop 4.0 released in slot {slot}"
     assert p["routes_before"] == sm.routes(APP, e["stacks"])
     # production untouched, internal to the new stack
-    assert p["routes"] == {"shop/production": production, "shop/internal": f"shop_{slot}"}
+    assert traffic(p["routes"]) == {"shop/production": production, "shop/internal": f"shop_{slot}"}
 
 
 def test_release_with_custom_slots_and_no_free_slot():
@@ -138,7 +158,7 @@ def test_release_of_released_version_is_noop():
     assert p["start"] is None
     assert p["stop"] == []
     assert p["states"] == {}
-    assert p["routes"] == p["routes_before"] == {"shop/production": "shop_a", "shop/internal": "shop_b"}
+    assert traffic(p["routes"]) == traffic(p["routes_before"]) == {"shop/production": "shop_a", "shop/internal": "shop_b"}
 
 
 def test_release_of_active_version_refused():
@@ -178,9 +198,9 @@ def test_activate_full_rotation():
     assert p["stop"] == [{"version": "1.0", "slot": "a", "state": "inactive"}]
     assert p["start"] is None
     assert p["message"] == "shop 3.0 is active; 2.0 is inactive"
-    assert p["routes_before"] == {"shop/production": "shop_b", "shop/internal": "shop_c"}
+    assert traffic(p["routes_before"]) == {"shop/production": "shop_b", "shop/internal": "shop_c"}
     # no release left: internal follows production
-    assert p["routes"] == {"shop/production": "shop_c", "shop/internal": "shop_c"}
+    assert traffic(p["routes"]) == {"shop/production": "shop_c", "shop/internal": "shop_c"}
 
 
 def test_activate_without_version_takes_the_release():
@@ -194,7 +214,7 @@ def test_activate_with_active_but_no_inactive():
     assert p["states"] == {"2.0": "active", "1.0": "inactive"}
     assert p["stop"] == []
     assert p["message"] == "shop 2.0 is active; 1.0 is inactive"
-    assert p["routes"] == {"shop/production": "shop_b", "shop/internal": "shop_b"}
+    assert traffic(p["routes"]) == {"shop/production": "shop_b", "shop/internal": "shop_b"}
 
 
 def test_first_activate():
@@ -203,8 +223,8 @@ def test_first_activate():
     assert p["states"] == {"1.0": "active"}
     assert p["stop"] == []
     assert p["message"] == "shop 1.0 is active"
-    assert p["routes_before"] == {"shop/production": None, "shop/internal": "shop_a"}
-    assert p["routes"] == {"shop/production": "shop_a", "shop/internal": "shop_a"}
+    assert traffic(p["routes_before"]) == {"shop/production": None, "shop/internal": "shop_a"}
+    assert traffic(p["routes"]) == {"shop/production": "shop_a", "shop/internal": "shop_a"}
 
 
 def test_activate_of_active_is_noop():
@@ -243,14 +263,14 @@ def test_rollback_swaps_active_and_inactive():
     assert p["stop"] == [] and p["start"] is None
     assert p["noop"] is False
     assert p["message"] == "shop 1.0 is active again; 2.0 is inactive"
-    assert p["routes_before"] == {"shop/production": "shop_b", "shop/internal": "shop_b"}
-    assert p["routes"] == {"shop/production": "shop_a", "shop/internal": "shop_a"}
+    assert traffic(p["routes_before"]) == {"shop/production": "shop_b", "shop/internal": "shop_b"}
+    assert traffic(p["routes"]) == {"shop/production": "shop_a", "shop/internal": "shop_a"}
 
 
 def test_rollback_keeps_the_release_on_internal():
     p = plan(full(), "rollback", "1.0")
     assert p["states"] == {"1.0": "active", "2.0": "inactive"}
-    assert p["routes"] == {"shop/production": "shop_a", "shop/internal": "shop_c"}
+    assert traffic(p["routes"]) == {"shop/production": "shop_a", "shop/internal": "shop_c"}
 
 
 def test_rollback_without_active():
@@ -259,7 +279,7 @@ def test_rollback_without_active():
     p = plan(e, "rollback")
     assert p["states"] == {"1.0": "active"}
     assert p["message"] == "shop 1.0 is active again"
-    assert p["routes"] == {"shop/production": "shop_a", "shop/internal": "shop_a"}
+    assert traffic(p["routes"]) == {"shop/production": "shop_a", "shop/internal": "shop_a"}
 
 
 @pytest.mark.parametrize("make", [fresh, active_only, active_and_release, released_only])
@@ -280,13 +300,13 @@ def test_deactivate_release_internal_falls_back_to_active():
     assert p["states"] == {"3.0": None}
     assert p["stop"] == [{"version": "3.0", "slot": "c", "state": "release"}]
     assert p["message"] == "shop 3.0 deactivated"
-    assert p["routes_before"] == {"shop/production": "shop_b", "shop/internal": "shop_c"}
-    assert p["routes"] == {"shop/production": "shop_b", "shop/internal": "shop_b"}
+    assert traffic(p["routes_before"]) == {"shop/production": "shop_b", "shop/internal": "shop_c"}
+    assert traffic(p["routes"]) == {"shop/production": "shop_b", "shop/internal": "shop_b"}
 
 
 def test_deactivate_only_release_leaves_no_routes():
     p = plan(released_only(), "deactivate", "1.0")
-    assert p["routes"] == {"shop/production": None, "shop/internal": None}
+    assert traffic(p["routes"]) == {"shop/production": None, "shop/internal": None}
 
 
 def test_deactivate_inactive_routes_unchanged():
@@ -294,7 +314,7 @@ def test_deactivate_inactive_routes_unchanged():
     p = plan(e, "deactivate", "1.0")
     assert p["states"] == {"1.0": None}
     assert p["stop"] == [{"version": "1.0", "slot": "a", "state": "inactive"}]
-    assert p["routes"] == p["routes_before"] == {"shop/production": "shop_b", "shop/internal": "shop_c"}
+    assert traffic(p["routes"]) == traffic(p["routes_before"]) == {"shop/production": "shop_b", "shop/internal": "shop_c"}
 
 
 def test_deactivate_active_with_force():
@@ -302,10 +322,10 @@ def test_deactivate_active_with_force():
     assert p["states"] == {"2.0": None}
     assert p["stop"] == [{"version": "2.0", "slot": "b", "state": "active"}]
     # production answers 503; the inactive takes no traffic
-    assert p["routes"] == {"shop/production": None, "shop/internal": None}
+    assert traffic(p["routes"]) == {"shop/production": None, "shop/internal": None}
 
     p = plan(full(), "deactivate", "2.0", force=True)
-    assert p["routes"] == {"shop/production": None, "shop/internal": "shop_c"}
+    assert traffic(p["routes"]) == {"shop/production": None, "shop/internal": "shop_c"}
 
 
 def test_deactivate_active_without_force_refused():
@@ -368,7 +388,7 @@ def test_apply_release():
         "1.0": {"state": "active", "slot": "a", "since": "earlier", "by": "bob"},
         "2.0": {"state": "release", "slot": "b", "since": WHEN, "by": BY},
     }
-    assert new["routes"] == {"shop/production": "shop_a", "shop/internal": "shop_b"}
+    assert traffic(new["routes"]) == {"shop/production": "shop_a", "shop/internal": "shop_b"}
     # the routes are a copy, not the plan's dict
     new["routes"]["shop/production"] = "changed"
     assert p["routes"]["shop/production"] == "shop_a"
@@ -382,7 +402,7 @@ def test_apply_activate_records_since_and_by_of_changed_stacks_only():
         "3.0": {"state": "active", "slot": "c", "since": WHEN, "by": BY},
         "2.0": {"state": "inactive", "slot": "b", "since": WHEN, "by": BY},
     }
-    assert new["routes"] == {"shop/production": "shop_c", "shop/internal": "shop_c"}
+    assert traffic(new["routes"]) == {"shop/production": "shop_c", "shop/internal": "shop_c"}
 
 
 def test_apply_on_empty_registry():
@@ -390,7 +410,7 @@ def test_apply_on_empty_registry():
     new = sm.apply(e, plan(e, "release", "1.0"), WHEN, BY)
     assert new["generation"] == 1
     assert new["stacks"] == {"1.0": {"state": "release", "slot": "a", "since": WHEN, "by": BY}}
-    assert new["routes"] == {"shop/production": None, "shop/internal": "shop_a"}
+    assert traffic(new["routes"]) == {"shop/production": None, "shop/internal": "shop_a"}
     assert e == sm.empty(APP)
 
 
@@ -436,7 +456,8 @@ def _check_invariants(e, slots):
     production = f"{APP}_{slot_of['active']}" if "active" in slot_of else None
     internal_slot = slot_of.get("release", slot_of.get("active"))
     internal = f"{APP}_{internal_slot}" if internal_slot else None
-    assert e["routes"] == {f"{APP}/production": production, f"{APP}/internal": internal}, stacks
+    assert traffic(e["routes"]) == {f"{APP}/production": production, f"{APP}/internal": internal}, stacks
+    assert versions(e["routes"]) == {s["slot"]: v for v, s in stacks.items()}, stacks
 
 
 @pytest.mark.parametrize("slots", [sm.DEFAULT_SLOTS, ("x", "y")])

@@ -421,7 +421,8 @@ def set_routes(routes, map_name="routes.map", socket=None, maps_dir=None, maps_d
 
     ``routes`` is {key: backend name, or None to delete the key}. Every
     backend named must exist, since HAProxy silently falls back to its
-    default backend for a map value naming a missing one. The host file is
+    default backend for a map value naming a missing one (the keys of
+    ``haproxy_maps.BACKEND_KEYS``; a ``<app>/version/<slot>`` key holds a version). The host file is
     written first (so a reload keeps the routes), then the running map is
     changed and read back. Keys not in ``routes`` are left alone. Returns
     {"changes": {key: {"old", "new"}}, "map": running map}; with nothing to
@@ -431,7 +432,7 @@ def set_routes(routes, map_name="routes.map", socket=None, maps_dir=None, maps_d
 
     .. code-block:: bash
 
-        salt '*' haproxy_runtime.set_routes '{"shop.example.com": "app_b"}'
+        salt '*' haproxy_runtime.set_routes '{"app/production": "app_b"}'
     """
     if not isinstance(routes, dict):
         raise CommandExecutionError(f"routes {routes!r}: must be a dict of key to backend name or None")
@@ -447,7 +448,7 @@ def set_routes(routes, map_name="routes.map", socket=None, maps_dir=None, maps_d
         else:
             check_up(backend, count, socket=socket)
     host_path, map_ref = _map_paths(map_name, maps_dir, maps_dir_in_container)
-    _check_backends_exist([value for value in routes.values() if value is not None], socket)
+    _check_backends_exist(__utils__["haproxy_maps.backend_values"](routes), socket)
     with __utils__["haproxy_maps.map_lock"](host_path):
         # only the keys of ``routes`` change, read and written under the map's lock: two
         # apps switching at once both keep their routes
@@ -496,7 +497,8 @@ def sync_map(map_name="routes.map", socket=None, maps_dir=None, maps_dir_in_cont
         runtime = _runtime_map(map_ref, socket)
         wanted = dict(on_disk)
         wanted.update({key: None for key in runtime if key not in on_disk})
-        _check_backends_exist([value for key, value in on_disk.items() if runtime.get(key) != value], socket)
+        _check_backends_exist(__utils__["haproxy_maps.backend_values"](
+            {key: value for key, value in on_disk.items() if runtime.get(key) != value}), socket)
         changes = _apply_runtime(map_ref, wanted, runtime, socket)
         final = _verify_runtime(map_ref, wanted, socket) if changes else runtime
     return {"changes": changes, "map": final}

@@ -51,9 +51,33 @@ def loadbal_apps(frontends, stacks=None):
             __utils__["pigeon_schema.check_definition"](app, definition)
         except ValueError as exc:  # pigeon_schema.Invalid
             raise CommandExecutionError(f"haproxy: stacks:{str(app)[:60]!r} not rendered: {exc}") from None
+        # two apps on one frontend: each host name to one app, one app at most without hosts
+        claimed = __utils__["pigeon_schema.frontend_claims"](app, stacks)
+        if claimed:
+            raise CommandExecutionError(f"haproxy: not rendered: {claimed}")
         apps[app] = dict(loadbal, backends=__utils__["pigeon_definition.backends"](
-            app, __utils__["pigeon_statemachine.slots"](), __utils__["pigeon_statemachine.backend"], loadbal))
+            app, __utils__["pigeon_statemachine.slots"](), __utils__["pigeon_statemachine.backend"], loadbal,
+            version_key=__utils__["pigeon_statemachine.version_key"]))
     return apps
+
+
+def haproxy_settings(haproxy):
+    """
+    The haproxy formula's settings (pillar ``haproxy:`` merged over its defaults, as
+    ``haproxy/map.jinja`` has them), checked by ``pigeon_schema.check_haproxy`` before any of
+    them reaches haproxy.cfg: returned as they are, or CommandExecutionError (one line).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt lb-minion pigeon_pillar.haproxy_settings "$(salt-call --out=json pillar.get haproxy)"
+    """
+    try:
+        __utils__["pigeon_schema.check_haproxy"](haproxy)
+    except ValueError as exc:  # pigeon_schema.Invalid
+        raise CommandExecutionError(f"haproxy: not rendered: {exc}") from None
+    return haproxy
 
 
 def routes_map(apps, routes=None):

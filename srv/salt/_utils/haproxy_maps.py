@@ -1,7 +1,8 @@
 """
 Route maps on the minion: the map files, their lock, and the edits of a running map.
 
-Routes live in a map file (``key backend`` lines). The folder holding the map
+Routes live in a map file (``key value`` lines: a backend for the routes, a version for a
+slot, see ``BACKEND_KEYS``). The folder holding the map
 files is bind-mounted into the container, so the host file is what HAProxy
 loads when it starts or reloads, while the running map is changed through the
 admin socket with ``set/add/del map`` (``map_edits`` says which). Every app's
@@ -92,6 +93,18 @@ def token_error(text, what):
     if not isinstance(text, str) or not text or any(c.isspace() or c == ";" for c in text):
         return f"{what} {text!r}: must be a non-empty string without spaces or ';'; HAProxy's CLI cannot take it"
     return None
+
+
+# the keys whose value names a backend (``<app>/production``, ``<app>/internal``); the others
+# hold a value haproxy.cfg reads (``<app>/version/<slot>``: the version in a slot)
+BACKEND_KEYS = ("production", "internal")
+
+
+def backend_values(entries):
+    """The values of entries ({key: value or None}) that must name a backend HAProxy has: those
+    of the keys ending in one of BACKEND_KEYS, None left out."""
+    return [value for key, value in entries.items()
+            if value is not None and str(key).rpartition("/")[2] in BACKEND_KEYS]
 
 
 def with_routes(entries, routes):

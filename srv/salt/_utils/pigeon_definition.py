@@ -78,16 +78,18 @@ def by_address(loadbal):
     return bool((loadbal or {}).get("servers"))
 
 
-def backends(app, slots, backend, loadbal=None):
+def backends(app, slots, backend, loadbal=None, version_key=None):
     """
     The HAProxy backends of an app, one per slot, as the load balancer's formula renders
     them (``pigeon_pillar.loadbal_apps``): [{"slot", "name" (``backend(app, slot)``),
     "alias" (the servers' DNS name), "servers" (the server-template's size), "by_address"
-    (its servers are set at runtime by address, not resolved)}].
+    (its servers are set at runtime by address, not resolved), "version_key" (the routes
+    map key of the slot's version, ``version_key(app, slot)``)}].
     """
     addressed = by_address(loadbal)
     return [{"slot": slot, "name": backend(app, slot), "alias": slot_alias(app, slot),
-             "servers": SLOT_SERVERS if addressed else MAX_REPLICAS, "by_address": addressed}
+             "servers": SLOT_SERVERS if addressed else MAX_REPLICAS, "by_address": addressed,
+             "version_key": version_key(app, slot) if version_key else None}
             for slot in slots]
 
 

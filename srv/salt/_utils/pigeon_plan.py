@@ -129,7 +129,8 @@ def make(app, action, version=None, force=False, definition=None, expect_revisio
     """
     The plan of ``action`` on the registry as it is now, or {"error": one line}.
     ``definition`` is the app's ``stacks:<app>`` pillar; ``known``, the pillar's apps;
-    ``others``, their definitions (an app whose host ports overlap another's is refused).
+    ``others``, their definitions (an app whose host ports overlap another's, or that claims
+    another's host name on its frontend, is refused).
     """
     version, refusal = check(app, action, version, definition, known)
     if refusal:
@@ -146,6 +147,12 @@ def make(app, action, version=None, force=False, definition=None, expect_revisio
         if not _is_transition_error(exc):
             raise
         return {"error": str(exc)}
+    if planned.get("start") or planned.get("repair"):
+        # an action that converges the load balancers: their formula would refuse a host
+        # name claimed twice on a frontend (a rollback or deactivate only switches routes)
+        refusal = _utils("pigeon_schema.frontend_claims")(app, {**(others or {}), app: definition})
+        if refusal:
+            return {"error": refusal}
     where = None
     if _utils("pigeon_definition.by_address")(loadbal) and (planned.get("start") or planned.get("repair")):
         # only an action that starts containers places them: a rollback or a deactivate

@@ -45,6 +45,12 @@ CHECK_PATH_RE = re.compile(r"\A/[!-~]{0,255}\Z")
 # a folder on the app minions (config:build_dir): absolute, plain names, no "." or ".." part
 BUILD_DIR_RE = re.compile(r"\A(?:/(?!\.{1,2}(?:/|\Z))[A-Za-z0-9_.-]{1,64}){2,16}\Z")
 HAPROXY_TIME_RE = re.compile(r"\A[0-9]{1,7}(us|ms|s|m|h|d)?\Z")
+# a host name an app serves (loadbal:hosts), as HAProxy compares it: lower case, no port, no dot at the end
+HOST_RE = re.compile(r"\A(?=.{1,253}\Z)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*"
+                     r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+MAX_HOSTS = 64  # host names of one app
+# an HTTP header or cookie name (haproxy:frontends:<name>:preview_header, preview_cookie)
+HEADER_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 TARGET_TYPES = ("glob", "pcre", "list", "grain", "grain_pcre", "pillar", "pillar_pcre",
                 "nodegroup", "range", "compound", "ipcidr")
 MAX_WAIT = 3600  # seconds an action may wait for the deploy lock
@@ -261,6 +267,82 @@ def _check_servers(path, servers):
     _pillar_integer(f"{path}:first_port", servers["first_port"], 1024, 65536 - SERVER_PORTS)
 
 
+def _check_hosts(path, hosts):
+    """``loadbal:hosts``: the host names an app serves on its frontend (Host header, TLS SNI)."""
+    if not isinstance(hosts, list) or not hosts:
+        raise Invalid(f"broken pillar: {path} must be a list of host names such as "
+                      "[shop.example.com]; see docs/pillar.md")
+    if len(hosts) > MAX_HOSTS:
+        raise Invalid(f"broken pillar: {path} names {len(hosts)} hosts, more than {MAX_HOSTS}; see docs/pillar.md")
+    for n, host in enumerate(hosts):
+        _pillar_text(f"{path}:{n}", host, HOST_RE,
+                     "a host name in lower case, without port or trailing dot, such as shop.example.com")
+    if len(set(hosts)) != len(hosts):
+        twice = sorted(h for h in set(hosts) if hosts.count(h) > 1)[0]
+        raise Invalid(f"broken pillar: {path} names {twice} twice; see docs/pillar.md")
+
+
+def frontend_claims(app, definitions):
+    """Why ``app`` cannot share its frontend with the other apps of ``definitions`` ({app:
+    stacks:<app> pillar}), as one line, or None: a host name another app of the same frontend
+    claims, or a second app without ``loadbal:hosts`` there (the one that gets every host no
+    other app names). Each definition is taken as it is: the others' own checks refuse them."""
+    def serving(name):
+        definition = definitions.get(name)
+        loadbal = definition.get("loadbal") if isinstance(definition, dict) else None
+        return loadbal if isinstance(loadbal, dict) else {}
+
+    mine = serving(app)
+    frontend, hosts = mine.get("frontend"), mine.get("hosts") or []
+    for other in sorted((definitions or {}), key=str):
+        theirs = serving(other)
+        if other == app or theirs.get("frontend") != frontend:
+            continue
+        their_hosts = theirs.get("hosts") or []
+        shared = sorted(set(hosts) & set(h for h in their_hosts if isinstance(h, str))) if isinstance(
+            their_hosts, list) else []
+        if shared:
+            return (f"broken pillar: stacks:{app}:loadbal:hosts claims {shared[0]}, which "
+                    f"stacks:{other} on frontend {frontend} claims too; give each host to one app")
+        if not hosts and not their_hosts:
+            return (f"broken pillar: stacks:{app} and stacks:{other} both serve frontend {frontend} "
+                    "without loadbal:hosts; give one of them (or both) the host names it serves")
+    return None
+
+
+def check_haproxy(haproxy):
+    """The haproxy formula's pillar (``haproxy:``, merged over its defaults), as far as it reaches
+    haproxy.cfg: each frontend's name, ports and preview header and cookie names (empty: off),
+    the internal networks and the timeouts. Invalid (one line) or None."""
+    base = "haproxy"
+    haproxy = _mapping(base, haproxy)
+    frontends = _mapping(f"{base}:frontends", haproxy.get("frontends"))
+    for name, frontend in frontends.items():
+        _pillar_text(f"{base}:frontends name", name, NAME_RE, "1-64 letters, digits, '_', '.', '-'")
+        frontend = _mapping(f"{base}:frontends:{name}", frontend)
+        for key in ("port", "preview_port"):
+            if key not in frontend:
+                raise Invalid(f"broken pillar: {base}:frontends:{name}:{key} is missing; see docs/pillar.md")
+            _pillar_integer(f"{base}:frontends:{name}:{key}", frontend[key], 1, 65535)
+        for key in ("preview_header", "preview_cookie"):
+            if frontend.get(key):
+                _pillar_text(f"{base}:frontends:{name}:{key}", frontend[key], HEADER_RE,
+                             "1-64 letters, digits, '-', '_' (or '' for none)")
+    networks = haproxy.get("internal_networks") or []
+    if not isinstance(networks, list):
+        raise Invalid(f"broken pillar: {base}:internal_networks must be a list of networks; see docs/pillar.md")
+    for n, network in enumerate(networks):
+        try:
+            if not isinstance(network, str):
+                raise ValueError
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise Invalid(f"broken pillar: {base}:internal_networks:{n} {_show(network)} is not a network "
+                          "such as 10.0.0.0/8; see docs/pillar.md") from None
+    for key, value in _mapping(f"{base}:timeouts", haproxy.get("timeouts"), required=False).items():
+        _pillar_text(f"{base}:timeouts:{key}", value, HAPROXY_TIME_RE, "an HAProxy time such as 30s")
+
+
 def check_definition(app, definition):
     """
     The checks of a ``stacks:<app>`` definition that Pigeon's steps rely on:
@@ -320,6 +402,8 @@ def check_definition(app, definition):
         _pillar_integer(f"{base}:loadbal:drain_timeout", loadbal["drain_timeout"], 0, 3600)
     if "backend_port" in loadbal:
         _pillar_integer(f"{base}:loadbal:backend_port", loadbal["backend_port"], 1, 65535)
+    if loadbal.get("hosts") is not None:
+        _check_hosts(f"{base}:loadbal:hosts", loadbal["hosts"])
     servers = _mapping(f"{base}:loadbal:servers", loadbal.get("servers"), required=False)
     if servers:
         _check_servers(f"{base}:loadbal:servers", servers)

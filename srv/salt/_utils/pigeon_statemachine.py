@@ -19,7 +19,12 @@ A registry entry (one per app)::
     {"app": "app", "generation": 3,
      "stacks": {"1.0": {"state": "active", "slot": "a", "since": "...", "by": "...",
                         "servers": [["10.0.0.21", 21000], ...]}},  # servers: by address only
-     "routes": {"app/production": "app_a", "app/internal": "app_a"}}
+     "routes": {"app/production": "app_a", "app/internal": "app_a",
+                "app/version/a": "1.0", "app/version/b": None, "app/version/c": None}}
+
+The routes are the app's keys in HAProxy's routes map: ``<app>/production`` and
+``<app>/internal`` name a backend; ``<app>/version/<slot>`` holds the version in a slot,
+which HAProxy sends back in each response's ``X-Pigeon-Version`` header.
 """
 
 import re
@@ -55,6 +60,11 @@ def backend(app, slot):
     return f"{app}_{slot}"
 
 
+def version_key(app, slot):
+    """The routes map key holding the version in an app's slot (the X-Pigeon-Version header)."""
+    return f"{app}/version/{slot}"
+
+
 def in_state(entry, state):
     """The version of the app's stack in ``state``, or None."""
     for version, stack in entry["stacks"].items():
@@ -63,8 +73,9 @@ def in_state(entry, state):
     return None
 
 
-def routes(app, stacks):
-    """Where production and internal traffic go, given {version: {state, slot}}.
+def routes(app, stacks, slots=DEFAULT_SLOTS):
+    """Where production and internal traffic go, given {version: {state, slot}}, and
+    which version each slot holds.
 
     Production reaches the active stack (none: HAProxy answers 503); internal
     traffic reaches the release stack, or the active one when no release exists.
@@ -72,9 +83,12 @@ def routes(app, stacks):
     slot_of = {s["state"]: s["slot"] for s in stacks.values()}
     production = slot_of.get("active")
     internal = slot_of.get("release", production)
+    in_slot = {s["slot"]: version for version, s in stacks.items()}
     return {
         f"{app}/production": backend(app, production) if production else None,
         f"{app}/internal": backend(app, internal) if internal else None,
+        # which version each slot holds (None: an empty slot), for the response header
+        **{version_key(app, slot): in_slot.get(slot) for slot in slots},
     }
 
 
@@ -118,7 +132,7 @@ def plan(entry, action, version=None, force=False, slots=DEFAULT_SLOTS):
         "start": None,
         "stop": [],
         "states": {},
-        "routes_before": routes(app, stacks),
+        "routes_before": routes(app, stacks, slots),
     }
 
     def stop(v):
@@ -224,7 +238,7 @@ def plan(entry, action, version=None, force=False, slots=DEFAULT_SLOTS):
             after[v]["state"] = state
         else:
             after[v] = {"state": state, "slot": result["start"]["slot"]}
-    result["routes"] = routes(app, after)
+    result["routes"] = routes(app, after, slots)
     return result
 
 

@@ -1,8 +1,10 @@
 {#- The HAProxy container: joined to every app's network, reloaded without loss on change #}
 {%- set tplroot = tpldir.split('/')[0] %}
 {%- from tplroot ~ "/map.jinja" import haproxy, haproxy_apps with context %}
-{%- set networks = (haproxy_apps.values() | map(attribute='default_network') | list
-                    + haproxy.extra_networks.keys() | list) | unique | list %}
+{#- the extra networks first: their fixed subnets are taken before docker picks pools for the
+    apps' networks (one of docker's default pools may hold an extra network's subnet) #}
+{%- set networks = (haproxy.extra_networks.keys() | list
+                    + haproxy_apps.values() | map(attribute='default_network') | list) | unique | list %}
 include:
   - {{ tplroot }}.config
 
