@@ -127,9 +127,10 @@ def wait_for(predicate, timeout=10.0, interval=0.2):
 class Load:
     """Requests production in a loop in a thread; counts answers by version and failures."""
 
-    def __init__(self, ca, url=PRODUCTION):
-        self.ca, self.url = ca, url
+    def __init__(self, ca, url=PRODUCTION, headers=None):
+        self.ca, self.url, self.headers = ca, url, headers or {}
         self.versions, self.failures, self.stop = {}, [], threading.Event()
+        self.apps = {}  # answers by app (the body's first word)
         self.failed_at = []  # monotonic times of the failures: how long an outage lasted
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -139,13 +140,14 @@ class Load:
         deadline = time.monotonic() + 600
         while not self.stop.is_set() and time.monotonic() < deadline:
             try:
-                r = session.get(self.url, verify=self.ca, timeout=5)
+                r = session.get(self.url, verify=self.ca, timeout=5, headers=self.headers)
                 if r.status_code != 200:
                     self.failures.append(r.status_code)
                     self.failed_at.append(time.monotonic())
                 else:
-                    version = r.text.split()[1]
+                    app, version = r.text.split()[:2]
                     self.versions[version] = self.versions.get(version, 0) + 1
+                    self.apps[app] = self.apps.get(app, 0) + 1
             except requests.RequestException as exc:
                 self.failures.append(repr(exc))
                 self.failed_at.append(time.monotonic())
