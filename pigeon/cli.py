@@ -22,7 +22,7 @@ from pigeon.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, StacksError, first_l
 from pigeon.help import COMMANDS, command_help
 from pigeon.saltapi import SaltApi, TokenCache, token_cache_path
 
-ACTIONS = ("release", "activate", "deactivate", "rollback", "repair")
+ACTIONS = ("release", "activate", "deactivate", "rollback", "repair", "canary", "abort", "maintenance")
 VIEWS = ("status", "history", "details", "logs", "proxy", "lock", "watch", "cancel", "prune")
 MAX_WAIT = 3600  # the deploy runner's bound of wait (pigeon_schema.MAX_WAIT)
 APP_SHAPE = re.compile(r"[a-z][a-z0-9_-]{0,40}")  # pigeon_schema.APP_RE
@@ -53,15 +53,22 @@ def parse_args(argv):
         epilog="Exit codes: 0 done, 1 failed or refused, 2 bad usage, 3 salt-api unreachable or "
                "credentials refused, 4 deadline passed.")
     parser.add_argument("command", nargs="?", choices=ACTIONS + VIEWS, metavar="ACTION",
-                        help="release | activate | deactivate | rollback | repair | status | history | details "
-                             "| logs | proxy | lock | watch | cancel | prune")
-    parser.add_argument("subject", nargs="?", metavar="status|release|JOB",
-                        help="lock: status (the default) or release; watch, cancel: the job id an action printed")
+                        help="release | activate | deactivate | rollback | repair | canary | abort | maintenance "
+                             "| status | history | details | logs | proxy | lock | watch | cancel | prune")
+    parser.add_argument("subject", nargs="?", metavar="status|release|JOB|on|off",
+                        help="lock: status (the default) or release; watch, cancel: the job id an action printed; "
+                             "maintenance: on or off")
     parser.add_argument("--action", choices=ACTIONS, help="the original form of ACTION")
     parser.add_argument("--app-name", "-a", dest="app", help="the app (a key of the stacks: pillar)")
     parser.add_argument("--version", "-V", dest="version", help="the version (an image tag)")
     parser.add_argument("--force", action="store_true",
                         help="deactivate the active stack (production answers 503)")
+    parser.add_argument("--percent", type=_percent, default=None, metavar="N",
+                        help="canary: the share of production (0-100) the release gets")
+    parser.add_argument("--message", default=None, metavar="TEXT",
+                        help="maintenance on: what production answers (one line, at most 200 characters)")
+    parser.add_argument("--retry-after", type=_retry_after, default=None, metavar="SECONDS",
+                        help="maintenance on: the Retry-After of production's 503 (default 300)")
     parser.add_argument("--keep-failed", action="store_true",
                         help="leave the containers of a failed release for inspection")
     parser.add_argument("--wait", type=_whole_seconds, default=0, metavar="SECONDS",
@@ -118,9 +125,11 @@ def parse_args(argv):
     elif args.command == "cancel" and args.subject and not re.fullmatch(r"[0-9]{20}", args.subject):
         parser.error(f"cancel {args.subject[:40]!r}: give the job id an action printed (20 digits), or none "
                      "to cancel every action of the app")
-    elif args.subject and args.command not in ("lock", "watch", "cancel"):
-        parser.error(f"{args.subject[:40]!r} after {args.command} is not an option (only lock, watch and "
-                     "cancel take one)")
+    elif args.command == "maintenance" and args.subject not in ("on", "off"):
+        parser.error("maintenance needs on or off: ./stacks.py maintenance on --app-name APP [--message TEXT]")
+    elif args.subject and args.command not in ("lock", "watch", "cancel", "maintenance"):
+        parser.error(f"{args.subject[:40]!r} after {args.command} is not an option (only lock, watch, "
+                     "cancel and maintenance take one)")
     if args.command in ACTIONS + VIEWS[1:] and not args.app:
         parser.error(f"{args.command} needs --app-name")
     if args.command == "deactivate" and not args.version:
@@ -132,6 +141,17 @@ def parse_args(argv):
     if args.version is not None and not VERSION_SHAPE.fullmatch(args.version):
         parser.error(f"--version {args.version[:60]!r} is not a valid image tag: 1-128 letters, "
                      "digits, '_', '.', '-', not starting with '.' or '-'")
+    if args.command == "canary" and args.percent is None:
+        parser.error("canary needs --percent N (0-100): the share of production the release gets")
+    if args.percent is not None and args.command != "canary":
+        parser.error("--percent applies to canary only")
+    for flag, given in (("--message", args.message), ("--retry-after", args.retry_after)):
+        if given is not None and not (args.command == "maintenance" and args.subject == "on"):
+            parser.error(f"{flag} applies to maintenance on only")
+    if args.message is not None and not (1 <= len(args.message) <= 200 and args.message.isprintable()
+                                         and all(ord(c) <= 0xFFFF for c in args.message)):
+        # pigeon_schema.Message
+        parser.error("--message: 1-200 printable characters on one line (no emoji)")
     if args.force and args.command != "deactivate":
         parser.error("--force applies to deactivate only")
     if args.keep_failed and args.command != "release":
@@ -197,6 +217,20 @@ def _whole_seconds(text):
     return int(text)
 
 
+def _percent(text):
+    """--percent: a whole number from 0 to 100."""
+    if not re.fullmatch(r"[0-9]{1,3}", text.strip()) or int(text) > 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to 100")
+    return int(text)
+
+
+def _retry_after(text):
+    """--retry-after: whole seconds from 1 to a day."""
+    if not re.fullmatch(r"[0-9]{1,5}", text.strip()) or not 1 <= int(text) <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds from 1 to 86400")
+    return int(text)
+
+
 def _revision(text):
     """--expect-revision: the registry's revision, a whole number."""
     if not re.fullmatch(r"[0-9]{1,15}", text.strip()):
@@ -254,6 +288,14 @@ def run_action(client, args, out):
         request["wait"] = args.wait
     if args.expect_revision is not None:
         request["expect_revision"] = args.expect_revision
+    if args.percent is not None:
+        request["percent"] = args.percent
+    if args.command == "maintenance":
+        request["enable"] = args.subject == "on"
+        if args.message is not None:
+            request["message"] = args.message
+        if args.retry_after is not None:
+            request["retry_after"] = args.retry_after
     if args.dry_run:
         return show_plan(client, args, dict(request, dry_run=True), out)
     started = time.monotonic()
@@ -455,6 +497,14 @@ def show_status(client, args, out):
                 + (f" ({c['starting']} starting)" if c.get("starting") else "")
                 + f" on {','.join(c['minions']) or '-'}  "
                 f"traffic: {traffic}  (since {stack.get('since', '?')} by {stack.get('by', '?')})")
+        traffic_ = entry.get("traffic") or {}
+        if traffic_.get("canary"):
+            release = next((v for v, s in entry["stacks"].items() if s["state"] == "release"), "?")
+            out(f"  canary: {release} gets {traffic_['canary']} % of production (./stacks.py abort ends it, "
+                "activate completes it)")
+        if traffic_.get("maintenance"):
+            out(f"  MAINTENANCE: production answers 503 \"{traffic_['maintenance'].get('message')}\" "
+                f"(Retry-After {traffic_['maintenance'].get('retry_after')} s); ./stacks.py maintenance off ends it")
         if entry.get("lock"):
             out(f"  locked by {lock_holder(entry['lock'])}")
         balancers = observed.get("balancers") or {}

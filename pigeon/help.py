@@ -34,6 +34,27 @@ COMMANDS = {
                ["  --app-name APP, -a APP   required",
                 "  --version V, -V V        default: every stack of the app", COMMON],
                ["./stacks.py repair -a app", "./stacks.py repair -a app --dry-run"]),
+    "canary": ("Send a share of production to the released stack, the rest to the active one, at runtime; "
+               "each client stays on its side (the cookie pigeon_bucket). Refused unless every server of the "
+               "release is UP. Change the share in steps; activate completes it, abort or rollback ends it.",
+               ["  --app-name APP, -a APP   required",
+                "  --percent N              required: the release's share of production, 0-100 (0 ends it)",
+                "  --version V, -V V        default: the released stack's version", COMMON],
+               ["./stacks.py canary -a app --percent 10", "./stacks.py canary -a app --percent 50 --expect-revision 12"]),
+    "abort": ("End a canary: production all on the active stack again; the release keeps internal and preview "
+              "traffic.",
+              ["  --app-name APP, -a APP   required", COMMON],
+              ["./stacks.py abort -a app", "./stacks.py abort -a app --dry-run"]),
+    "maintenance": ("Maintenance on or off: production answers 503 with the message and a Retry-After, at "
+                    "runtime, while internal and preview traffic still reach the stacks. Kept in the registry "
+                    "(status shows it) and across HAProxy's reloads and restarts.",
+                    ["  on | off                 required",
+                     "  --app-name APP, -a APP   required",
+                     "  --message TEXT           on: one line, at most 200 characters (default: down for "
+                     "maintenance, try again later)",
+                     "  --retry-after SECONDS    on: default 300", COMMON],
+                    ["./stacks.py maintenance on -a app --message 'Back at 18:00'",
+                     "./stacks.py maintenance off -a app"]),
     "status": ("Per app: each stack's version, state, slot and traffic, the routes, the lock, and what "
                "really runs, with the drift from the registry.",
                ["  --app-name APP, -a APP   default: every app of the registry and the pillar",

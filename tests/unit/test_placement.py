@@ -126,7 +126,8 @@ def test_two_load_balancers_switch_in_two_phases_with_the_routes_to_set_back():
     assert [s["step"] for s in steps.steps(dict(plan, keep_failed=False))] == ["routes"]
     # the entry here has no routes: each key the switch sets goes back to none
     assert plan["previous_routes"] == {"app/production": None, "app/internal": None, "app/version/a": None,
-                                       "app/version/b": None, "app/version/c": None}
+                                       "app/version/b": None, "app/version/c": None, "app/canary": None,
+                                       "app/maintenance": None}
     one = expand("activate", None, {"2.0": {"state": "release", "slot": "b"}}, {"app1": "10.0.0.1"})
     assert one["two_phase"] is False
 

@@ -19,7 +19,8 @@ GOOD = {"app": "app", "version": "1.4", "keep_failed": True, "wait": 30, "force"
         "observe": False, "limit": 10, "action": "release", "timestamp": 1764662400,
         "nonce": "5f0c2a9e41d8b7c3a6e1", "dry_run": True, "expect_revision": 7,
         "service": "web", "tail": 50, "keep_last": 2, "proxy": True,
-        "job": "20261204031115870025"}
+        "job": "20261204031115870025", "percent": 10, "enable": True, "message": "Back at 18:00 — sorry",
+        "retry_after": 120}
 
 # values that must reach an error message as data only: the message stays one line
 HOSTILE = [
@@ -212,7 +213,14 @@ def test_messages_about_hostile_values_are_one_line(kind, key):
             refused += 1
             assert one_line(str(exc)), (key, value, str(exc))
             assert len(str(exc)) < 400, (key, value)
-    assert refused >= len(HOSTILE) - 3  # None is "missing" for optional keys, "" a valid nothing
+        else:
+            if (kind, key) == ("maintenance", "message") and value is not None:
+                # free text, carried as data (base64 in HAProxy's map): one line, no control character
+                assert one_line(value) and len(value) <= 200 and value.isprintable(), value
+    if (kind, key) == ("maintenance", "message"):
+        assert refused >= 20  # the newlines, control characters, emoji and the too long
+    else:
+        assert refused >= len(HOSTILE) - 3  # None is "missing" for optional keys, "" a valid nothing
 
 
 @pytest.mark.parametrize("value", [v for v in HOSTILE if isinstance(v, str)])

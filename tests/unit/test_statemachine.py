@@ -23,7 +23,7 @@ BY = "alice"
 
 def traffic(routes):
     """The routes that send traffic somewhere (production, internal), without the slots' versions."""
-    return {k: v for k, v in routes.items() if "/version/" not in k}
+    return {k: v for k, v in routes.items() if k.rpartition("/")[2] in ("production", "internal")}
 
 
 def versions(routes):
@@ -98,7 +98,8 @@ def test_routes_say_which_version_each_slot_holds():
     assert sm.version_key(APP, "b") == "shop/version/b"
     # the slots of the plan, and an empty slot's key deleted (None)
     assert sm.routes(APP, {"1.0": {"state": "active", "slot": "y"}}, slots=("x", "y")) == {
-        "shop/production": "shop_y", "shop/internal": "shop_y", "shop/version/x": None, "shop/version/y": "1.0"}
+        "shop/production": "shop_y", "shop/internal": "shop_y", "shop/version/x": None, "shop/version/y": "1.0",
+        "shop/canary": None, "shop/maintenance": None}
 
 
 def test_routes_function():
@@ -457,6 +458,11 @@ def _check_invariants(e, slots):
     internal_slot = slot_of.get("release", slot_of.get("active"))
     internal = f"{APP}_{internal_slot}" if internal_slot else None
     assert traffic(e["routes"]) == {f"{APP}/production": production, f"{APP}/internal": internal}, stacks
+    # a canary only while a release and an active stack share production; a maintenance kept by every action
+    canary = (e.get("traffic") or {}).get("canary")
+    assert canary is None or ("release" in slot_of and "active" in slot_of), e
+    assert e["routes"].get(f"{APP}/canary", None) == (str(canary) if canary else None), e
+    assert bool(e["routes"].get(f"{APP}/maintenance")) == bool((e.get("traffic") or {}).get("maintenance")), e
     assert versions(e["routes"]) == {s["slot"]: v for v, s in stacks.items()}, stacks
 
 
@@ -465,15 +471,19 @@ def test_random_sequences_keep_invariants(slots):
     rng = random.Random(20240501)
     done = {a: 0 for a in sm.ACTIONS}
     refusals = noops = 0
-    for _ in range(300):
+    for _ in range(600):
         e = sm.empty(APP)
         for step in range(25):
-            action = rng.choice(sm.ACTIONS)
+            # the traffic actions change no stack: the stacks' actions get more turns, so that
+            # a rollback (which needs two activates first) comes up often enough
+            action = rng.choice(sm.ACTIONS[:5] * 3 + sm.TRAFFIC_ACTIONS)
             version = rng.choice(VERSIONS + [None])
             force = rng.random() < 0.3
             before = copy.deepcopy(e)
+            asked = {"percent": rng.choice([0, 10, 50, 100]), "enable": rng.random() < 0.5,
+                     "message": rng.choice([None, "back soon"]), "retry_after": rng.choice([None, 60])}
             try:
-                p = sm.plan(e, action, version, force=force, slots=slots)
+                p = sm.plan(e, action, version, force=force, slots=slots, asked=asked)
             except TransitionError:
                 refusals += 1
                 assert e == before
@@ -515,7 +525,9 @@ def test_random_sequences_keep_invariants(slots):
             e = new
     # the walk really went through every transition, refusals and no-ops
     # (rollback needs an inactive stack and repair a stack: this walk gives them fewer turns)
-    assert all(n > (10 if action in ("rollback", "repair") else 20) for action, n in done.items()), done
+    # (a canary needs a release beside an active stack, and an abort a canary first)
+    least = {"rollback": 10, "repair": 10, "canary": 10, "abort": 2}
+    assert all(n > least.get(action, 20) for action, n in done.items()), repr(done)
     assert refusals > 100 and noops > 20, (refusals, noops)
 
 

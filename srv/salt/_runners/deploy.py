@@ -111,7 +111,7 @@ def _run(action, values, source, user=None):
         planned = _utils("pigeon_plan.make")(
             app, action, version=version, force=values.get("force", False), definition=definition,
             expect_revision=values.get("expect_revision"), keep_failed=values.get("keep_failed", False),
-            others=definitions)
+            others=definitions, asked=_asked(values))
         if planned.get("error"):
             _utils("pigeon_plan.refused")(app, action, checked, planned["error"], user=user, source=source, job=job)
             return _utils("pigeon_outcome.refused")(request, planned["error"])
@@ -147,6 +147,12 @@ def _run(action, values, source, user=None):
         return outcome
     finally:
         _utils("pigeon_registry.unlock")(app)
+
+
+def _asked(values):
+    """What a traffic action asks, from its checked values: canary {percent}, maintenance
+    {enable, message, retry_after}."""
+    return {k: values[k] for k in ("percent", "enable", "message", "retry_after") if k in values}
 
 
 def _prune_after(app, definitions, user, keep_last, held, source):
@@ -213,7 +219,8 @@ def _dry_run(action, values):
     planned = _utils("pigeon_plan.make")(
         values["app"], action, version=values.get("version"), force=values.get("force", False),
         definition=definitions.get(values["app"]), known=list(definitions), others=definitions,
-        expect_revision=values.get("expect_revision"), keep_failed=values.get("keep_failed", False))
+        expect_revision=values.get("expect_revision"), keep_failed=values.get("keep_failed", False),
+        asked=_asked(values))
     if planned.get("error"):
         return _refuse(planned["error"])
     return {"dry_run": planned}
@@ -389,6 +396,53 @@ def rollback(*args, **kwargs):
         salt-run deploy.rollback app=app
     """
     return _action("rollback", args, kwargs)
+
+
+def canary(*args, **kwargs):
+    """
+    Send a share of production (``percent``, 0-100) to the released stack, the rest to the
+    active one, at runtime; the same client stays on its side (a cookie). Gated like activate:
+    every server of the release UP. ``activate`` completes it, ``abort`` or ``rollback`` ends
+    it. Keys: app, percent, version (the release's), wait, dry_run, expect_revision.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.canary app=app percent=10
+    """
+    return _action("canary", args, kwargs)
+
+
+def abort(*args, **kwargs):
+    """
+    End a canary: production all on the active stack again; the release keeps internal and
+    preview traffic. Keys: app, wait, dry_run, expect_revision.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.abort app=app
+    """
+    return _action("abort", args, kwargs)
+
+
+def maintenance(*args, **kwargs):
+    """
+    Maintenance on (``enable=True``) or off: production answers 503 with ``message`` and a
+    Retry-After of ``retry_after`` seconds (default 300), while internal and preview traffic
+    still reach the stacks. In the registry (kept across HAProxy's reloads and restarts, and
+    every other action) and in status. Keys: app, enable, message, retry_after, wait,
+    dry_run, expect_revision.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run deploy.maintenance app=app enable=True message="Back at 18:00"
+    """
+    return _action("maintenance", args, kwargs)
 
 
 def repair(*args, **kwargs):

@@ -229,6 +229,8 @@ def status(*args, **kwargs):
         lock_ = _registry("holder")(name)
         result[name] = {
             "stacks": entry["stacks"], "routes": entry["routes"],
+            # a canary's share of production, a maintenance's message (deploy.canary, deploy.maintenance)
+            "traffic": entry.get("traffic") or {},
             "generation": entry["generation"],  # the registry's revision (--expect-revision)
             "lock": {k: v for k, v in lock_.items() if k != "fd"} if lock_ else None,
         }

@@ -268,7 +268,9 @@ def expand(app, action, version, definition, entry, planned, backend, placement=
     # the servers the routes step sets first (by address): those of the stacks it starts
     planned["servers"] = {s["backend"]: s["servers"] for s in [planned["start"] or {}] + list(
         planned.get("repair") or []) if s.get("servers")}
-    if action in ("activate", "rollback") and not planned["noop"]:
+    if (action in ("activate", "rollback") or (action == "canary" and planned.get("traffic", {}).get("canary"))) \
+            and not planned["noop"]:
+        # production moves to this stack (a canary: a share of it): only if all its servers are UP
         stack = entry["stacks"][planned["version"]]
         slot = stack["slot"]
         planned["gate"] = {

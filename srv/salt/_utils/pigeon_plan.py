@@ -125,12 +125,13 @@ def placement(app, definition):
 
 
 def make(app, action, version=None, force=False, definition=None, expect_revision=None, keep_failed=False,
-         known=(), others=None):
+         known=(), others=None, asked=None):
     """
     The plan of ``action`` on the registry as it is now, or {"error": one line}.
     ``definition`` is the app's ``stacks:<app>`` pillar; ``known``, the pillar's apps;
     ``others``, their definitions (an app whose host ports overlap another's, or that claims
-    another's host name on its frontend, is refused).
+    another's host name on its frontend, is refused); ``asked``, what a traffic action asks
+    (canary: percent; maintenance: enable, message, retry_after).
     """
     version, refusal = check(app, action, version, definition, known)
     if refusal:
@@ -142,7 +143,8 @@ def make(app, action, version=None, force=False, definition=None, expect_revisio
         return {"error": f"the registry of {app} is at revision {entry['generation']}, not "
                          f"{expect_revision}: it changed since you looked; see ./stacks.py status"}
     try:
-        planned = _utils("pigeon_statemachine.plan")(entry, action, version=version, force=bool(force))
+        planned = _utils("pigeon_statemachine.plan")(entry, action, version=version, force=bool(force),
+                                                     asked=asked)
     except Exception as exc:  # pylint: disable=broad-except
         if not _is_transition_error(exc):
             raise
@@ -208,7 +210,8 @@ def commit(app, planned, held, source="cli"):
         message=planned.get("message"), states=planned.get("states"))
     _utils("pigeon_registry.history_add")(app, record)
     return {"message": planned.get("message") or "", "noop": planned.get("noop", False),
-            "stacks": entry["stacks"], "routes": entry["routes"], "revision": entry["generation"]}
+            "stacks": entry["stacks"], "routes": entry["routes"], "traffic": entry.get("traffic") or {},
+            "revision": entry["generation"]}
 
 
 def abort(app, planned, held, outcome, source="cli"):

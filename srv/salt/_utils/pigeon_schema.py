@@ -27,8 +27,8 @@ import re
 
 import yaml
 
-ACTIONS = ("release", "activate", "deactivate", "rollback", "repair")
-CI_ACTIONS = ACTIONS[:4]  # what a CI event may ask: a repair is an operator's call
+ACTIONS = ("release", "activate", "deactivate", "rollback", "repair", "canary", "abort", "maintenance")
+CI_ACTIONS = ACTIONS[:4]  # what a CI event may ask: a repair, a canary, a maintenance are an operator's call
 # an app names containers, docker networks, HAProxy backends and map keys: it starts with a
 # letter, and YAML must read it back as the same string (so `on`, `no`, `null`, `y` are refused)
 APP_RE = re.compile(r"\A[a-z][a-z0-9_-]{0,40}\Z")
@@ -54,6 +54,10 @@ HEADER_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 TARGET_TYPES = ("glob", "pcre", "list", "grain", "grain_pcre", "pillar", "pillar_pcre",
                 "nodegroup", "range", "compound", "ipcidr")
 MAX_WAIT = 3600  # seconds an action may wait for the deploy lock
+# a maintenance message: 1-200 printable characters (str.isprintable: no control, format or line
+# separator character, no space but ' ') of the Basic Multilingual Plane (Salt's YAML carries no
+# more); HAProxy gets it in base64 (pigeon_statemachine.maintenance_value)
+MAX_MESSAGE = 200
 
 
 class Invalid(ValueError):
@@ -113,6 +117,17 @@ class Integer:
         return value
 
 
+class Message:
+    """One line of text a person reads (a maintenance message)."""
+
+    def __call__(self, key, value):
+        if (not isinstance(value, str) or not 1 <= len(value) <= MAX_MESSAGE or not value.isprintable()
+                or any(ord(c) > 0xFFFF for c in value)):
+            raise Invalid(f"{key} {_show(value)} is not a message: 1-{MAX_MESSAGE} printable characters "
+                          "on one line (no emoji)")
+        return value
+
+
 class OneOf:
     def __init__(self, *choices):
         self.choices = choices
@@ -144,6 +159,12 @@ REQUESTS = {
                    "wait": (WAIT, False), **LOOK},
     "rollback": {"app": (APP, True), "wait": (WAIT, False), **LOOK},
     "repair": {"app": (APP, True), "version": (VERSION, False), "wait": (WAIT, False), **LOOK},
+    "canary": {"app": (APP, True), "version": (VERSION, False), "percent": (Integer(0, 100), True),
+               "wait": (WAIT, False), **LOOK},
+    "abort": {"app": (APP, True), "wait": (WAIT, False), **LOOK},
+    "maintenance": {"app": (APP, True), "enable": (FLAG, True),
+                    "message": (Message(), False),
+                    "retry_after": (Integer(1, 86400), False), "wait": (WAIT, False), **LOOK},
     "cancel": {"app": (APP, True), "job": (Text(JID_RE, "a job id: 20 digits", noun="a job id"), False)},
     "prune": {"app": (APP, True), "keep_last": (Integer(0, 100), False), "dry_run": (FLAG, False)},
     "status": {"app": (APP, False), "observe": (FLAG, False)},

@@ -27,9 +27,14 @@ The routes are the app's keys in HAProxy's routes map: ``<app>/production`` and
 which HAProxy sends back in each response's ``X-Pigeon-Version`` header.
 """
 
+import base64
 import re
 
-ACTIONS = ("release", "activate", "deactivate", "rollback", "repair")
+ACTIONS = ("release", "activate", "deactivate", "rollback", "repair", "canary", "abort", "maintenance")
+# actions that change only where production goes (the entry's ``traffic``), no stack's state
+TRAFFIC_ACTIONS = ("canary", "abort", "maintenance")
+DEFAULT_MESSAGE = "This service is down for maintenance; please try again later."
+DEFAULT_RETRY_AFTER = 300  # seconds, the Retry-After of a maintenance's 503
 # actions that run steps and leave the registry as it is: repair brings what runs back to it
 KEEPS_REGISTRY = ("repair",)
 STATES = ("release", "active", "inactive")
@@ -42,6 +47,14 @@ VERSION_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 
 class TransitionError(Exception):
     """The action is not allowed from the current states; the message says why and what to do."""
+
+
+def maintenance_value(maintenance):
+    """The routes map value of a maintenance ({message, retry_after}): ``<retry_after>:<message
+    in base64>``, which HAProxy splits (field) and decodes (b64dec); base64 keeps any text
+    out of the admin socket's and the map file's syntax."""
+    message = base64.b64encode(str(maintenance.get("message") or DEFAULT_MESSAGE).encode("utf-8")).decode("ascii")
+    return f"{int(maintenance.get('retry_after') or DEFAULT_RETRY_AFTER)}:{message}"
 
 
 def empty(app):
@@ -73,9 +86,10 @@ def in_state(entry, state):
     return None
 
 
-def routes(app, stacks, slots=DEFAULT_SLOTS):
-    """Where production and internal traffic go, given {version: {state, slot}}, and
-    which version each slot holds.
+def routes(app, stacks, slots=DEFAULT_SLOTS, traffic=None):
+    """Where production and internal traffic go, given {version: {state, slot}} and the
+    entry's ``traffic`` ({canary: percent, maintenance: {message, retry_after}}), and which
+    version each slot holds.
 
     Production reaches the active stack (none: HAProxy answers 503); internal
     traffic reaches the release stack, or the active one when no release exists.
@@ -84,11 +98,17 @@ def routes(app, stacks, slots=DEFAULT_SLOTS):
     production = slot_of.get("active")
     internal = slot_of.get("release", production)
     in_slot = {s["slot"]: version for version, s in stacks.items()}
+    traffic = traffic or {}
+    # a canary shares production between the active stack and the release: both must exist
+    canary = traffic.get("canary") if "release" in slot_of and production else None
     return {
         f"{app}/production": backend(app, production) if production else None,
         f"{app}/internal": backend(app, internal) if internal else None,
         # which version each slot holds (None: an empty slot), for the response header
         **{version_key(app, slot): in_slot.get(slot) for slot in slots},
+        # the share of production (percent) the release takes; production's 503 in maintenance
+        f"{app}/canary": str(int(canary)) if canary else None,
+        f"{app}/maintenance": maintenance_value(traffic["maintenance"]) if traffic.get("maintenance") else None,
     }
 
 
@@ -100,7 +120,7 @@ def check_version(version):
         )
 
 
-def plan(entry, action, version=None, force=False, slots=DEFAULT_SLOTS):
+def plan(entry, action, version=None, force=False, slots=DEFAULT_SLOTS, asked=None):
     """What ``action`` does to an app, or TransitionError when the state model forbids it.
 
     Returns a dict:
@@ -110,7 +130,11 @@ def plan(entry, action, version=None, force=False, slots=DEFAULT_SLOTS):
       stop ([{version, slot, state}] whose containers go, drained first when
       they took traffic), states ({version: new state, None = deactivated}),
       routes (after the action), routes_before; repair ([{version, slot, state}]: the
-      stacks whose containers a repair brings back to the registry).
+      stacks whose containers a repair brings back to the registry); traffic (the entry's
+      ``traffic`` after the action), traffic_before.
+
+    ``asked`` is what a traffic action asks: canary {percent}, maintenance {enable,
+    message, retry_after}.
     """
     if action not in ACTIONS:
         raise TransitionError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
@@ -121,6 +145,8 @@ def plan(entry, action, version=None, force=False, slots=DEFAULT_SLOTS):
     inactive = in_state(entry, "inactive")
     if version is not None:
         check_version(version)
+    traffic = dict(entry.get("traffic") or {})
+    asked = asked or {}
     result = {
         "action": action,
         "app": app,
@@ -132,7 +158,8 @@ def plan(entry, action, version=None, force=False, slots=DEFAULT_SLOTS):
         "start": None,
         "stop": [],
         "states": {},
-        "routes_before": routes(app, stacks, slots),
+        "routes_before": routes(app, stacks, slots, traffic),
+        "traffic_before": dict(traffic),
     }
 
     def stop(v):
@@ -219,6 +246,48 @@ def plan(entry, action, version=None, force=False, slots=DEFAULT_SLOTS):
             result["stop"].append(stop(version))
             result["message"] = f"{app} {version} deactivated"
 
+    elif action == "canary":
+        percent = int(asked.get("percent", 0))
+        if not release:
+            raise TransitionError(f"{app} has no release to send production to; run 'stacks.py release' first")
+        if version and version != release:
+            raise TransitionError(f"{app} {version} is not the release ({release} is); a canary sends "
+                                  "production to the release")
+        if not active:
+            raise TransitionError(f"{app} has no active stack to share production with; activate {release} instead")
+        result["version"] = release
+        if percent == int(traffic.get("canary") or 0):
+            result.update(noop=True, message=f"{app} {release} already gets {percent} % of production")
+        else:
+            traffic["canary"] = percent
+            if not percent:
+                traffic.pop("canary")
+            result["message"] = (f"{app} {release} gets {percent} % of production, {active} the rest" if percent
+                                 else f"{app}: production all on {active} again; {release} keeps internal traffic")
+
+    elif action == "abort":
+        result["version"] = release
+        if not traffic.get("canary"):
+            result.update(noop=True, message=f"{app} has no canary; production is all on {active or 'no stack'}")
+        else:
+            traffic.pop("canary")
+            result["message"] = f"{app}: production all on {active} again; {release} keeps internal traffic"
+
+    elif action == "maintenance":
+        wanted = None
+        if asked.get("enable"):
+            wanted = {"message": asked.get("message") or DEFAULT_MESSAGE,
+                      "retry_after": int(asked.get("retry_after") or DEFAULT_RETRY_AFTER)}
+        if wanted == traffic.get("maintenance"):
+            result.update(noop=True, message=f"{app} is {'already' if wanted else 'not'} in maintenance")
+        else:
+            traffic.pop("maintenance", None)
+            if wanted:
+                traffic["maintenance"] = wanted
+            result["message"] = (f"{app} is in maintenance: production answers 503; internal and preview "
+                                 "traffic still reach the stacks" if wanted else
+                                 f"{app}: maintenance off; production reaches {active or 'no stack (503)'}")
+
     elif action == "repair":  # no transition: every stack's containers as the registry says
         if version is not None and version not in stacks:
             raise TransitionError(f"{app} {version} is not deployed; nothing to repair "
@@ -238,7 +307,11 @@ def plan(entry, action, version=None, force=False, slots=DEFAULT_SLOTS):
             after[v]["state"] = state
         else:
             after[v] = {"state": state, "slot": result["start"]["slot"]}
-    result["routes"] = routes(app, after, slots)
+    if action in ("activate", "rollback") or {"release", "active"} - {s["state"] for s in after.values()}:
+        # activate completes a canary; rollback, and the end of the release or the active stack, end it
+        traffic.pop("canary", None)
+    result["traffic"] = traffic
+    result["routes"] = routes(app, after, slots, traffic)
     return result
 
 
@@ -255,6 +328,8 @@ def apply(entry, planned, when, by):
         "stacks": {v: dict(s) for v, s in entry["stacks"].items()},
         "routes": dict(planned["routes"]),
     }
+    if planned.get("traffic"):
+        new["traffic"] = dict(planned["traffic"])
     for version, state in planned["states"].items():
         if state is None:
             new["stacks"].pop(version, None)
