@@ -17,8 +17,10 @@ COMMANDS = {
     "activate": ("Give production to the released stack, at runtime; the active one becomes inactive "
                  "(kept for rollback), the old inactive one goes.",
                  ["  --app-name APP, -a APP   required",
-                  "  --version V, -V V        default: the released stack's version", COMMON],
-                 ["./stacks.py activate -a app", "./stacks.py activate -a app -V 1.4 --expect-revision 12"]),
+                  "  --version V, -V V        default: the released stack's version",
+                  "  --bake SECONDS           watch the new slot (5xx, health checks, response time) and roll "
+                  "back by itself on a breach, exit 1 (default: stacks:<app>:bake:seconds, else none)", COMMON],
+                 ["./stacks.py activate -a app", "./stacks.py activate -a app -V 1.4 --bake 60"]),
     "rollback": ("Give production back to the inactive stack; the active one becomes inactive.",
                  ["  --app-name APP, -a APP   required", COMMON],
                  ["./stacks.py rollback -a app", "./stacks.py rollback -a app --dry-run"]),

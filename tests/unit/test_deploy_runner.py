@@ -32,7 +32,7 @@ schema = load("_utils/pigeon_schema.py", "pigeon_schema_for_deploy")
 ci = load("_utils/pigeon_ci.py", "pigeon_ci_for_deploy")
 PURE = [load(f"_utils/{name}.py", f"{name}_for_deploy") for name in (
     "pigeon_schema", "pigeon_ci", "pigeon_statemachine", "pigeon_definition", "pigeon_steps",
-    "pigeon_outcome", "pigeon_lock")]
+    "pigeon_outcome", "pigeon_lock", "pigeon_bake")]
 DEFINITION = yaml.safe_load((SALT_DIR.parent / "pillar" / "stacks.sls").read_text())["stacks"]["app"]
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "orchestrate"
 

@@ -111,7 +111,7 @@ def test_stats_of_the_slots_in_one_show_stat(haproxy):
     assert set(result) == {"app_a", "app_b"}  # app_c: not in HAProxy, left out
     assert result["app_a"]["counters"] == {
         "status": "UP", "scur": 3, "stot": 5100, "hrsp_2xx": 0, "hrsp_3xx": 0, "hrsp_4xx": 0, "hrsp_5xx": 0,
-        "econ": 0, "eresp": 0, "wretr": 0, "wredis": 0}
+        "econ": 0, "eresp": 0, "wretr": 0, "wredis": 0, "rtime": 0}
     assert [(s["name"], s["addr"], s["status"]) for s in result["app_a"]["servers"]] == [
         ("s1", "10.0.0.4:8080", "UP"), ("s2", "", "MAINT (resolution)")]
     assert result["app_b"]["counters"]["status"] == "DOWN"

@@ -16,7 +16,7 @@ PILLAR = pathlib.Path(__file__).resolve().parents[2] / "srv" / "pillar" / "stack
 
 # a good value of every key a request may have
 GOOD = {"app": "app", "version": "1.4", "keep_failed": True, "wait": 30, "force": False,
-        "observe": False, "limit": 10, "action": "release", "timestamp": 1764662400,
+        "observe": False, "limit": 10, "action": "release", "timestamp": 1764662400, "bake": 20,
         "nonce": "5f0c2a9e41d8b7c3a6e1", "dry_run": True, "expect_revision": 7,
         "service": "web", "tail": 50, "keep_last": 2, "proxy": True,
         "job": "20261204031115870025", "percent": 10, "enable": True, "message": "Back at 18:00 — sorry",

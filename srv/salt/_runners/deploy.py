@@ -126,6 +126,9 @@ def _run(action, values, source, user=None):
             outcome["changed"] = _utils("pigeon_plan.commit")(app, planned, held, source=source)
             outcome["revision"] = outcome["changed"]["revision"]
             outcome["version"] = planned.get("version")
+            bake = _utils("pigeon_bake.limits")(definition, values.get("bake"))
+            if action == "activate" and planned["steps"] and bake["seconds"] > 0:
+                outcome = _baked(app, planned, definitions, bake, outcome, held, source, job, since)
             after = (definition.get("prune") or {}) if isinstance(definition, dict) else {}
             if action == "deactivate" and planned["steps"] and after.get("after_deactivate"):
                 outcome["changed"]["pruned"] = _prune_after(app, dict(definitions, **{app: definition}), user,
@@ -147,6 +150,68 @@ def _run(action, values, source, user=None):
         return outcome
     finally:
         _utils("pigeon_registry.unlock")(app)
+
+
+def _baked(app, planned, definitions, limit, outcome, held, source, job, since):
+    """The bake window of an activate that succeeded (``limit``: pigeon_bake.limits): HAProxy's
+    counters of the new slot watched on every load balancer for ``limit["seconds"]``; when one
+    crosses a limit, production goes back to the stack it came from (a rollback, under the
+    lock this action holds) and the outcome fails with the figure. Returns the outcome, with
+    ``bake``: {result, seconds, breach, rolled_back_to, and what was counted}."""
+    bake_utils = {name: _utils(f"pigeon_bake.{name}") for name in ("total", "judge", "figures")}
+    old = next((v for v, state in planned["states"].items() if state == "inactive"), None)
+    if not old:
+        outcome["bake"] = {"result": "skipped", "seconds": 0, "breach": None, "rolled_back_to": None,
+                           "why": "no stack to roll back to (the first activate)"}
+        return outcome
+    new_backend, old_backend = planned["gate"]["backend"], planned["routes_before"][f"{app}/production"]
+    lb = planned["loadbal"]
+
+    def look():
+        return _utils("pigeon_minions.ask")(lb["target"], lb["target_type"], "haproxy_runtime.stats", timeout=10,
+                                            backends=[new_backend, old_backend])
+
+    first = look()
+    start, old_rtime = bake_utils["total"](first, new_backend), bake_utils["total"](first, old_backend)["rtime"]
+    if source != "reactor":
+        _tell({"bake": limit["seconds"], "version": planned["version"]}, "baking")
+    began, now, breach, cancelled = time.monotonic(), start, None, None
+    stop = _stop(app, since, job)
+    while time.monotonic() - began < limit["seconds"]:
+        time.sleep(min(limit["every"], max(0.0, limit["seconds"] - (time.monotonic() - began))))
+        now = bake_utils["total"](look(), new_backend)
+        breach = bake_utils["judge"](start, now, old_rtime, limit)
+        cancelled = stop()
+        if breach or cancelled:
+            break
+    watched = round(time.monotonic() - began, 1)
+    seen = dict(bake_utils["figures"](start, now), seconds=watched, breach=breach, rolled_back_to=None)
+    if not breach:
+        outcome["bake"] = dict(seen, result="cancelled" if cancelled else "passed")
+        _utils("pigeon_plan.note_bake")(app, planned["version"], outcome["bake"])
+        return outcome
+    log.warning("deploy: bake of %s %s failed after %ss: %s; rolling back", app, planned["version"], watched, breach)
+    back = _utils("pigeon_plan.make")(app, "rollback", definition=definitions.get(app), others=definitions)
+    failed = f"bake of {app} {planned['version']} failed after {watched} s: {breach}"
+    if back.get("error"):
+        rolled = {"ok": False, "error": back["error"]}
+    else:
+        back["message"] = f"{failed}: {back['message']}"
+        ret = _utils("pigeon_orchestrate.run")("rollback", back, jid=job, user=globals().get("__user__"),
+                                              stop=lambda: None)
+        rolled = _utils("pigeon_outcome.build")(back, ret)
+        if rolled["ok"]:
+            _utils("pigeon_plan.commit")(app, back, held, source="bake")
+        else:
+            _utils("pigeon_plan.abort")(app, back, held, rolled, source="bake")
+    seen["rolled_back_to"] = old if rolled["ok"] else None
+    outcome["bake"] = dict(seen, result="failed")
+    _utils("pigeon_plan.note_bake")(app, planned["version"], outcome["bake"])
+    outcome["ok"] = False
+    outcome["error"] = (f"{failed}; production rolled back to {old}" if rolled["ok"] else
+                        f"{failed}; the rollback to {old} failed: {rolled.get('error')}; run ./stacks.py rollback "
+                        f"--app-name {app}")
+    return outcome
 
 
 def _asked(values):

@@ -231,6 +231,7 @@ def status(*args, **kwargs):
             "stacks": entry["stacks"], "routes": entry["routes"],
             # a canary's share of production, a maintenance's message (deploy.canary, deploy.maintenance)
             "traffic": entry.get("traffic") or {},
+            "bake": entry.get("bake"),  # the last bake window of an activate (deploy._baked)
             "generation": entry["generation"],  # the registry's revision (--expect-revision)
             "lock": {k: v for k, v in lock_.items() if k != "fd"} if lock_ else None,
         }

@@ -172,7 +172,8 @@ def backend_stat(rows, backend):
     }
 
 
-COUNTERS = ("scur", "stot", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "econ", "eresp", "wretr", "wredis")
+COUNTERS = ("scur", "stot", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx", "econ", "eresp", "wretr", "wredis",
+            "rtime")  # rtime: the average response time (ms) of the last 1024 requests
 
 
 def backend_counters(rows, backend):

@@ -214,6 +214,15 @@ def commit(app, planned, held, source="cli"):
             "revision": entry["generation"]}
 
 
+def note_bake(app, version, bake):
+    """Keep the last bake window of an app in its registry entry (status shows it): {version,
+    result, breach, rolled_back_to, seconds, responses, 5xx, 5xx_percent, rtime_ms, when}.
+    Called under the app's lock, after the activate (and its rollback) were recorded."""
+    entry = _utils("pigeon_registry.load")(app)
+    entry["bake"] = dict(bake, version=version, when=_utils("pigeon_registry.now")())
+    _utils("pigeon_registry.store")(entry)
+
+
 def abort(app, planned, held, outcome, source="cli"):
     """Record a failed action in the history: the failed step and its error, what was cleaned."""
     record = _utils("pigeon_registry.record")(

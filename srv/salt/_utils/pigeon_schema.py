@@ -154,7 +154,8 @@ LOOK = {"dry_run": (FLAG, False), "expect_revision": (REVISION, False)}
 REQUESTS = {
     "release": {"app": (APP, True), "version": (VERSION, False), "keep_failed": (FLAG, False),
                 "wait": (WAIT, False), **LOOK},
-    "activate": {"app": (APP, True), "version": (VERSION, False), "wait": (WAIT, False), **LOOK},
+    "activate": {"app": (APP, True), "version": (VERSION, False), "bake": (Integer(0, MAX_WAIT), False),
+                 "wait": (WAIT, False), **LOOK},
     "deactivate": {"app": (APP, True), "version": (VERSION, True), "force": (FLAG, False),
                    "wait": (WAIT, False), **LOOK},
     "rollback": {"app": (APP, True), "wait": (WAIT, False), **LOOK},
@@ -262,6 +263,10 @@ def _walk(path, value):
         raise Invalid(f"broken pillar: {path} has a character outside the Basic Multilingual "
                       "Plane (such as an emoji), which Salt's YAML cannot carry; see docs/pillar.md")
 
+
+# stacks:<app>:bake (pigeon_bake): the window's seconds and the limits it must stay within
+BAKE_KEYS = {"seconds": (0, MAX_WAIT), "max_5xx_percent": (0, 100), "max_response_ratio": (1, 1000),
+             "min_requests": (1, 1000000)}
 
 SERVER_PORTS = 30  # host ports an app's slots may publish (pigeon_definition.port_span: 3 slots of 10)
 
@@ -423,6 +428,14 @@ def check_definition(app, definition):
         _pillar_integer(f"{base}:loadbal:drain_timeout", loadbal["drain_timeout"], 0, 3600)
     if "backend_port" in loadbal:
         _pillar_integer(f"{base}:loadbal:backend_port", loadbal["backend_port"], 1, 65535)
+    bake = _mapping(f"{base}:bake", definition.get("bake"), required=False)
+    for key, (low, high) in BAKE_KEYS.items():
+        if key in bake:
+            _pillar_integer(f"{base}:bake:{key}", bake[key], low, high)
+    unknown = sorted(str(k) for k in bake if k not in BAKE_KEYS)
+    if unknown:
+        raise Invalid(f"broken pillar: {base}:bake has unknown key {unknown[0][:60]!r}: "
+                      f"{', '.join(BAKE_KEYS)} only; see docs/pillar.md")
     if loadbal.get("hosts") is not None:
         _check_hosts(f"{base}:loadbal:hosts", loadbal["hosts"])
     servers = _mapping(f"{base}:loadbal:servers", loadbal.get("servers"), required=False)

@@ -1,0 +1,209 @@
+"""
+Unit tests for progressive delivery's logic: the state machine's traffic actions (canary,
+abort, maintenance) and their routes map keys, the bake window's judgement of HAProxy's
+counters (``_utils/pigeon_bake.py``), the door's checks of the requests and the pillar's
+``bake:``, and the CLI's arguments. The lab runs them for real: tests/integration/
+test_progressive.py and test_bake.py.
+"""
+
+import base64
+import copy
+import sys
+
+import pytest
+import yaml
+
+from srv_modules import SALT_DIR, load
+
+sm = load("_utils/pigeon_statemachine.py", "pigeon_statemachine_for_progressive")
+bake = load("_utils/pigeon_bake.py", "pigeon_bake_for_progressive")
+schema = load("_utils/pigeon_schema.py", "pigeon_schema_for_progressive")
+LAB = yaml.safe_load((SALT_DIR.parent / "pillar" / "stacks.sls").read_text())["stacks"]["app"]
+TransitionError = sm.TransitionError
+
+
+def entry(traffic=None, **stacks):
+    e = {"app": "shop", "generation": 4, "stacks": {
+        v: {"state": state, "slot": slot} for v, (state, slot) in stacks.items()}}
+    e["routes"] = sm.routes("shop", e["stacks"], traffic=traffic)
+    if traffic:
+        e["traffic"] = traffic
+    return e
+
+
+BOTH = {"1.0": ("active", "a"), "2.0": ("release", "b")}
+
+
+# --- canary -------------------------------------------------------------------------------------
+
+
+def test_a_canary_gives_the_release_its_share_of_production():
+    p = sm.plan(entry(**BOTH), "canary", asked={"percent": 10})
+    assert p["version"] == "2.0" and p["states"] == {} and p["start"] is None and p["stop"] == []
+    assert p["routes"]["shop/canary"] == "10" and p["routes_before"]["shop/canary"] is None
+    assert p["routes"]["shop/production"] == "shop_a"  # the rest stays on the active stack
+    assert p["message"] == "shop 2.0 gets 10 % of production, 1.0 the rest"
+    assert sm.apply(entry(**BOTH), p, "now", "me")["traffic"] == {"canary": 10}
+
+
+def test_a_canary_is_changed_in_steps_and_zero_or_abort_ends_it():
+    e = entry(traffic={"canary": 10}, **BOTH)
+    assert sm.plan(e, "canary", asked={"percent": 50})["routes"]["shop/canary"] == "50"
+    assert sm.plan(e, "canary", asked={"percent": 10})["noop"] is True
+    for p in (sm.plan(e, "canary", asked={"percent": 0}), sm.plan(e, "abort")):
+        assert p["routes"]["shop/canary"] is None and p["traffic"] == {}
+        assert p["message"] == "shop: production all on 1.0 again; 2.0 keeps internal traffic"
+    assert sm.plan(entry(**BOTH), "abort")["noop"] is True
+
+
+@pytest.mark.parametrize("action, version", [("activate", None), ("rollback", None), ("deactivate", "2.0")])
+def test_activate_completes_a_canary_and_rollback_or_the_releases_end_ends_it(action, version):
+    stacks = dict(BOTH, **({"0.9": ("inactive", "c")} if action == "rollback" else {}))
+    p = sm.plan(entry(traffic={"canary": 30}, **stacks), action, version)
+    assert p["traffic"] == {} and p["routes"]["shop/canary"] is None
+
+
+def test_a_canary_needs_a_release_beside_an_active_stack():
+    with pytest.raises(TransitionError, match="has no release to send production to"):
+        sm.plan(entry(**{"1.0": ("active", "a")}), "canary", asked={"percent": 10})
+    with pytest.raises(TransitionError, match="no active stack to share production with; activate 2.0 instead"):
+        sm.plan(entry(**{"2.0": ("release", "b")}), "canary", asked={"percent": 10})
+    with pytest.raises(TransitionError, match="1.0 is not the release"):
+        sm.plan(entry(**BOTH), "canary", "1.0", asked={"percent": 10})
+
+
+# --- maintenance --------------------------------------------------------------------------------
+
+
+def test_maintenance_on_sets_the_message_in_base64_and_off_deletes_it():
+    p = sm.plan(entry(**BOTH), "maintenance", asked={"enable": True, "message": "Back at 5 — sorry;",
+                                                     "retry_after": 60})
+    seconds, _, encoded = p["routes"]["shop/maintenance"].partition(":")
+    assert seconds == "60" and base64.b64decode(encoded).decode() == "Back at 5 — sorry;"
+    assert " " not in p["routes"]["shop/maintenance"]  # one token for HAProxy's CLI
+    on = sm.apply(entry(**BOTH), p, "now", "me")
+    assert on["traffic"] == {"maintenance": {"message": "Back at 5 — sorry;", "retry_after": 60}}
+    off = sm.plan(on, "maintenance", asked={"enable": False})
+    assert off["routes"]["shop/maintenance"] is None and sm.apply(on, off, "now", "me").get("traffic") is None
+    assert sm.plan(on, "maintenance", asked={"enable": True, "message": "Back at 5 — sorry;",
+                                             "retry_after": 60})["noop"] is True
+
+
+def test_a_maintenance_is_kept_by_every_other_action():
+    traffic = {"maintenance": {"message": sm.DEFAULT_MESSAGE, "retry_after": 300}}
+    for action, version in (("activate", None), ("deactivate", "2.0"), ("repair", None)):
+        p = sm.plan(entry(traffic=traffic, **BOTH), action, version)
+        assert p["traffic"] == traffic and p["routes"]["shop/maintenance"] == sm.maintenance_value(traffic["maintenance"])
+
+
+# --- the bake window ------------------------------------------------------------------------------
+
+
+def stats(hrsp_2xx=0, hrsp_5xx=0, rtime=2, down=0, up=2, minion="lb1", backend="shop_b"):
+    servers = [{"name": f"s{n}", "addr": f"10.0.0.{n}:8080", "status": "DOWN" if n <= down else "UP"}
+               for n in range(1, up + 1)] + [{"name": "s9", "addr": "", "status": "MAINT (resolution)"}]
+    return {minion: {backend: {"counters": {"hrsp_2xx": hrsp_2xx, "hrsp_5xx": hrsp_5xx, "rtime": rtime},
+                               "servers": servers}}}
+
+
+LIMIT = bake.limits({}, 20)
+
+
+def test_the_bake_counts_only_what_came_after_the_switch():
+    start = bake.total(stats(hrsp_2xx=500, hrsp_5xx=100), "shop_b")  # preview traffic before
+    assert bake.judge(start, bake.total(stats(hrsp_2xx=600, hrsp_5xx=101), "shop_b"), 2, LIMIT) is None
+    breach = bake.judge(start, bake.total(stats(hrsp_2xx=540, hrsp_5xx=110), "shop_b"), 2, LIMIT)
+    assert breach == "5xx 20.0 % of 50 responses, above 5 %"
+
+
+def test_no_judgement_of_the_share_before_min_requests():
+    start = bake.total(stats(), "shop_b")
+    assert bake.judge(start, bake.total(stats(hrsp_5xx=19), "shop_b"), 2, LIMIT) is None
+    assert bake.judge(start, bake.total(stats(hrsp_5xx=20), "shop_b"), 2, LIMIT).startswith("5xx 100.0 %")
+
+
+def test_a_server_down_or_a_slow_slot_is_a_breach():
+    start = bake.total(stats(), "shop_b")
+    assert bake.judge(start, bake.total(stats(down=1), "shop_b"), 2, LIMIT) == (
+        "1 of 2 servers DOWN (failed health checks): lb1/s1")
+    slow = bake.total(stats(hrsp_2xx=100, rtime=40), "shop_b")
+    assert bake.judge(start, slow, 10, LIMIT) == "response time 40 ms, above 3 x the old slot's 10 ms"
+    assert bake.judge(start, slow, 20, LIMIT) is None
+
+
+def test_the_load_balancers_are_summed_and_one_without_an_answer_is_named():
+    answers = {**stats(hrsp_2xx=10, minion="lb1"), **stats(hrsp_2xx=15, hrsp_5xx=5, minion="lb2"), "lb3": False}
+    total = bake.total(answers, "shop_b")
+    assert (total["responses"], total["5xx"], total["missing"]) == (30, 5, ["lb3"])
+    assert bake.figures(bake.total({}, "shop_b"), total)["5xx_percent"] == 16.7
+
+
+def test_the_pillar_sets_the_window_and_the_request_overrides_it():
+    definition = dict(LAB, bake={"seconds": 60, "max_5xx_percent": 1})
+    assert bake.limits(definition)["seconds"] == 60 and bake.limits(definition, 0)["seconds"] == 0
+    assert bake.limits(definition)["max_5xx_percent"] == 1 and bake.limits(definition)["min_requests"] == 20
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({"seconds": -1}, "stacks:app:bake:seconds"), ({"seconds": "20"}, "stacks:app:bake:seconds"),
+    ({"max_5xx_percent": 101}, "max_5xx_percent"), ({"max_response_ratio": 0}, "max_response_ratio"),
+    ({"sconds": 20}, "unknown key 'sconds'"), ("20", "stacks:app:bake must be a mapping"),
+])
+def test_the_door_refuses_a_broken_bake(bad, says):
+    with pytest.raises(schema.Invalid) as error:
+        schema.check_definition("app", dict(copy.deepcopy(LAB), bake=bad))
+    assert says in str(error.value) and "\n" not in str(error.value)
+
+
+# --- the door: the requests --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind, values, says", [
+    ("canary", {"app": "app", "percent": 101}, "percent"),
+    ("canary", {"app": "app", "percent": "10"}, "percent"),
+    ("canary", {"app": "app"}, "percent is missing"),
+    ("maintenance", {"app": "app", "enable": "on"}, "enable"),
+    ("maintenance", {"app": "app", "enable": True, "message": "a\u2028b"}, "message"),
+    ("maintenance", {"app": "app", "enable": True, "retry_after": 0}, "retry_after"),
+    ("activate", {"app": "app", "bake": 3601}, "bake"),
+    ("ci", {"action": "canary", "app": "app"}, "action"),  # a webhook cannot move production by shares
+])
+def test_the_door_refuses_a_bad_traffic_request(kind, values, says):
+    with pytest.raises(schema.Invalid) as error:
+        schema.check(kind, values)
+    assert says in str(error.value)
+
+
+# --- the CLI -------------------------------------------------------------------------------------------
+
+if str(SALT_DIR.parents[1]) not in sys.path:
+    sys.path.insert(0, str(SALT_DIR.parents[1]))
+from pigeon import cli  # noqa: E402  pylint: disable=wrong-import-position
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["canary", "-a", "app"], "canary needs --percent"),
+    (["canary", "-a", "app", "--percent", "150"], "--percent"),
+    (["activate", "-a", "app", "--percent", "10"], "--percent applies to canary only"),
+    (["maintenance", "-a", "app"], "maintenance needs on or off"),
+    (["maintenance", "maybe", "-a", "app"], "maintenance needs on or off"),
+    (["maintenance", "off", "-a", "app", "--message", "x"], "--message applies to maintenance on only"),
+    (["maintenance", "on", "-a", "app", "--message", "two\nlines"], "--message"),
+    (["release", "-a", "app", "--bake", "20"], "--bake applies to activate only"),
+])
+def test_the_cli_refuses_bad_traffic_arguments_in_one_line(argv, says, capsys):
+    with pytest.raises(SystemExit) as code:
+        cli.parse_args(argv + ["--saltapi-url", "https://salt:8000"])
+    assert code.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_cli_sends_what_a_traffic_action_asks():
+    args = cli.parse_args(["maintenance", "on", "-a", "app", "--message", "Back at 6", "--retry-after", "60",
+                           "--saltapi-url", "https://salt:8000"])
+    assert (args.subject, args.message, args.retry_after) == ("on", "Back at 6", 60)
+    assert cli.parse_args(["activate", "-a", "app", "--bake", "20", "--saltapi-url", "https://s:1"]).bake == 20
+    assert cli.bake_line({"result": "failed", "seconds": 4.5, "breach": "5xx 50.0 % of 40 responses, above 5 %",
+                          "rolled_back_to": "1.0"}) == (
+        "bake: failed after 4.5 s: 5xx 50.0 % of 40 responses, above 5 %; production rolled back to 1.0")
