@@ -121,6 +121,9 @@ def test_the_formulas_defaults_pass():
     ({"internal_networks": ["10.0.0.0/8\nacl x"]}, "haproxy:internal_networks:0"),
     ({"internal_networks": "10.0.0.0/8"}, "haproxy:internal_networks must be a list"),
     ({"timeouts": {"client": "30s\n    option x"}}, "haproxy:timeouts:client"),
+    ({"metrics": {"port": 8405, "allow": ["10.0.0.0/8 0.0.0.0/0"]}}, "haproxy:metrics:allow:0"),
+    ({"metrics": {"port": "8405\nstats"}}, "haproxy:metrics:port"),
+    ({"metrics": {}}, "haproxy:metrics:port is missing"),
 ])
 def test_the_door_refuses_a_formula_value_that_would_reach_haproxy_cfg_as_text(change, says):
     with pytest.raises(schema.Invalid) as error:
@@ -203,3 +206,12 @@ def test_a_frontend_without_apps_answers_no_stack():
                                       "empty": {"port": 9443, "preview_port": 5443}})
     assert not any("use_backend" in line for line in cfg["frontend empty"])
     assert "default_backend pigeon_no_stack" in cfg["frontend empty"]
+
+
+def test_the_metrics_frontend_serves_the_internal_networks_only():
+    metrics = render_apps(TWO)["frontend pigeon_metrics"]
+    assert metrics[0] == "bind :8405"
+    assert "http-request deny deny_status 403 unless pigeon_internal" in metrics
+    assert "http-request use-service prometheus-exporter if { path /metrics }" in metrics
+    allowed = render_apps(TWO, metrics={"port": 9100, "allow": ["10.9.0.0/16"]})["frontend pigeon_metrics"]
+    assert "acl pigeon_metrics_allowed src 10.9.0.0/16" in allowed and "bind :9100" in allowed

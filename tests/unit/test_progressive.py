@@ -207,3 +207,76 @@ def test_the_cli_sends_what_a_traffic_action_asks():
     assert cli.bake_line({"result": "failed", "seconds": 4.5, "breach": "5xx 50.0 % of 40 responses, above 5 %",
                           "rolled_back_to": "1.0"}) == (
         "bake: failed after 4.5 s: 5xx 50.0 % of 40 responses, above 5 %; production rolled back to 1.0")
+
+
+# --- notifications (runner pigeon_notify) ----------------------------------------------------------
+
+notify = load("_runners/pigeon_notify.py", "pigeon_notify_for_progressive")
+
+
+class FakeNotifyMaster:
+    """The master as pigeon_notify sees it: a pillar, a history, a cache folder; a receiver."""
+
+    def __init__(self, tmp_path, url, history):
+        import http.server
+        import threading
+
+        self.got = []
+        got = self.got
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                got.append(self.rfile.read(int(self.headers["Content-Length"])).decode())
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        notify.__opts__ = {"cachedir": str(tmp_path), "id": "master"}
+        notify.__utils__ = {"pigeon_registry.history": lambda app, limit: history[-limit:],
+                            "pigeon_registry.apps": lambda: ["app"]}
+        port = self.server.server_address[1]
+        notify._settings = lambda: (((url or "").replace("PORT", str(port)), 5), None) if url else (
+            None, "no pigeon_notify:url in the master's pillar")
+
+
+ENTRY = {"action": "activate", "version": "2.0", "result": "success", "user": "alice", "source": "cli",
+         "duration": 0.9, "message": "app 2.0 is active", "finished": "2026-12-04T10:00:00"}
+
+
+def test_an_outcome_is_posted_once_as_a_chat_line(tmp_path):
+    master = FakeNotifyMaster(tmp_path, "http://127.0.0.1:PORT/hook", [ENTRY])
+    try:
+        assert notify.post(tag="pigeon/deploy/app/activate")["posted"] is True
+        assert notify.post(tag="pigeon/deploy/app/activate") == {
+            "posted": False, "why": "nothing new in app's history since the last post"}
+    finally:
+        master.server.shutdown()
+    assert len(master.got) == 1
+    assert '"text": "\\u2705 app 2.0: activate success by alice (cli) in 0.9 s: app 2.0 is active"' in master.got[0]
+
+
+@pytest.mark.parametrize("tag", ["pigeon/deploy/rejected", "pigeon/deploy/App/activate", "salt/job/1/ret",
+                                 "pigeon/deploy/app/activate/x", "pigeon/deploy/app/activate\n"])
+def test_a_tag_that_names_no_app_and_action_posts_nothing(tmp_path, tag):
+    master = FakeNotifyMaster(tmp_path, "http://127.0.0.1:PORT/hook", [ENTRY])
+    try:
+        assert notify.post(tag=tag)["posted"] is False
+    finally:
+        master.server.shutdown()
+    assert master.got == []
+
+
+def test_without_a_url_nothing_is_posted(tmp_path):
+    master = FakeNotifyMaster(tmp_path, None, [ENTRY])
+    master.server.shutdown()
+    assert notify.post(tag="pigeon/deploy/app/activate") == {
+        "posted": False, "why": "no pigeon_notify:url in the master's pillar"}
+
+
+def test_a_failed_action_says_why():
+    line = notify.text("app", dict(ENTRY, result="failed", error="step routes failed: lb2 did not answer"))
+    assert line == "\u274c app 2.0: activate failed by alice (cli) in 0.9 s: step routes failed: lb2 did not answer"

@@ -72,6 +72,11 @@ def _action(action, args, kwargs):
     outcome = _run(action, values, "cli")
     if not outcome["ok"]:
         __context__["retcode"] = 1
+    # on the master's bus as a CI event's is (reactor/notify.sls posts it to a chat)
+    try:
+        _fire(outcome, f"{OUTCOME_TAG}/{values['app']}/{action}")
+    except Exception:  # pylint: disable=broad-except  (a courtesy: the outcome is returned anyway)
+        log.debug("deploy: could not publish the outcome of %s", action, exc_info=True)
     return {"outcome": outcome}
 
 

@@ -354,17 +354,22 @@ def check_haproxy(haproxy):
             if frontend.get(key):
                 _pillar_text(f"{base}:frontends:{name}:{key}", frontend[key], HEADER_RE,
                              "1-64 letters, digits, '-', '_' (or '' for none)")
-    networks = haproxy.get("internal_networks") or []
-    if not isinstance(networks, list):
-        raise Invalid(f"broken pillar: {base}:internal_networks must be a list of networks; see docs/pillar.md")
-    for n, network in enumerate(networks):
-        try:
-            if not isinstance(network, str):
-                raise ValueError
-            ipaddress.ip_network(network, strict=False)
-        except ValueError:
-            raise Invalid(f"broken pillar: {base}:internal_networks:{n} {_show(network)} is not a network "
-                          "such as 10.0.0.0/8; see docs/pillar.md") from None
+    metrics = _mapping(f"{base}:metrics", haproxy.get("metrics"))
+    if "port" not in metrics:
+        raise Invalid(f"broken pillar: {base}:metrics:port is missing; see docs/pillar.md")
+    _pillar_integer(f"{base}:metrics:port", metrics["port"], 1, 65535)
+    for path, networks in ((f"{base}:internal_networks", haproxy.get("internal_networks") or []),
+                           (f"{base}:metrics:allow", metrics.get("allow") or [])):
+        if not isinstance(networks, list):
+            raise Invalid(f"broken pillar: {path} must be a list of networks; see docs/pillar.md")
+        for n, network in enumerate(networks):
+            try:
+                if not isinstance(network, str):
+                    raise ValueError
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise Invalid(f"broken pillar: {path}:{n} {_show(network)} is not a network "
+                              "such as 10.0.0.0/8; see docs/pillar.md") from None
     for key, value in _mapping(f"{base}:timeouts", haproxy.get("timeouts"), required=False).items():
         _pillar_text(f"{base}:timeouts:{key}", value, HAPROXY_TIME_RE, "an HAProxy time such as 30s")
 

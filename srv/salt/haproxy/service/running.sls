@@ -42,6 +42,7 @@ haproxy-service-running-docker-container-running:
       - {{ (frontend.port ~ ':' ~ frontend.port) | tojson }}
       - {{ (frontend.preview_port ~ ':' ~ frontend.preview_port) | tojson }}
 {%- endfor %}
+      - {{ (haproxy.metrics.port ~ ':' ~ haproxy.metrics.port) | tojson }}
 {%- if networks %}
     - networks: {{ networks | tojson }}
 {%- endif %}
