@@ -465,7 +465,9 @@ def plan_lines(plan):
     before, after = plan.get("routes_before") or {}, plan.get("routes") or {}
     for key in sorted(set(before) | set(after)):
         if before.get(key) != after.get(key):
-            lines.append(f"  route {key}: {before.get(key) or 'none (503)'} -> {after.get(key) or 'none (503)'}")
+            # a key without value: no stack (503) for a route, nothing for a version, canary, maintenance
+            none = "none (503)" if key.rpartition("/")[2] in ("production", "internal") else "none"
+            lines.append(f"  route {key}: {before.get(key) or none} -> {after.get(key) or none}")
     for stop in plan.get("stop") or []:
         drain = (f"drain backend {stop.get('backend')} (up to {lb.get('drain_timeout')} s), then "
                  if stop.get("state") in ("active", "release") else "")

@@ -215,3 +215,12 @@ def test_the_metrics_frontend_serves_the_internal_networks_only():
     assert "http-request use-service prometheus-exporter if { path /metrics }" in metrics
     allowed = render_apps(TWO, metrics={"port": 9100, "allow": ["10.9.0.0/16"]})["frontend pigeon_metrics"]
     assert "acl pigeon_metrics_allowed src 10.9.0.0/16" in allowed and "bind :9100" in allowed
+
+
+def test_every_frontend_gets_the_formulas_preview_header_unless_it_sets_its_own():
+    cfg = render_apps({"shop": app(frontend="public", hosts=["shop.example.com"]), "app": app()},
+                      frontends={"www": {"port": 8443, "preview_port": 4443},
+                                 "public": {"port": 9443, "preview_port": 5443, "preview_header": "X-Shop-Preview"}})
+    assert "acl pigeon_preview_header req.hdr(X-Pigeon-Preview) -m str 1" in cfg["frontend www"]
+    assert "acl pigeon_preview_header req.hdr(X-Shop-Preview) -m str 1" in cfg["frontend public"]
+    assert "acl pigeon_preview_cookie req.cook(pigeon_preview) -m str 1" in cfg["frontend public"]

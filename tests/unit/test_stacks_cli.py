@@ -990,8 +990,8 @@ DRY_PLAN = {
               "containers": [{"name": "app-1.5-web-1", "image": "pigeon/demoapp:1.5", "registered": True},
                              {"name": "app-1.5-api-1", "image": "pigeon/demoapp:1.5", "registered": False}]},
     "stop": [], "states": {"1.5": "release"},
-    "routes_before": {"app": "app_a", "app@internal": "app_a"},
-    "routes": {"app": "app_a", "app@internal": "app_b"},
+    "routes_before": {"app/production": "app_a", "app/internal": "app_a", "app/version/b": None},
+    "routes": {"app/production": "app_a", "app/internal": "app_b", "app/version/b": "1.5"},
     "config": {"target": "app-*", "target_type": "glob", "formula": "demoapp"},
     "loadbal": {"target": "lb-*", "target_type": "glob", "healthcheck_timeout": 30, "drain_timeout": 10},
     "converge_loadbal": False,
@@ -1004,8 +1004,9 @@ def test_dry_run_prints_the_plan_and_sends_dry_run(api, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "dry run: release app 1.5 at registry revision 7"
     assert "  start 2 containers of 1.5 in slot b on app-* (glob), network pigeon-app-1.5:" in out
-    assert "  route app@internal: app_a -> app_b" in out
-    assert not any(line.startswith("  route app:") for line in out)  # production unchanged
+    assert "  route app/internal: app_a -> app_b" in out
+    assert "  route app/version/b: none -> 1.5" in out  # a version, not a backend: no 503
+    assert not any(line.startswith("  route app/production:") for line in out)  # production unchanged
     assert "  1.5: release" in out
     sent = [r["body"][0] for r in api.requests if r["path"] == "/"]
     assert sent == [{"client": "runner", "fun": "deploy.release", "arg": [],
@@ -1048,7 +1049,7 @@ def test_plan_lines_of_a_deactivation_and_a_noop():
                 states={"1.4": None}, routes={}, message="")
     lines = cli.plan_lines(plan)
     assert "  drain backend app_a (up to 10 s), then stop and remove the containers of 1.4" in lines
-    assert "  route app: app_a -> none (503)" in lines and "  1.4: deactivated" in lines
+    assert "  route app/production: app_a -> none (503)" in lines and "  1.4: deactivated" in lines
     assert cli.plan_lines(dict(DRY_PLAN, noop=True, message="app 1.5 is released already")) == [
         "dry run: release app 1.5 at registry revision 7", "  nothing to do: app 1.5 is released already"]
 

@@ -354,6 +354,9 @@ def check_haproxy(haproxy):
             if frontend.get(key):
                 _pillar_text(f"{base}:frontends:{name}:{key}", frontend[key], HEADER_RE,
                              "1-64 letters, digits, '-', '_' (or '' for none)")
+    for key in ("preview_header", "preview_cookie"):
+        if haproxy.get(key):
+            _pillar_text(f"{base}:{key}", haproxy[key], HEADER_RE, "1-64 letters, digits, '-', '_' (or '' for none)")
     metrics = _mapping(f"{base}:metrics", haproxy.get("metrics"))
     if "port" not in metrics:
         raise Invalid(f"broken pillar: {base}:metrics:port is missing; see docs/pillar.md")
