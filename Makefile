@@ -48,6 +48,7 @@ vagrant:
 bench: lab
 	$(PY) tests/bench/bench.py --cycles 20 --clients 1 --rps 400 --json docs/benchmarks-400rps.json
 	$(PY) tests/bench/idle.py --seconds 60 --json docs/benchmarks-idle.json
+	$(PY) tests/bench/progressive.py --rounds 5 --json docs/benchmarks-progressive.json
 	$(MAKE) lab TOPOLOGY=multi   # takes the one-host lab down first; make lab brings it back
 	$(PY) tests/bench/multihost.py --rounds 5 --json docs/benchmarks-multihost.json
 
