@@ -307,10 +307,12 @@ DEFINITION = yaml.safe_load((REPO / "srv" / "pillar" / "stacks.sls").read_text()
 APP = "app"
 
 
-def _entry(stacks, loadbal_seen):
+def _entry(stacks, loadbal_seen, traffic=None):
     stacks = {v: {"state": s, "slot": slot, "since": "2024-01-01T00:00:00.000+00:00", "by": "ci"}
               for v, (s, slot) in stacks.items()}
-    entry = {"app": APP, "generation": 3, "stacks": stacks, "routes": sm.routes(APP, stacks)}
+    entry = {"app": APP, "generation": 3, "stacks": stacks, "routes": sm.routes(APP, stacks, traffic=traffic)}
+    if traffic:
+        entry["traffic"] = traffic
     if loadbal_seen:
         entry["loadbal_hash"] = hashlib.sha256(json.dumps(
             DEFINITION["loadbal"], sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -318,13 +320,13 @@ def _entry(stacks, loadbal_seen):
 
 
 def real_plan(action, version, stacks, force=False, loadbal_seen=True, keep_failed=False, definition=None,
-              balancers=("lb-minion",)):
+              balancers=("lb-minion",), asked=None, traffic=None):
     """The plan the deploy runner makes (pigeon_plan.make, under the app's lock) on this registry:
     the state machine's plan, expanded with the stack definition, ``keep_failed``, the steps."""
-    entry = _entry(stacks, loadbal_seen)
+    entry = _entry(stacks, loadbal_seen, traffic)
     definition = copy.deepcopy(DEFINITION if definition is None else definition)
     try:
-        planned = sm.plan(copy.deepcopy(entry), action, version=version, force=force)
+        planned = sm.plan(copy.deepcopy(entry), action, version=version, force=force, asked=asked)
     except sm.TransitionError as exc:
         return {"error": str(exc)}
     planned = definition_utils.expand(APP, action, version, definition, entry, planned, sm.backend,
@@ -358,7 +360,15 @@ ORCH_SHAPES = {
     "repair": ("repair", None, {"1.0": ("inactive", "a"), "2.0": ("active", "b"), "3.0": ("release", "c")},
                False, True, False),
     "repair-one": ("repair", "2.0", {"1.0": ("inactive", "a"), "2.0": ("active", "b")}, False, True, False),
+    "canary": ("canary", None, {"1.0": ("active", "a"), "2.0": ("release", "b")}, False, True, False),
+    "canary-zero": ("canary", None, {"1.0": ("active", "a"), "2.0": ("release", "b")}, False, True, False),
+    "abort": ("abort", None, {"1.0": ("active", "a"), "2.0": ("release", "b")}, False, True, False),
+    "maintenance-on": ("maintenance", None, {"1.0": ("active", "a")}, False, True, False),
 }
+# what a traffic action asks (the deploy runner's ``asked``), and the registry's traffic before it
+ASKED = {"canary": {"percent": 10}, "canary-zero": {"percent": 0}, "maintenance-on": {
+    "enable": True, "message": "{{ 7*7 }} ${x} %[src] \"'; - x", "retry_after": 60}}
+TRAFFIC = {"canary-zero": {"canary": 20}, "abort": {"canary": 20}}
 # plans with no steps: the runner records them without an orchestration
 NOT_ORCHESTRATED = {
     "release-noop": ("release", "2.0", {"1.0": ("active", "a"), "2.0": ("release", "b")}, False, True, False),
@@ -374,12 +384,13 @@ REFUSED_SHAPES = {
     "refused-repair": ("repair", "9.9", {"1.0": ("active", "a")}, False, True, False),
 }
 SHAPES = {**ORCH_SHAPES, **NOT_ORCHESTRATED, **REFUSED_SHAPES}
-ACTIONS = ["release", "activate", "deactivate", "rollback", "repair"]
+ACTIONS = ["release", "activate", "deactivate", "rollback", "repair", "canary", "abort", "maintenance"]
 
 
 def plan_of(shape):
     action, version, stacks, force, seen, keep_failed = SHAPES[shape]
-    return action, real_plan(action, version, stacks, force=force, loadbal_seen=seen, keep_failed=keep_failed)
+    return action, real_plan(action, version, stacks, force=force, loadbal_seen=seen, keep_failed=keep_failed,
+                             asked=ASKED.get(shape), traffic=TRAFFIC.get(shape))
 
 
 def orch_case(shape):
@@ -396,7 +407,7 @@ def test_the_plans_are_the_runners(monkeypatch, shape):
     loader builds it from the same pure modules, the registry being the entry made here: same
     data, type for type."""
     action, version, stacks, force, seen, keep_failed = SHAPES[shape]
-    entry = _entry(stacks, seen)
+    entry = _entry(stacks, seen, TRAFFIC.get(shape))
 
     def registry_load(app):
         assert app == APP
@@ -407,7 +418,7 @@ def test_the_plans_are_the_runners(monkeypatch, shape):
     loader["pigeon_minions.expected"] = lambda tgt, tgt_type: ["lb-minion"]
     monkeypatch.setattr(plan_utils, "_LOADER", loader)
     made = plan_utils.make(APP, action, version=version, force=force, definition=copy.deepcopy(DEFINITION),
-                           expect_revision=3, keep_failed=keep_failed)
+                           expect_revision=3, keep_failed=keep_failed, asked=ASKED.get(shape))
     assert_same(made, plan_of(shape)[1])
     if shape in REFUSED_SHAPES:
         assert list(made) == ["error"] and made["error"], made
@@ -615,8 +626,10 @@ def expected_orch(action, plan):
         if not plan["noop"]:
             out.update(exp_routes(ids, lb, plan))
         out.update(exp_remove(ids, app, lb, cfg, plan, routed=not plan["noop"]))
-    elif action == "rollback":
+    elif action == "rollback" or (action == "canary" and plan.get("gate")):
         out.update(exp_routes(ids, lb, plan, gate=plan["gate"]))
+    elif action in ("canary", "abort", "maintenance"):  # only where production goes
+        out.update(exp_routes(ids, lb, plan))
     elif action == "repair":  # HAProxy, then each stack's containers, then the routes after all
         out[ids["loadbal"]] = {"salt.state": [
             {"tgt": lb["target"]}, {"tgt_type": lb["target_type"]}, {"sls": ["docker", "haproxy"]},

@@ -6,7 +6,7 @@
 {%- set plan = steps.plan %}
 {%- if not plan %}
 {{ steps.without_plan('canary') }}  {#- a macro of steps.jinja: every value it renders goes through tojson #}
-{%- elif plan.gate %}
+{%- elif plan.get('gate') %}
 
 # the share, only if all the release's servers are UP
 {{ steps.routes(gate={plan.gate.backend: plan.gate.expected_up}) }}  {#- a macro of steps.jinja: every value it renders goes through tojson #}
