@@ -149,6 +149,8 @@ def parse_args(argv):
         parser.error("canary needs --percent N (0-100): the share of production the release gets")
     if args.bake is not None and args.command != "activate":
         parser.error("--bake applies to activate only")
+    if args.bake and not {"--deadline", "--timeout"} & {a.split("=")[0] for a in argv}:
+        args.timeout = max(args.timeout, args.bake + 300)  # the action ends after its bake window
     if args.percent is not None and args.command != "canary":
         parser.error("--percent applies to canary only")
     for flag, given in (("--message", args.message), ("--retry-after", args.retry_after)):
@@ -370,6 +372,8 @@ def run_action(client, args, out):
     if getattr(args, "job", None):
         report["job"] = args.job
     if not outcome.get("ok"):
+        if not args.version and outcome.get("version"):  # the version the registry chose
+            target = f"{args.app} {outcome['version']}"
         raise StacksError(f"{args.command} {target} {failure(outcome)}", EXIT_FAILED, report)
     for line in done_lines(dict(outcome, action=args.command)):
         out(line)

@@ -233,7 +233,35 @@ def test_api_hostile_keywords(api, kwarg):
     _api_case(api, {"client": "runner", "fun": "deploy.release", "kwarg": kwarg})
 
 
+@pytest.mark.parametrize("fun, kwarg", [
+    ("deploy.canary", {"app": APP, "percent": 101}),
+    ("deploy.canary", {"app": APP, "percent": -1}),
+    ("deploy.canary", {"app": APP, "percent": "10"}),
+    ("deploy.canary", {"app": APP, "percent": 10.5}),
+    ("deploy.canary", {"app": APP, "percent": True}),
+    ("deploy.canary", {"app": APP}),
+    ("deploy.canary", {"app": APP, "percent": 10, "bucket": "x"}),
+    ("deploy.abort", {"app": APP, "percent": 0}),
+    ("deploy.maintenance", {"app": APP, "enable": "on"}),
+    ("deploy.maintenance", {"app": APP, "enable": True, "message": "a\nb"}),
+    ("deploy.maintenance", {"app": APP, "enable": True, "message": "x" * 201}),
+    ("deploy.maintenance", {"app": APP, "enable": True, "message": "\u2028del map x"}),
+    ("deploy.maintenance", {"app": APP, "enable": True, "message": "\U0001F600"}),
+    ("deploy.maintenance", {"app": APP, "enable": True, "message": ["x"]}),
+    ("deploy.maintenance", {"app": APP, "enable": True, "retry_after": 0}),
+    ("deploy.maintenance", {"app": APP, "enable": True, "retry_after": "60; del map"}),
+    ("deploy.activate", {"app": APP, "bake": -5}),
+    ("deploy.activate", {"app": APP, "bake": "20"}),
+    ("deploy.activate", {"app": APP, "bake": 10 ** 9}),
+], ids=range(19))
+def test_api_hostile_traffic_actions(api, fun, kwarg):
+    """The traffic actions (canary, abort, maintenance) and activate's bake: refused at the door."""
+    _api_case(api, {"client": "runner", "fun": fun, "kwarg": kwarg})
+
+
 @pytest.mark.parametrize("low", [
+    {"client": "runner", "fun": "pigeon_notify.post", "kwarg": {"tag": "pigeon/deploy/app/release"}},
+    {"client": "runner", "fun": "haproxy_switch.routes", "kwarg": {"balancers": ["lab-minion"], "routes": {}}},
     {"client": "runner", "fun": "state.orchestrate", "arg": ["orch.release"],
      "kwarg": {"pillar": {"pigeon": {"app": APP}}}},
     {"client": "runner", "fun": "state.orchestrate_show_sls", "arg": ["orch.release"]},
@@ -254,7 +282,7 @@ def test_api_hostile_keywords(api, kwarg):
     {"client": "local_async", "tgt": "*", "fun": "cmd.run", "arg": [f"touch {MARKER}-local"]},
     {"client": "wheel", "fun": "key.list_all"},
     {"client": "ssh", "tgt": "*", "fun": "cmd.run", "arg": ["id"]},
-], ids=range(19))
+], ids=range(21))
 def test_api_outside_the_acl(api, low):
     _api_case(api, low)
 

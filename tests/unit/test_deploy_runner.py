@@ -920,3 +920,69 @@ def test_a_running_action_cancelled_before_its_routes_aborts_and_frees_the_lock(
     assert outcome["error"].startswith("cancelled by alice at ") and "not run: routes" in outcome["error"]
     assert stacks(deploy) == {} and lock_free(deploy)
     assert history(deploy)[-1]["result"] == "failed" and "cancelled by alice" in history(deploy)[-1]["error"]
+
+
+# ---------------------------------------------------------------------------
+# activate's bake window: the counters watched, a rollback under the same lock, errors told
+def _stats(ok, errors, minion="lab-minion", backend="app_b"):
+    servers = [{"name": "s1", "addr": "10.0.0.1:8080", "status": "UP"}]
+    return {minion: {backend: {"counters": {"hrsp_2xx": ok, "hrsp_5xx": errors, "rtime": 2}, "servers": servers},
+                     "app_a": {"counters": {"hrsp_2xx": 9, "hrsp_5xx": 0, "rtime": 2}, "servers": servers}}}
+
+
+def as_recorded(plan, stop):
+    """The lab's recorded return of the plan's action (activate, rollback)."""
+    return not_run_for_missing(copy.deepcopy(recorded(plan["action"])), plan)
+
+
+def _baking(deploy, looks):
+    """1.0 active in slot a, 1.4 released in slot b; the load balancer's answers in turn."""
+    _registry(deploy, {"1.0": "active", "1.4": "release"})
+    answers = iter(looks)
+    deploy.__utils__["pigeon_minions.ask"] = lambda *a, **k: next(answers)
+    deploy.orchestrate_returns = as_recorded
+
+
+def test_a_bake_breach_rolls_production_back_under_the_same_lock(deploy):
+    _baking(deploy, [_stats(100, 0), _stats(110, 0), _stats(120, 30)] + [_stats(120, 30)] * 10)
+    outcome = deploy.activate(app="app", version="1.4", bake=5)["outcome"]
+    assert outcome["ok"] is False and outcome["bake"]["result"] == "failed"
+    assert outcome["error"].startswith("bake of app 1.4 failed after ")
+    assert outcome["error"].endswith(": 5xx 60.0 % of 50 responses, above 5 %; production rolled back to 1.0")
+    assert [args for args, _ in deploy.calls] == [("orch.activate",), ("orch.rollback",)]
+    assert stacks(deploy) == {"1.0": "active", "1.4": "inactive"}
+    assert outcome["revision"] == deploy.registry.load("app")["generation"]  # the rollback's
+    assert [(e["action"], e["result"], e["source"]) for e in history(deploy)] == [
+        ("activate", "success", "cli"), ("rollback", "success", "bake")]
+    assert deploy.registry.load("app")["bake"]["rolled_back_to"] == "1.0"
+    assert lock_free(deploy) and deploy.__context__["retcode"] == 1
+
+
+def test_a_bake_that_passes_keeps_the_new_version(deploy):
+    _baking(deploy, [_stats(100, 0)] + [_stats(100 + 10 * n, 0) for n in range(1, 10)])
+    outcome = deploy.activate(app="app", version="1.4", bake=1)["outcome"]
+    assert outcome["ok"] is True and outcome["bake"]["result"] == "passed"
+    assert stacks(deploy) == {"1.0": "inactive", "1.4": "active"}
+
+
+def test_a_load_balancer_that_never_answers_fails_the_bake_without_a_rollback(deploy):
+    _baking(deploy, [{}] * 10)
+    outcome = deploy.activate(app="app", version="1.4", bake=1)["outcome"]
+    assert outcome["ok"] is False and outcome["bake"]["result"] == "unobserved"
+    assert outcome["error"].startswith("the bake of app 1.4 could not read the counters of lab-minion")
+    assert stacks(deploy) == {"1.0": "inactive", "1.4": "active"} and lock_free(deploy)
+
+
+def test_an_error_while_baking_is_told_and_leaves_the_activate_recorded(deploy):
+    _registry(deploy, {"1.0": "active", "1.4": "release"})
+    deploy.orchestrate_returns = as_recorded
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the master's publisher is gone")
+
+    deploy.__utils__["pigeon_minions.ask"] = broken
+    outcome = deploy.activate(app="app", version="1.4", bake=5)["outcome"]
+    assert outcome["ok"] is False and outcome["bake"]["result"] == "error"
+    assert "could not watch its slot (RuntimeError: the master's publisher is gone)" in outcome["error"]
+    assert [(e["action"], e["result"]) for e in history(deploy)] == [("activate", "success")]
+    assert stacks(deploy) == {"1.0": "inactive", "1.4": "active"} and lock_free(deploy)

@@ -124,6 +124,14 @@ def test_the_formulas_defaults_pass():
     ({"metrics": {"port": 8405, "allow": ["10.0.0.0/8 0.0.0.0/0"]}}, "haproxy:metrics:allow:0"),
     ({"metrics": {"port": "8405\nstats"}}, "haproxy:metrics:port"),
     ({"metrics": {}}, "haproxy:metrics:port is missing"),
+    ({"internal_networks": ["::1%\n    stats admin if TRUE"]}, "haproxy:internal_networks:0"),
+    ({"internal_networks": ["fe80::1%x 0.0.0.0/0"]}, "haproxy:internal_networks:0"),
+    ({"metrics": {"port": 8405, "allow": ["fe80::1%x"]}}, "haproxy:metrics:allow:0"),
+    ({"container_name": "x; touch /tmp/pwned"}, "haproxy:container_name"),
+    ({"host_dir": "/srv/../etc"}, "haproxy:host_dir"),
+    ({"frontends": {"www": {"port": 8443, "preview_port": 8443}}}, "is haproxy:frontends:www:port too"),
+    ({"metrics": {"port": 8443}}, "haproxy:metrics:port 8443 is haproxy:frontends:www:port too"),
+    ({"frontends": {"pigeon_metrics": {"port": 1, "preview_port": 2}}}, "names starting with pigeon_"),
 ])
 def test_the_door_refuses_a_formula_value_that_would_reach_haproxy_cfg_as_text(change, says):
     with pytest.raises(schema.Invalid) as error:
@@ -224,3 +232,20 @@ def test_every_frontend_gets_the_formulas_preview_header_unless_it_sets_its_own(
     assert "acl pigeon_preview_header req.hdr(X-Pigeon-Preview) -m str 1" in cfg["frontend www"]
     assert "acl pigeon_preview_header req.hdr(X-Shop-Preview) -m str 1" in cfg["frontend public"]
     assert "acl pigeon_preview_cookie req.cook(pigeon_preview) -m str 1" in cfg["frontend public"]
+
+
+def test_maintenance_spares_the_preview_port_and_internal_networks_only_and_a_canary_is_for_production():
+    www = render_apps(TWO)["frontend www"]
+    maintenance = next(line for line in www if line.startswith("http-request return status 503"))
+    assert maintenance.endswith("if { var(txn.pigeon_maintenance) -m found } !pigeon_preview_port !pigeon_internal")
+    share = next(line for line in www if line.startswith("http-request set-var(txn.pigeon_share)"))
+    assert share.endswith("unless pigeon_preview_port || pigeon_internal || pigeon_preview_header || "
+                          "pigeon_preview_cookie") or share.endswith(
+        "if !pigeon_preview_port !pigeon_internal !pigeon_preview_header !pigeon_preview_cookie")
+
+
+def test_the_configuration_carries_the_traffic_marker_the_runtime_asks_for():
+    maps = load("_utils/haproxy_maps.py", "haproxy_maps_for_front_door")
+    assert "backend " + maps.TRAFFIC_MARKER in render_apps(TWO)
+    assert maps.needs_marker({"app/canary": "10"}) == maps.TRAFFIC_MARKER
+    assert maps.needs_marker({"app/canary": None, "app/maintenance": None, "app/production": "app_a"}) is None

@@ -719,3 +719,18 @@ def test_salt_loader_refuses_the_module_without_its_utils(tmp_path):
     assert "haproxy_runtime.info" not in functions
     assert "utils module haproxy_admin not found; run saltutil.sync_all" in functions.missing_fun_string(
         "haproxy_runtime.info")
+
+
+def test_a_canary_or_maintenance_is_refused_where_haproxy_cfg_would_not_read_it(haproxy, maps_dir):
+    """An HAProxy still on a configuration from before canary and maintenance (no marker
+    backend): setting them would change nothing it serves, so set_routes refuses, in one line."""
+    _set_map(haproxy, maps_dir, {"app/production": "app_a"})
+    for routes in ({"app/canary": "10"}, {"app/maintenance": "300:ZG93bg=="}):
+        with pytest.raises(hr.CommandExecutionError) as error:
+            hr.set_routes(routes, socket=haproxy.path, maps_dir=str(maps_dir))
+        assert str(error.value).startswith("this load balancer's haproxy.cfg predates canary and maintenance")
+        assert haproxy.write_commands() == []
+    haproxy.backends.append("pigeon_traffic_v1")
+    hr.set_routes({"app/canary": "10"}, socket=haproxy.path, maps_dir=str(maps_dir))
+    assert dict(haproxy.maps[MAP_REF])["app/canary"] == "10"
+    hr.set_routes({"app/canary": None}, socket=haproxy.path, maps_dir=str(maps_dir))  # ending one: always

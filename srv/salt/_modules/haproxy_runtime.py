@@ -449,6 +449,12 @@ def set_routes(routes, map_name="routes.map", socket=None, maps_dir=None, maps_d
             check_up(backend, count, socket=socket)
     host_path, map_ref = _map_paths(map_name, maps_dir, maps_dir_in_container)
     _check_backends_exist(__utils__["haproxy_maps.backend_values"](routes), socket)
+    marker = __utils__["haproxy_maps.needs_marker"](routes)
+    if marker and marker not in backends(socket=socket):
+        # a canary or a maintenance that the running configuration would not read: refused
+        raise CommandExecutionError(
+            "this load balancer's haproxy.cfg predates canary and maintenance; apply the haproxy state "
+            "to it (salt <minion> state.apply haproxy), then try again")
     with __utils__["haproxy_maps.map_lock"](host_path):
         # only the keys of ``routes`` change, read and written under the map's lock: two
         # apps switching at once both keep their routes

@@ -162,8 +162,23 @@ def _baked(app, planned, definitions, limit, outcome, held, source, job, since):
     counters of the new slot watched on every load balancer for ``limit["seconds"]``; when one
     crosses a limit, production goes back to the stack it came from (a rollback, under the
     lock this action holds) and the outcome fails with the figure. Returns the outcome, with
-    ``bake``: {result, seconds, breach, rolled_back_to, and what was counted}."""
-    bake_utils = {name: _utils(f"pigeon_bake.{name}") for name in ("total", "judge", "figures")}
+    ``bake``: {result, seconds, breach, rolled_back_to, and what was counted}. An error while
+    watching fails the outcome and changes nothing: the activate stays recorded and live."""
+    try:
+        return _bake(app, planned, definitions, limit, outcome, held, source, job, since)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.exception("deploy: the bake of %s %s failed", app, planned["version"])
+        outcome["bake"] = {"result": "error", "seconds": 0, "breach": None, "rolled_back_to": None,
+                           "why": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"}
+        outcome["ok"] = False
+        outcome["error"] = (f"the bake of {app} {planned['version']} could not watch its slot "
+                            f"({outcome['bake']['why']}); production stays on {planned['version']}: check it, "
+                            f"then ./stacks.py rollback --app-name {app} if needed")
+        return outcome
+
+
+def _bake(app, planned, definitions, limit, outcome, held, source, job, since):
+    bake = {name: _utils(f"pigeon_bake.{name}") for name in ("counts", "since", "judge", "figures")}
     old = next((v for v, state in planned["states"].items() if state == "inactive"), None)
     if not old:
         outcome["bake"] = {"result": "skipped", "seconds": 0, "breach": None, "rolled_back_to": None,
@@ -177,23 +192,34 @@ def _baked(app, planned, definitions, limit, outcome, held, source, job, since):
                                             backends=[new_backend, old_backend])
 
     first = look()
-    start, old_rtime = bake_utils["total"](first, new_backend), bake_utils["total"](first, old_backend)["rtime"]
+    baseline = bake["counts"](first, new_backend)
+    old_rtime = max([c["rtime"] for c in bake["counts"](first, old_backend).values()] or [0])
+    answered = set(baseline)
     if source != "reactor":
         _tell({"bake": limit["seconds"], "version": planned["version"]}, "baking")
-    began, now, breach, cancelled = time.monotonic(), start, None, None
+    began, total, breach, cancelled = time.monotonic(), bake["since"](baseline, {}), None, None
     stop = _stop(app, since, job)
     while time.monotonic() - began < limit["seconds"]:
         time.sleep(min(limit["every"], max(0.0, limit["seconds"] - (time.monotonic() - began))))
-        now = bake_utils["total"](look(), new_backend)
-        breach = bake_utils["judge"](start, now, old_rtime, limit)
+        now = bake["counts"](look(), new_backend)
+        answered |= set(now)
+        total = bake["since"](baseline, now)
+        breach = bake["judge"](total, old_rtime, limit)
         cancelled = stop()
         if breach or cancelled:
             break
     watched = round(time.monotonic() - began, 1)
-    seen = dict(bake_utils["figures"](start, now), seconds=watched, breach=breach, rolled_back_to=None)
+    missing = sorted(set(lb.get("balancers") or []) - answered)
+    seen = dict(bake["figures"](total, missing), seconds=watched, breach=breach, rolled_back_to=None)
     if not breach:
-        outcome["bake"] = dict(seen, result="cancelled" if cancelled else "passed")
+        outcome["bake"] = dict(seen, result="cancelled" if cancelled else "unobserved" if missing else "passed")
         _utils("pigeon_plan.note_bake")(app, planned["version"], outcome["bake"])
+        if missing and not cancelled:
+            outcome["ok"] = False
+            outcome["error"] = (f"the bake of {app} {planned['version']} could not read the counters of "
+                                f"{', '.join(missing)} for {watched} s; production stays on {planned['version']}: "
+                                f"check {'them' if len(missing) > 1 else 'it'}, then ./stacks.py rollback "
+                                f"--app-name {app} if needed")
         return outcome
     log.warning("deploy: bake of %s %s failed after %ss: %s; rolling back", app, planned["version"], watched, breach)
     back = _utils("pigeon_plan.make")(app, "rollback", definition=definitions.get(app), others=definitions)
@@ -206,7 +232,9 @@ def _baked(app, planned, definitions, limit, outcome, held, source, job, since):
                                               stop=lambda: None)
         rolled = _utils("pigeon_outcome.build")(back, ret)
         if rolled["ok"]:
-            _utils("pigeon_plan.commit")(app, back, held, source="bake")
+            # what the registry says now: production back on the old stack, the next revision
+            outcome["changed"] = _utils("pigeon_plan.commit")(app, back, held, source="bake")
+            outcome["revision"] = outcome["changed"]["revision"]
         else:
             _utils("pigeon_plan.abort")(app, back, held, rolled, source="bake")
     seen["rolled_back_to"] = old if rolled["ok"] else None

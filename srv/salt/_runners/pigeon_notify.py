@@ -52,7 +52,7 @@ def _settings():
     if not url:
         return None, "no pigeon_notify:url in the master's pillar"
     if not isinstance(url, str) or not URL_RE.match(url) or not urllib.parse.urlsplit(url).hostname:
-        return None, "pigeon_notify:url is not an http(s) URL without spaces; see docs/notifications.md"
+        return None, "pigeon_notify:url is not an http(s) URL without spaces; see docs/observe.md"
     timeout = settings.get("timeout", 5)
     if isinstance(timeout, bool) or not isinstance(timeout, int) or not 1 <= timeout <= 60:
         return None, "pigeon_notify:timeout is not a whole number of seconds from 1 to 60"
@@ -67,7 +67,8 @@ def text(app, item):
     why = item.get("message") if ok else (item.get("error") or item.get("message") or item.get("result"))
     line = (f"{mark} {what}: {item.get('action')} {item.get('result')} by {item.get('user')} ({item.get('source')}) "
             f"in {item.get('duration')} s" + (f": {why}" if why else ""))
-    return line[:1000]
+    # chat markup (Slack, Mattermost: <!channel>, <url|label>) is text here
+    return line[:1000].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def post(tag="", **kwargs):  # pylint: disable=unused-argument  (the reactor's other keys)
@@ -80,6 +81,9 @@ def post(tag="", **kwargs):  # pylint: disable=unused-argument  (the reactor's o
     if not match:
         return {"posted": False, "why": f"tag {str(tag)[:80]!r} is not pigeon/deploy/<app>/<action>"}
     app = match.group(1)
+    # before anything costs: a forged tag naming no app of the registry stops here
+    if app not in __utils__["pigeon_registry.apps"]():
+        return {"posted": False, "why": f"{app} is not in the registry"}
     settings, why = _settings()
     if why:
         return {"posted": False, "why": why}
@@ -98,7 +102,7 @@ def post(tag="", **kwargs):  # pylint: disable=unused-argument  (the reactor's o
 def _post_fresh(app, seen, url, timeout):
     """Post the entries of the app's history newer than the last one posted (``seen`` holds its
     finish time)."""
-    items = __utils__["pigeon_registry.history"](app, 5) if app in __utils__["pigeon_registry.apps"]() else []
+    items = __utils__["pigeon_registry.history"](app, 5)
     try:
         with open(seen, encoding="utf-8") as handle:
             last = handle.read().strip()

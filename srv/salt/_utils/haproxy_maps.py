@@ -100,6 +100,20 @@ def token_error(text, what):
 BACKEND_KEYS = ("production", "internal")
 
 
+# keys that only a haproxy.cfg of issue 12 or later reads (a canary's share, a maintenance);
+# such a configuration declares the backend TRAFFIC_MARKER
+TRAFFIC_KEYS = ("canary", "maintenance")
+TRAFFIC_MARKER = "pigeon_traffic_v1"
+
+
+def needs_marker(entries):
+    """TRAFFIC_MARKER when entries ({key: value or None}) set a key only a configuration that
+    declares it reads, else None."""
+    if any(value is not None and str(key).rpartition("/")[2] in TRAFFIC_KEYS for key, value in entries.items()):
+        return TRAFFIC_MARKER
+    return None
+
+
 def backend_values(entries):
     """The values of entries ({key: value or None}) that must name a backend HAProxy has: those
     of the keys ending in one of BACKEND_KEYS, None left out."""

@@ -248,7 +248,10 @@ def expand(app, action, version, definition, entry, planned, backend, placement=
     # what a two-phase switch sets back when it fails on one load balancer: each key it routes, as it was
     planned["previous_routes"] = {key: (entry.get("routes") or {}).get(key) for key in planned.get("routes") or {}}
     planned["loadbal_hash"] = loadbal_hash(definition)
-    planned["converge_loadbal"] = entry.get("loadbal_hash") != planned["loadbal_hash"]
+    # the load balancers get the app's config when its loadbal: pillar is new to the registry,
+    # and when the app has no stack (its first release, or one after all were deactivated: the
+    # app may have left the pillar meanwhile, and the load balancers its backends)
+    planned["converge_loadbal"] = entry.get("loadbal_hash") != planned["loadbal_hash"] or not entry["stacks"]
     if planned["start"]:
         stack = _stack(app, planned["version"], planned["start"]["slot"], definition, backend, placement, slots)
         if isinstance(stack, str):

@@ -200,10 +200,16 @@ def commit(app, planned, held, source="cli"):
         applied = _utils("pigeon_statemachine.apply")(entry, planned, _utils("pigeon_registry.now")(), who)
         entry = dict(applied, loadbal_hash=planned["loadbal_hash"] if converged else entry.get("loadbal_hash"))
         store(entry)
-    elif _utils("pigeon_statemachine.replaced")(entry, planned):
-        # a repair placed its stacks on the app minions there are now: their new servers
-        entry = _utils("pigeon_statemachine.replaced")(entry, planned)
-        store(entry)
+    else:
+        # a repair that placed its stacks on the app minions there are now: their new servers
+        new = _utils("pigeon_statemachine.replaced")(entry, planned) or entry
+        if not planned.get("noop") and planned.get("routes") and new["routes"] != planned["routes"]:
+            # a repair set the routes as they are computed now (an entry older than some keys,
+            # such as a slot's version): the registry says what HAProxy has, for the formula too
+            new = dict(new, routes=dict(planned["routes"]))
+        if new is not entry:
+            entry = new
+            store(entry)
     record = _utils("pigeon_registry.record")(
         planned["action"], planned.get("version"), "success", user=who, source=source,
         when=held.get("since"), started=held.get("started"), job=held.get("job"), noop=planned.get("noop", False),

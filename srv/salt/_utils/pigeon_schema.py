@@ -49,6 +49,7 @@ HAPROXY_TIME_RE = re.compile(r"\A[0-9]{1,7}(us|ms|s|m|h|d)?\Z")
 HOST_RE = re.compile(r"\A(?=.{1,253}\Z)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*"
                      r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 MAX_HOSTS = 64  # host names of one app
+NETWORK_RE = re.compile(r"\A[0-9A-Fa-f:.]{2,39}(/[0-9]{1,3})?\Z")  # an IPv4 or IPv6 network, no scope
 # an HTTP header or cookie name (haproxy:frontends:<name>:preview_header, preview_cookie)
 HEADER_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
 TARGET_TYPES = ("glob", "pcre", "list", "grain", "grain_pcre", "pillar", "pillar_pcre",
@@ -342,14 +343,28 @@ def check_haproxy(haproxy):
     the internal networks and the timeouts. Invalid (one line) or None."""
     base = "haproxy"
     haproxy = _mapping(base, haproxy)
+    if "host_dir" in haproxy:  # bind-mounted into the container, removed by haproxy.clean
+        _pillar_text(f"{base}:host_dir", haproxy["host_dir"], BUILD_DIR_RE,
+                     "an absolute folder at least two deep, of plain names (no '.' or '..')")
+    if "container_name" in haproxy:  # in the formula's docker commands
+        _pillar_text(f"{base}:container_name", haproxy["container_name"], NAME_RE,
+                     "1-64 letters, digits, '_', '.', '-'")
     frontends = _mapping(f"{base}:frontends", haproxy.get("frontends"))
+    ports = {}
     for name, frontend in frontends.items():
         _pillar_text(f"{base}:frontends name", name, NAME_RE, "1-64 letters, digits, '_', '.', '-'")
+        if name == "pigeon_metrics" or name.startswith("pigeon_"):
+            raise Invalid(f"broken pillar: {base}:frontends:{name}: names starting with pigeon_ are "
+                          "Pigeon's own; see docs/pillar.md")
         frontend = _mapping(f"{base}:frontends:{name}", frontend)
         for key in ("port", "preview_port"):
             if key not in frontend:
                 raise Invalid(f"broken pillar: {base}:frontends:{name}:{key} is missing; see docs/pillar.md")
-            _pillar_integer(f"{base}:frontends:{name}:{key}", frontend[key], 1, 65535)
+            port = _pillar_integer(f"{base}:frontends:{name}:{key}", frontend[key], 1, 65535)
+            if port in ports:
+                raise Invalid(f"broken pillar: {base}:frontends:{name}:{key} {port} is {ports[port]} too; "
+                              "give each port to one use")
+            ports[port] = f"{base}:frontends:{name}:{key}"
         for key in ("preview_header", "preview_cookie"):
             if frontend.get(key):
                 _pillar_text(f"{base}:frontends:{name}:{key}", frontend[key], HEADER_RE,
@@ -360,14 +375,18 @@ def check_haproxy(haproxy):
     metrics = _mapping(f"{base}:metrics", haproxy.get("metrics"))
     if "port" not in metrics:
         raise Invalid(f"broken pillar: {base}:metrics:port is missing; see docs/pillar.md")
-    _pillar_integer(f"{base}:metrics:port", metrics["port"], 1, 65535)
+    if _pillar_integer(f"{base}:metrics:port", metrics["port"], 1, 65535) in ports:
+        raise Invalid(f"broken pillar: {base}:metrics:port {metrics['port']} is "
+                      f"{ports[metrics['port']]} too; give each port to one use")
     for path, networks in ((f"{base}:internal_networks", haproxy.get("internal_networks") or []),
                            (f"{base}:metrics:allow", metrics.get("allow") or [])):
         if not isinstance(networks, list):
             raise Invalid(f"broken pillar: {path} must be a list of networks; see docs/pillar.md")
         for n, network in enumerate(networks):
             try:
-                if not isinstance(network, str):
+                # the text as written goes to haproxy.cfg and internal.acl: plain address digits
+                # only (an IPv6 scope "%..." would carry anything past ipaddress)
+                if not isinstance(network, str) or not NETWORK_RE.match(network):
                     raise ValueError
                 ipaddress.ip_network(network, strict=False)
             except ValueError:

@@ -330,6 +330,8 @@ def apply(entry, planned, when, by):
     }
     if planned.get("traffic"):
         new["traffic"] = dict(planned["traffic"])
+    if entry.get("bake"):  # the last bake window (pigeon_plan.note_bake), kept until the next one
+        new["bake"] = dict(entry["bake"])
     for version, state in planned["states"].items():
         if state is None:
             new["stacks"].pop(version, None)
