@@ -114,6 +114,22 @@ def reset_app(stacks, app=APP):
         assert result.rc == 0, result
 
 
+def act(stacks, *args):
+    """Run a stacks.py action that must succeed; its Result."""
+    result = stacks(*args)
+    assert result.rc == 0, result
+    return result
+
+
+def only_active(stacks, prefix, app=APP):
+    """Every stack of the app deactivated, then a new version released and activated: its version."""
+    reset_app(stacks, app)
+    version = new_version(prefix)
+    act(stacks, "release", "--app-name", app, "--version", version)
+    act(stacks, "activate", "--app-name", app, "--version", version)
+    return version
+
+
 def wait_for(predicate, timeout=10.0, interval=0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -10,22 +10,12 @@ import time
 import pytest
 import requests
 
-from conftest import APP, PRODUCTION, Load, app_status, new_version, reset_app
-
-
-def act(stacks, *args):
-    result = stacks(*args)
-    assert result.rc == 0, result
-    return result
+from conftest import APP, PRODUCTION, Load, act, app_status, new_version, only_active
 
 
 @pytest.fixture
 def active(stacks):
-    reset_app(stacks)
-    version = new_version("bk")
-    act(stacks, "release", "--app-name", APP, "--version", version)
-    act(stacks, "activate", "--app-name", APP, "--version", version)
-    return version
+    return only_active(stacks, "bk")
 
 
 def test_a_version_that_answers_5xx_is_rolled_back_within_the_window(stacks, ca, active):

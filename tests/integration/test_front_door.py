@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import APP, LAB, PREVIEW, PRODUCTION, Load, app_status, new_version, reset_app
+from conftest import APP, LAB, PREVIEW, PRODUCTION, Load, act, app_status, new_version, only_active, reset_app
 
 SALT = [str(LAB / "venv/bin/salt"), "-c", str(LAB / "etc/salt"), "lab-minion"]
 TEST_PILLAR = LAB / "pillar" / "test_stacks.sls"
@@ -49,12 +49,6 @@ def answer(response):
     return app, version, response.headers.get("X-Pigeon-Version"), response.headers.get("X-Pigeon-Slot")
 
 
-def act(stacks, *args):
-    result = stacks(*args)
-    assert result.rc == 0, result
-    return result
-
-
 @pytest.fixture
 def shop(stacks):
     """The app `shop` on shop.pigeon.test, beside `app`; gone afterwards (its stacks, the pillar,
@@ -72,11 +66,7 @@ def shop(stacks):
 @pytest.fixture
 def app_active(stacks):
     """`app` with one active stack and nothing else; its version."""
-    reset_app(stacks)
-    version = new_version("fd")
-    act(stacks, "release", "--app-name", APP, "--version", version)
-    act(stacks, "activate", "--app-name", APP, "--version", version)
-    return version
+    return only_active(stacks, "fd")
 
 
 def test_each_host_reaches_its_own_app_through_every_transition_of_the_other(stacks, ca, shop, app_active):

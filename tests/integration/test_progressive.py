@@ -11,22 +11,13 @@ import time
 import pytest
 import requests
 
-from conftest import APP, PREVIEW, PRODUCTION, Load, app_status, new_version, reset_app
-
-
-def act(stacks, *args):
-    result = stacks(*args)
-    assert result.rc == 0, result
-    return result
+from conftest import APP, PREVIEW, PRODUCTION, Load, act, app_status, new_version, only_active
 
 
 @pytest.fixture
 def two(stacks):
     """`app` with an active stack and a release beside it: (active, release)."""
-    reset_app(stacks)
-    active, release = new_version("pa"), new_version("pr")
-    act(stacks, "release", "--app-name", APP, "--version", active)
-    act(stacks, "activate", "--app-name", APP, "--version", active)
+    active, release = only_active(stacks, "pa"), new_version("pr")
     act(stacks, "release", "--app-name", APP, "--version", release)
     yield active, release
     stacks("maintenance", "off", "--app-name", APP)
